@@ -1,0 +1,16 @@
+# cellduality: raw single-cell data -> cell sentences -> teacher CoT -> SFT -> duality GRPO -> evaluation.
+# Run:  snakemake --cores 2                      (embedded default, offline)
+#       snakemake --profile profiles/slurm --configfile config/paper.yaml   (cluster)
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.data.input,

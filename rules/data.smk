@@ -1,0 +1,73 @@
+# Data stage: download (checksum-verified) -> preprocess (normalize, symbols, QC) -> cell-sentence tables.
+
+
+localrules:
+    download,
+    data,
+
+
+rule download:
+    output:
+        h5ad=f"{RESULTS}/raw/{{dataset}}.h5ad",
+        sha256=f"{RESULTS}/raw/{{dataset}}.sha256",
+    params:
+        dataset=dataset_params("source", "sha256"),
+        download=config["download"],
+    log:
+        f"{LOGS}/download/{{dataset}}.log",
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow/scripts/download.py"
+
+
+rule preprocess:
+    input:
+        rules.download.output.h5ad,
+    output:
+        h5ad=f"{RESULTS}/processed/{{dataset}}.h5ad",
+        qc=f"{RESULTS}/processed/{{dataset}}.qc.json",
+    params:
+        dataset=dataset_params(
+            "species", "labels", "metadata", "constants", "gene_symbol_key", "gene_map", "layer"
+        ),
+        preprocess=config["preprocess"],
+    log:
+        f"{LOGS}/preprocess/{{dataset}}.log",
+    resources:
+        mem_mb=16000,
+        runtime=120,
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow/scripts/preprocess.py"
+
+
+rule cell_sentences:
+    input:
+        rules.preprocess.output.h5ad,
+    output:
+        table=f"{RESULTS}/cell_sentences/{{dataset}}.parquet",
+        summary=f"{RESULTS}/cell_sentences/{{dataset}}.summary.json",
+    params:
+        dataset=dataset_params("role", "ood_labels"),
+        cell_sentence=config["cell_sentence"],
+        splits=config["splits"],
+    log:
+        f"{LOGS}/cell_sentences/{{dataset}}.log",
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow/scripts/cell_sentences.py"
+
+
+rule data:
+    input:
+        expand(rules.cell_sentences.output.table, dataset=DATASETS),

@@ -1,0 +1,105 @@
+"""Load the workflow config, fill schema defaults and validate it with one-line errors."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from cellduality.errors import CellDualityError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+
+
+def _with_defaults(validator_class: type) -> type:
+    """A validator class that fills ``default`` values of properties before validating them."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    default = subschema["default"]
+                    instance[name] = yaml.safe_load(yaml.safe_dump(default))  # deep copy
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
+def _describe(error: jsonschema.ValidationError, source: str) -> str:
+    where = ".".join(str(p) for p in error.absolute_path) or "<top level>"
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        if allowed and unknown:
+            key = unknown[0]
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(allowed)}"
+            field = f"{where}.{key}" if error.absolute_path else key
+            return f"{source}: unknown key '{field}'; {hint}"
+    description = error.schema.get("description", "") if isinstance(error.schema, dict) else ""
+    hint = f" ({description.rstrip('.')})" if description else ""
+    return f"{source}: {where}: {error.message}{hint}"
+
+
+def validate_config(config: dict, schema: Mapping | None = None, source: str = "config") -> dict:
+    """Fill defaults into ``config`` in place and validate it; raise :class:`CellDualityError`."""
+    if not isinstance(config, dict):
+        raise CellDualityError(f"{source}: the config must be a mapping of keys to values")
+    schema = load_schema() if schema is None else schema
+    errors = sorted(_Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise CellDualityError(_describe(jsonschema.exceptions.best_match(errors), source))
+    _check_datasets(config, source)
+    return config
+
+
+def _check_datasets(config: dict, source: str) -> None:
+    if not config.get("download", {}).get("require_checksum", True):
+        return
+    for name, ds in config.get("datasets", {}).items():
+        src = ds["source"]
+        if src.startswith(("http://", "https://", "ftp://")) and not ds.get("sha256"):
+            raise CellDualityError(
+                f"{source}: datasets.{name}.sha256 is required for URL source {src}; "
+                "add the file's sha256 (sha256sum <file>) or set download.require_checksum: false"
+            )
+
+
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict:
+    """Read a YAML config file, merge ``overrides`` (deep) and validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise CellDualityError(f"config file {path} not found; pass --configfile with an existing YAML file")
+    try:
+        with open(path) as fh:
+            config = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise CellDualityError(f"{path}:{line} is not valid YAML ({getattr(err, 'problem', err)})") from None
+    if overrides:
+        config = deep_merge(config, overrides)
+    return validate_config(config, source=str(path))
+
+
+def deep_merge(base: Mapping, update: Mapping) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -1,0 +1,230 @@
+"""Raw h5ad -> analysis-ready h5ad: expression-kind detection, normalization, gene symbols, QC, labels.
+
+The output holds log-normalized expression in X (CSR, float32, sorted indices), upper-cased unique gene
+symbols as var_names (human), and canonical obs columns (cell_type, drug, ..., tissue, donor, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from cellduality.errors import CellDualityError
+from cellduality.io import atomic_path
+
+ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}")
+
+
+@dataclass
+class PreprocessReport:
+    dataset: str
+    input_kind: str  # counts | lognorm
+    matrix: str  # X | raw | layer:<name>
+    n_cells_in: int
+    n_genes_in: int
+    n_cells_out: int = 0
+    n_genes_out: int = 0
+    dropped: dict = field(default_factory=dict)
+    duplicate_genes: int = 0
+
+
+def read_h5ad(path: str | Path) -> ad.AnnData:
+    path = Path(path)
+    if not path.is_file():
+        raise CellDualityError(f"input file {path} not found; run the download step or fix the dataset source")
+    try:
+        return ad.read_h5ad(path)
+    except Exception as err:  # anndata/h5py raise many types for corrupt files
+        raise CellDualityError(f"{path} is not a readable h5ad file ({type(err).__name__}: {err})") from None
+
+
+def _sample_values(X, n_rows: int) -> np.ndarray:
+    block = X[: min(n_rows, X.shape[0])]
+    return block.data if sp.issparse(block) else np.asarray(block).ravel()
+
+
+def expression_kind(X, n_rows: int = 2000) -> str:
+    """'scaled' if any sampled value is negative, 'counts' if all are integers, else 'lognorm'."""
+    values = _sample_values(X, n_rows)
+    if values.size and values.min() < 0:
+        return "scaled"
+    if values.size and np.all(np.mod(values, 1) == 0):
+        return "counts"
+    return "lognorm"
+
+
+def _check_finite(X, where: str) -> None:
+    values = X.data if sp.issparse(X) else np.asarray(X)
+    bad = int(np.count_nonzero(~np.isfinite(values)))
+    if bad:
+        raise CellDualityError(f"{where} contains {bad} NaN/infinite values; fix or drop them before running")
+
+
+def _choose_matrix(adata: ad.AnnData, ds: dict, where: str, n_rows: int) -> tuple[object, pd.Index, str, str]:
+    """Pick the matrix to use and return (X, var table, description, kind)."""
+    if ds.get("layer"):
+        layer = ds["layer"]
+        if layer not in adata.layers:
+            raise CellDualityError(
+                f"{where}: layer '{layer}' (datasets.*.layer) not found; available layers: "
+                f"{', '.join(adata.layers.keys()) or 'none'}"
+            )
+        X, var, name = adata.layers[layer], adata.var, f"layer:{layer}"
+    else:
+        X, var, name = adata.X, adata.var, "X"
+    if X is None or 0 in X.shape:
+        raise CellDualityError(f"{where}: expression matrix {name} is empty ({adata.n_obs} cells x {adata.n_vars} genes)")
+    _check_finite(X, f"{where}: {name}")
+    kind = expression_kind(X, n_rows)
+    if kind == "scaled":
+        if name != "X" or adata.raw is None:
+            raise CellDualityError(
+                f"{where}: {name} looks scaled (negative values) and there is no .raw; set datasets.<name>.layer "
+                "to a layer holding counts or log-normalized values"
+            )
+        X, var, name = adata.raw.X, adata.raw.var, "raw"
+        _check_finite(X, f"{where}: raw.X")
+        kind = expression_kind(X, n_rows)
+        if kind == "scaled":
+            raise CellDualityError(f"{where}: raw.X also has negative values; provide counts or log-normalized data")
+    return X, var, name, kind
+
+
+def gene_symbols(var: pd.DataFrame, ds: dict, where: str) -> np.ndarray:
+    key, gene_map = ds.get("gene_symbol_key"), ds.get("gene_map")
+    if key:
+        if key not in var.columns:
+            raise CellDualityError(
+                f"{where}: gene_symbol_key '{key}' is not a var column; available: {', '.join(var.columns) or 'none'}"
+            )
+        symbols = var[key].astype("string")
+    elif gene_map:
+        path = Path(gene_map)
+        if not path.is_file():
+            raise CellDualityError(f"{where}: gene_map file {path} not found")
+        mapping = pd.read_csv(path, sep="\t", header=None, dtype=str, usecols=[0, 1]).set_index(0)[1]
+        mapping = mapping[~mapping.index.duplicated()]
+        symbols = pd.Series(var.index, dtype="string").map(mapping)
+    else:
+        symbols = pd.Series(var.index, dtype="string")
+        ensembl = symbols.str.match(ENSEMBL.pattern).mean() if len(symbols) else 0
+        if ensembl > 0.5:
+            raise CellDualityError(
+                f"{where}: var_names are Ensembl ids; set datasets.<name>.gene_symbol_key to a symbol column or "
+                "gene_map to an id->symbol TSV"
+            )
+    symbols = symbols.fillna("").str.strip()
+    if ds.get("species", "human") == "human":
+        symbols = symbols.str.upper()
+    return symbols.to_numpy(dtype=object)
+
+
+def _resolve_duplicates(X, symbols: np.ndarray, policy: str, where: str):
+    """Apply the duplicate-symbol policy; return (X, symbols, n_duplicates)."""
+    names = pd.Index(symbols)
+    dup_mask = names.duplicated(keep=False)
+    n_dup = int(names.duplicated().sum())
+    if not n_dup:
+        return X, symbols, 0
+    if policy == "error":
+        examples = ", ".join(sorted(set(names[dup_mask]))[:5])
+        raise CellDualityError(
+            f"{where}: {n_dup} duplicate gene symbols (e.g. {examples}); set preprocess.duplicate_genes to "
+            "make_unique or sum, or deduplicate the input"
+        )
+    if policy == "make_unique":
+        return X, np.asarray(ad.utils.make_index_unique(names), dtype=object), n_dup
+    # sum columns that share a symbol, keeping the first occurrence's position
+    codes, uniques = pd.factorize(names)
+    agg = sp.csr_matrix((np.ones(len(codes), dtype=np.float32), (np.arange(len(codes)), codes)),
+                        shape=(len(codes), len(uniques)))
+    summed = (sp.csr_matrix(X) @ agg).tocsr()
+    return summed, np.asarray(uniques, dtype=object), n_dup
+
+
+def _obs_columns(adata: ad.AnnData, ds: dict, where: str) -> pd.DataFrame:
+    obs = pd.DataFrame(index=adata.obs_names.astype(str))
+    for group in ("labels", "metadata"):
+        for canonical, column in ds.get(group, {}).items():
+            if column not in adata.obs.columns:
+                raise CellDualityError(
+                    f"{where}: datasets.<name>.{group}.{canonical} names obs column '{column}', which does not exist; "
+                    f"available: {', '.join(map(str, adata.obs.columns)) or 'none'}"
+                )
+            values = adata.obs[column]
+            obs[canonical] = values.astype("string").to_numpy()
+    for canonical, value in ds.get("constants", {}).items():
+        if canonical not in obs:
+            obs[canonical] = str(value)
+    return obs
+
+
+def preprocess(adata: ad.AnnData, ds: dict, params: dict, dataset: str, where: str) -> tuple[ad.AnnData, PreprocessReport]:
+    """Return the analysis-ready AnnData and a QC report (pure function; no I/O)."""
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise CellDualityError(f"{where}: the dataset is empty ({adata.n_obs} cells x {adata.n_vars} genes)")
+    obs = _obs_columns(adata, ds, where)
+    X, var, matrix, kind = _choose_matrix(adata, ds, where, params.get("expression_check_rows", 2000))
+    report = PreprocessReport(dataset, kind, matrix, adata.n_obs, X.shape[1])
+    X = sp.csr_matrix(X, dtype=np.float32) if not sp.issparse(X) else X.tocsr().astype(np.float32)
+    if X.nnz == 0:
+        raise CellDualityError(f"{where}: every value of {matrix} is zero; the file holds no expression")
+
+    symbols = gene_symbols(var, ds, where)
+    keep = symbols != ""
+    if not keep.all():
+        report.dropped["genes_without_symbol"] = int((~keep).sum())
+        X, symbols = X[:, keep], symbols[keep]
+    X, symbols, report.duplicate_genes = _resolve_duplicates(X, symbols, params.get("duplicate_genes", "make_unique"), where)
+
+    # QC on counts (or on the values given) before normalization
+    X.eliminate_zeros()
+    cell_keep = np.diff(X.indptr) >= params.get("min_genes", 0)
+    cell_keep &= np.asarray(X.sum(axis=1)).ravel() > 0
+    if params.get("max_pct_mito") is not None:
+        mito = np.array([str(s).upper().startswith("MT-") for s in symbols])
+        totals = np.asarray(X.sum(axis=1)).ravel()
+        pct = 100 * np.asarray(X[:, mito].sum(axis=1)).ravel() / np.maximum(totals, 1e-12)
+        report.dropped["cells_high_mito"] = int((cell_keep & (pct > params["max_pct_mito"])).sum())
+        cell_keep &= pct <= params["max_pct_mito"]
+    report.dropped["cells_qc"] = int((~cell_keep).sum())
+    X, obs = X[cell_keep], obs.iloc[np.flatnonzero(cell_keep)]
+    gene_keep = np.asarray((X > 0).sum(axis=0)).ravel() >= max(params.get("min_cells", 0), 1)
+    report.dropped["genes_qc"] = int((~gene_keep).sum())
+    X, symbols = X[:, gene_keep], symbols[gene_keep]
+    if X.shape[0] == 0:
+        raise CellDualityError(f"{where}: no cells pass QC (preprocess.min_genes={params.get('min_genes')}); lower it")
+
+    if kind == "counts":
+        totals = np.asarray(X.sum(axis=1)).ravel()
+        X = sp.diags((params.get("target_sum", 1e4) / totals).astype(np.float32)) @ X
+        X.data = np.log1p(X.data)
+    X = sp.csr_matrix(X, dtype=np.float32)
+    X.sort_indices()
+    X.eliminate_zeros()
+
+    obs.index = ad.utils.make_index_unique(pd.Index(obs.index.astype(str)))
+    obs.index.name = "cell_id"
+    out = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=pd.Index(symbols.astype(str), name="gene")))
+    report.n_cells_out, report.n_genes_out = out.n_obs, out.n_vars
+    out.uns["cellduality_preprocess"] = json.loads(json.dumps(report.__dict__))
+    return out, report
+
+
+def preprocess_file(src: str | Path, dest: str | Path, report_path: str | Path, ds: dict, params: dict,
+                    dataset: str) -> PreprocessReport:
+    """Read ``src``, preprocess, and write ``dest`` (h5ad) and ``report_path`` (JSON) atomically."""
+    adata = read_h5ad(src)
+    out, report = preprocess(adata, ds, params, dataset, where=f"{src} (dataset {dataset})")
+    with atomic_path(dest) as tmp:
+        out.write_h5ad(tmp)
+    with atomic_path(report_path) as tmp:
+        tmp.write_text(json.dumps(report.__dict__, indent=2) + "\n")
+    return report
