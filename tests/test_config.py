@@ -1,0 +1,79 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cellduality.config import load_config, load_schema, validate_config
+from cellduality.errors import CellDualityError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def walk(schema, path=""):
+    """Yield (path, subschema) for every property in the schema."""
+    for name, sub in schema.get("properties", {}).items():
+        yield f"{path}.{name}".lstrip("."), sub
+        yield from walk(sub, f"{path}.{name}")
+    if isinstance(schema.get("additionalProperties"), dict):
+        yield from walk(schema["additionalProperties"], f"{path}.*")
+    ref = schema.get("$ref")
+    if ref:
+        yield from walk(load_schema()["definitions"][ref.split("/")[-1]], path)
+
+
+def test_every_key_has_description_and_default():
+    missing = [p for p, sub in walk(load_schema()) if "description" not in sub or
+               ("default" not in sub and p != "datasets.*.source")]
+    assert missing == []
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml"])
+def test_shipped_configs_validate(name):
+    path = ROOT / "config" / name
+    if not path.exists():
+        pytest.skip(f"{name} not present")
+    config = load_config(path)
+    assert config["datasets"], "a shipped config must list datasets"
+
+
+def test_defaults_are_filled():
+    config = validate_config({"datasets": {"d": {"source": "builtin:scanpy/pbmc68k_reduced"}}})
+    assert config["cell_sentence"]["top_k"] == 32
+    assert config["datasets"]["d"]["role"] == "train"
+    assert config["splits"] == {"test_fraction": 0.2, "seed": 0}
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"cell_sentence": {"top_kk": 3}}, "unknown key 'cell_sentence.top_kk'; did you mean 'top_k'"),
+        ({"cell_sentence": {"top_k": 0}}, "cell_sentence.top_k: 0 is less than the minimum"),
+        ({"splits": {"test_fraction": "a lot"}}, "splits.test_fraction: 'a lot' is not of type 'number'"),
+        ({"datasets": {"d": {"source": "https://example.org/x.h5ad"}}}, "datasets.d.sha256 is required"),
+        ({"datasets": {"d": {"sourc": "x"}}}, "unknown key 'datasets.d.sourc'; did you mean 'source'"),
+        ({"datasets": {"d": {"source": "x", "role": "holdout"}}}, "datasets.d.role: 'holdout' is not one of"),
+        ({"datasets": {"bad name": {"source": "x"}}}, "datasets"),
+    ],
+)
+def test_config_errors_are_one_line_and_name_the_field(config, message):
+    with pytest.raises(CellDualityError) as err:
+        validate_config(config, source="my.yaml")
+    text = str(err.value)
+    assert "\n" not in text and text.startswith("my.yaml: ")
+    assert message in text
+
+
+def test_load_config_reports_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(CellDualityError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cell_sentence:\n  top_k: [1,\n")
+    with pytest.raises(CellDualityError, match="bad.yaml: line .* is not valid YAML"):
+        load_config(bad)
+
+
+def test_overrides_merge_deeply(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"cell_sentence": {"top_k": 5, "chunk_size": 7}}))
+    config = load_config(path, {"cell_sentence": {"top_k": 9}})
+    assert config["cell_sentence"]["top_k"] == 9 and config["cell_sentence"]["chunk_size"] == 7

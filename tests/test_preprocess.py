@@ -1,0 +1,148 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from conftest import make_adata
+
+from cellduality.errors import CellDualityError
+from cellduality.preprocess import expression_kind, preprocess, preprocess_file
+
+DS = {"species": "human", "labels": {"cell_type": "celltype"}, "metadata": {}, "constants": {"tissue": "blood"}}
+PARAMS = {"target_sum": 1e4, "min_genes": 1, "min_cells": 0, "duplicate_genes": "make_unique"}
+
+
+def run(adata, ds=DS, params=PARAMS):
+    return preprocess(adata, ds, params, "d", where="in.h5ad")
+
+
+def test_expression_kind_detection():
+    assert expression_kind(sp.csr_matrix(np.array([[0, 2, 5.0]]))) == "counts"
+    assert expression_kind(np.array([[0, 0.69, 1.1]])) == "lognorm"
+    assert expression_kind(np.array([[-0.3, 0.69, 1.1]])) == "scaled"
+
+
+def test_counts_are_normalized_and_log_transformed(counts_adata):
+    out, report = run(counts_adata)
+    assert report.input_kind == "counts" and report.matrix == "X"
+    expected = np.log1p(counts_adata.X.toarray() / counts_adata.X.toarray().sum(1, keepdims=True) * 1e4)
+    np.testing.assert_allclose(out.X.toarray(), expected, rtol=1e-5)
+    assert list(out.obs.columns) == ["cell_type", "tissue"]
+    assert (out.obs["tissue"] == "blood").all()
+    assert out.obs["cell_type"].tolist() == counts_adata.obs["celltype"].tolist()
+
+
+def test_lognormalized_input_is_used_as_is(counts_adata):
+    counts_adata.X = sp.csr_matrix(np.log1p(counts_adata.X.toarray()) / 2)
+    out, report = run(counts_adata)
+    assert report.input_kind == "lognorm"
+    np.testing.assert_allclose(out.X.toarray(), counts_adata.X.toarray(), rtol=1e-6)
+
+
+def test_scaled_input_uses_raw(counts_adata):
+    counts_adata.raw = counts_adata.copy()
+    counts_adata.X = sp.csr_matrix(counts_adata.X.toarray() - 1.5)
+    out, report = run(counts_adata)
+    assert report.matrix == "raw" and report.input_kind == "counts"
+
+
+def test_scaled_without_raw_is_a_clear_error(counts_adata):
+    counts_adata.X = counts_adata.X.toarray() - 1.5
+    with pytest.raises(CellDualityError, match=r"in.h5ad: X looks scaled .* no \.raw; set datasets.<name>.layer"):
+        run(counts_adata)
+
+
+def test_named_layer_is_used_and_missing_layer_is_reported(counts_adata):
+    counts_adata.layers["counts"] = counts_adata.X.copy()
+    counts_adata.X = counts_adata.X.toarray() - 1.5
+    out, report = run(counts_adata, {**DS, "layer": "counts"})
+    assert report.matrix == "layer:counts"
+    with pytest.raises(CellDualityError, match="layer 'umi' .* available layers: counts"):
+        run(counts_adata, {**DS, "layer": "umi"})
+
+
+def test_missing_label_column_names_it(counts_adata):
+    with pytest.raises(CellDualityError, match="labels.cell_type names obs column 'cell_ontology'.*available: celltype"):
+        run(counts_adata, {**DS, "labels": {"cell_type": "cell_ontology"}})
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_or_inf_is_rejected(counts_adata, bad):
+    X = counts_adata.X.toarray()
+    X[3, 4] = bad
+    counts_adata.X = sp.csr_matrix(X)
+    with pytest.raises(CellDualityError, match="1 NaN/infinite values"):
+        run(counts_adata)
+
+
+def test_empty_inputs_are_rejected():
+    with pytest.raises(CellDualityError, match="empty"):
+        run(make_adata(np.zeros((0, 3)), obs=pd.DataFrame({"celltype": []})))
+    with pytest.raises(CellDualityError, match="every value of X is zero"):
+        run(make_adata(np.zeros((3, 3))))
+
+
+def test_duplicate_gene_policies(counts_adata):
+    genes = [f"g{i}" for i in range(30)]
+    genes[5] = genes[7] = "cd3e"  # duplicates after upper-casing too
+    counts_adata.var_names = genes
+    with pytest.raises(CellDualityError, match=r"1 duplicate gene symbols \(e.g. CD3E\); set preprocess.duplicate_genes"):
+        run(counts_adata, params={**PARAMS, "duplicate_genes": "error"})
+    out, report = run(counts_adata)
+    assert report.duplicate_genes == 1 and "CD3E" in out.var_names and "CD3E-1" in out.var_names
+    out, _ = run(counts_adata, params={**PARAMS, "duplicate_genes": "sum", "target_sum": 1.0})
+    assert out.n_vars == 29 and list(out.var_names).count("CD3E") == 1
+    raw = counts_adata.X.toarray()
+    expected = np.log1p((raw[:, 5] + raw[:, 7]) / raw.sum(1))
+    np.testing.assert_allclose(out[:, "CD3E"].X.toarray().ravel(), expected, rtol=1e-5)
+
+
+def test_ensembl_ids_need_a_symbol_column(counts_adata):
+    counts_adata.var_names = [f"ENSG{i:011d}" for i in range(30)]
+    with pytest.raises(CellDualityError, match="Ensembl ids; set datasets.<name>.gene_symbol_key"):
+        run(counts_adata)
+    counts_adata.var["symbol"] = [f"Sym{i}" for i in range(30)]
+    out, _ = run(counts_adata, {**DS, "gene_symbol_key": "symbol"})
+    assert out.var_names[0] == "SYM0"
+    with pytest.raises(CellDualityError, match="gene_symbol_key 'gene_name' is not a var column; available: symbol"):
+        run(counts_adata, {**DS, "gene_symbol_key": "gene_name"})
+
+
+def test_qc_drops_cells_and_genes(counts_adata):
+    X = counts_adata.X.toarray()
+    X[0] = 0
+    X[0, 0] = 1  # a cell expressing one gene
+    X[:, 29] = 0  # a gene expressed nowhere
+    counts_adata.X = sp.csr_matrix(X)
+    out, report = run(counts_adata, params={**PARAMS, "min_genes": 2})
+    assert "cell0" not in out.obs_names and "GENE29" not in out.var_names
+    assert report.dropped["cells_qc"] == 1 and report.dropped["genes_qc"] == 1
+
+
+def test_mouse_symbols_keep_case(counts_adata):
+    counts_adata.var_names = [f"Gm{i}" for i in range(30)]
+    out, _ = run(counts_adata, {**DS, "species": "mouse"})
+    assert out.var_names[0] == "Gm0"
+
+
+def test_preprocess_file_writes_outputs_atomically(counts_adata, tmp_path):
+    src, dest, qc = tmp_path / "in.h5ad", tmp_path / "out" / "p.h5ad", tmp_path / "out" / "qc.json"
+    counts_adata.write_h5ad(src)
+    report = preprocess_file(src, dest, qc, DS, PARAMS, "d")
+    assert dest.exists() and json.loads(qc.read_text())["n_cells_out"] == report.n_cells_out == 40
+    bad_ds = {**DS, "labels": {"cell_type": "missing"}}
+    dest.unlink()
+    qc.unlink()
+    with pytest.raises(CellDualityError):
+        preprocess_file(src, dest, qc, bad_ds, PARAMS, "d")
+    assert sorted(p.name for p in dest.parent.iterdir()) == []  # no partial or temp files left
+
+
+def test_missing_or_corrupt_input_file(tmp_path):
+    with pytest.raises(CellDualityError, match="nope.h5ad not found"):
+        preprocess_file(tmp_path / "nope.h5ad", tmp_path / "o.h5ad", tmp_path / "q.json", DS, PARAMS, "d")
+    junk = tmp_path / "junk.h5ad"
+    junk.write_text("not hdf5")
+    with pytest.raises(CellDualityError, match="junk.h5ad is not a readable h5ad file"):
+        preprocess_file(junk, tmp_path / "o.h5ad", tmp_path / "q.json", DS, PARAMS, "d")

@@ -1,0 +1,95 @@
+"""The data stage through real Snakemake: outputs, no-op rerun, param change reruns only dependants."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
+           "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """Parse the 'Job stats' table of a dry run into {rule: count}."""
+    assert result.returncode == 0, result.stderr + result.stdout
+    text = result.stdout + result.stderr
+    if "Nothing to be done" in text:
+        return {}
+    table = text.split("Job stats:")[1]
+    return {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", table, re.M) if m[0] != "total"}
+
+
+def write_config(workdir: Path, **changes) -> dict:
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        config[section][key] = value
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    return config
+
+
+@pytest.fixture(scope="module")
+def data_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("wf")
+    write_config(workdir)
+    result = snakemake(workdir, "data")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def test_data_stage_outputs(data_run):
+    table = pd.read_parquet(data_run / "results" / "cell_sentences" / "pbmc68k.parquet")
+    assert len(table) == 700
+    assert list(table.columns[:5]) == ["cell_id", "dataset", "split", "sentence", "n_genes"]
+    assert {"cell_type", "tissue", "disease"} <= set(table.columns)
+    assert set(table["split"]) == {"train", "test"}
+    assert 0.1 < (table["split"] == "test").mean() < 0.3
+    lengths = table["sentence"].str.split().str.len()
+    assert (lengths == table["n_genes"]).all() and lengths.max() == 32
+    assert (data_run / "results" / "raw" / "pbmc68k.sha256").read_text().split()[0].isalnum()
+    assert (data_run / "results" / "logs" / "cell_sentences" / "pbmc68k.log").exists()
+
+
+def test_second_dry_run_has_nothing_to_do(data_run):
+    assert planned_jobs(snakemake(data_run, "-n", "data")) == {}
+
+
+def test_param_change_reruns_only_dependants(data_run):
+    write_config(data_run, cell_sentence__top_k=16)
+    assert planned_jobs(snakemake(data_run, "-n", "data")) == {"cell_sentences": 1, "data": 1}
+    write_config(data_run, preprocess__min_genes=20)
+    assert planned_jobs(snakemake(data_run, "-n", "data")) == {"preprocess": 1, "cell_sentences": 1, "data": 1}
+    write_config(data_run)
+    assert planned_jobs(snakemake(data_run, "-n", "data")) == {}
+
+
+def test_config_typo_fails_before_running(tmp_path):
+    config = write_config(tmp_path)
+    config["cell_sentence"]["topk"] = 3
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "data")
+    assert result.returncode != 0
+    assert "unknown key 'cell_sentence.topk'; did you mean 'top_k'?" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "results").exists()
+
+
+def test_bad_label_column_is_one_line_and_leaves_no_output(tmp_path):
+    config = write_config(tmp_path)
+    config["datasets"]["pbmc68k"]["labels"]["cell_type"] = "celltype_typo"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "data")
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("cellduality error")]
+    assert len(lines) == 1 and "obs column 'celltype_typo', which does not exist" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "results" / "raw" / "pbmc68k.h5ad").exists()  # earlier work kept
+    assert list((tmp_path / "results" / "processed").glob("*")) == []
