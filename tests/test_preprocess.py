@@ -49,7 +49,7 @@ def test_scaled_input_uses_raw(counts_adata):
 
 def test_scaled_without_raw_is_a_clear_error(counts_adata):
     counts_adata.X = counts_adata.X.toarray() - 1.5
-    with pytest.raises(CellDualityError, match=r"in.h5ad: X looks scaled .* no \.raw; set datasets.<name>.layer"):
+    with pytest.raises(CellDualityError, match=r"in.h5ad: X looks scaled .* no \.raw; set datasets.d.layer"):
         run(counts_adata)
 
 
@@ -100,7 +100,7 @@ def test_duplicate_gene_policies(counts_adata):
 
 def test_ensembl_ids_need_a_symbol_column(counts_adata):
     counts_adata.var_names = [f"ENSG{i:011d}" for i in range(30)]
-    with pytest.raises(CellDualityError, match="Ensembl ids; set datasets.<name>.gene_symbol_key"):
+    with pytest.raises(CellDualityError, match="Ensembl ids; set datasets.d.gene_symbol_key"):
         run(counts_adata)
     counts_adata.var["symbol"] = [f"Sym{i}" for i in range(30)]
     out, _ = run(counts_adata, {**DS, "gene_symbol_key": "symbol"})

@@ -93,3 +93,10 @@ def test_bad_label_column_is_one_line_and_leaves_no_output(tmp_path):
     assert "Traceback" not in result.stderr
     assert (tmp_path / "results" / "raw" / "pbmc68k.h5ad").exists()  # earlier work kept
     assert list((tmp_path / "results" / "processed").glob("*")) == []
+
+
+def test_slurm_profile_parses_and_plans_the_data_stage(tmp_path):
+    write_config(tmp_path)
+    # --sdm env-modules: this machine has no conda; the profile itself asks for conda envs
+    result = snakemake(tmp_path, "-n", "data", "--profile", str(ROOT / "profiles" / "slurm"), "--sdm", "env-modules")
+    assert planned_jobs(result) == {"download": 1, "preprocess": 1, "cell_sentences": 1, "data": 1}

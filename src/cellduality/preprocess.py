@@ -67,13 +67,14 @@ def _check_finite(X, where: str) -> None:
         raise CellDualityError(f"{where} contains {bad} NaN/infinite values; fix or drop them before running")
 
 
-def _choose_matrix(adata: ad.AnnData, ds: dict, where: str, n_rows: int) -> tuple[object, pd.Index, str, str]:
+def _choose_matrix(adata: ad.AnnData, ds: dict, where: str, n_rows: int,
+                   name_: str = "<name>") -> tuple[object, pd.Index, str, str]:
     """Pick the matrix to use and return (X, var table, description, kind)."""
     if ds.get("layer"):
         layer = ds["layer"]
         if layer not in adata.layers:
             raise CellDualityError(
-                f"{where}: layer '{layer}' (datasets.*.layer) not found; available layers: "
+                f"{where}: layer '{layer}' (datasets.{name_}.layer) not found; available layers: "
                 f"{', '.join(adata.layers.keys()) or 'none'}"
             )
         X, var, name = adata.layers[layer], adata.var, f"layer:{layer}"
@@ -86,7 +87,7 @@ def _choose_matrix(adata: ad.AnnData, ds: dict, where: str, n_rows: int) -> tupl
     if kind == "scaled":
         if name != "X" or adata.raw is None:
             raise CellDualityError(
-                f"{where}: {name} looks scaled (negative values) and there is no .raw; set datasets.<name>.layer "
+                f"{where}: {name} looks scaled (negative values) and there is no .raw; set datasets.{name_}.layer "
                 "to a layer holding counts or log-normalized values"
             )
         X, var, name = adata.raw.X, adata.raw.var, "raw"
@@ -97,7 +98,7 @@ def _choose_matrix(adata: ad.AnnData, ds: dict, where: str, n_rows: int) -> tupl
     return X, var, name, kind
 
 
-def gene_symbols(var: pd.DataFrame, ds: dict, where: str) -> np.ndarray:
+def gene_symbols(var: pd.DataFrame, ds: dict, where: str, name_: str = "<name>") -> np.ndarray:
     key, gene_map = ds.get("gene_symbol_key"), ds.get("gene_map")
     if key:
         if key not in var.columns:
@@ -117,7 +118,7 @@ def gene_symbols(var: pd.DataFrame, ds: dict, where: str) -> np.ndarray:
         ensembl = symbols.str.match(ENSEMBL.pattern).mean() if len(symbols) else 0
         if ensembl > 0.5:
             raise CellDualityError(
-                f"{where}: var_names are Ensembl ids; set datasets.<name>.gene_symbol_key to a symbol column or "
+                f"{where}: var_names are Ensembl ids; set datasets.{name_}.gene_symbol_key to a symbol column or "
                 "gene_map to an id->symbol TSV"
             )
     symbols = symbols.fillna("").str.strip()
@@ -149,13 +150,13 @@ def _resolve_duplicates(X, symbols: np.ndarray, policy: str, where: str):
     return summed, np.asarray(uniques, dtype=object), n_dup
 
 
-def _obs_columns(adata: ad.AnnData, ds: dict, where: str) -> pd.DataFrame:
+def _obs_columns(adata: ad.AnnData, ds: dict, where: str, name_: str = "<name>") -> pd.DataFrame:
     obs = pd.DataFrame(index=adata.obs_names.astype(str))
     for group in ("labels", "metadata"):
         for canonical, column in ds.get(group, {}).items():
             if column not in adata.obs.columns:
                 raise CellDualityError(
-                    f"{where}: datasets.<name>.{group}.{canonical} names obs column '{column}', which does not exist; "
+                    f"{where}: datasets.{name_}.{group}.{canonical} names obs column '{column}', which does not exist; "
                     f"available: {', '.join(map(str, adata.obs.columns)) or 'none'}"
                 )
             values = adata.obs[column]
@@ -170,14 +171,14 @@ def preprocess(adata: ad.AnnData, ds: dict, params: dict, dataset: str, where: s
     """Return the analysis-ready AnnData and a QC report (pure function; no I/O)."""
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise CellDualityError(f"{where}: the dataset is empty ({adata.n_obs} cells x {adata.n_vars} genes)")
-    obs = _obs_columns(adata, ds, where)
-    X, var, matrix, kind = _choose_matrix(adata, ds, where, params.get("expression_check_rows", 2000))
+    obs = _obs_columns(adata, ds, where, dataset)
+    X, var, matrix, kind = _choose_matrix(adata, ds, where, params.get("expression_check_rows", 2000), dataset)
     report = PreprocessReport(dataset, kind, matrix, adata.n_obs, X.shape[1])
     X = sp.csr_matrix(X, dtype=np.float32) if not sp.issparse(X) else X.tocsr().astype(np.float32)
     if X.nnz == 0:
         raise CellDualityError(f"{where}: every value of {matrix} is zero; the file holds no expression")
 
-    symbols = gene_symbols(var, ds, where)
+    symbols = gene_symbols(var, ds, where, dataset)
     keep = symbols != ""
     if not keep.all():
         report.dropped["genes_without_symbol"] = int((~keep).sum())
