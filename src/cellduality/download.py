@@ -7,27 +7,14 @@ import shutil
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
-import anndata as ad
-
+from cellduality.builtin_datasets import BUILTIN_LOADERS
 from cellduality.errors import CellDualityError
 from cellduality.io import atomic_path
 
 CHUNK = 1 << 20
 
-
-def _pbmc68k_reduced() -> ad.AnnData:
-    import scanpy as sc
-
-    return sc.datasets.pbmc68k_reduced()
-
-
-# name after "builtin:" -> loader of data that ships inside an installed package (no network)
-BUILTIN_LOADERS: dict[str, Callable[[], ad.AnnData]] = {
-    "scanpy/pbmc68k_reduced": _pbmc68k_reduced,
-}
 
 
 def sha256_of(path: str | Path) -> str:
