@@ -1,0 +1,92 @@
+"""'True label wins' diagnostic with deterministic fake generators."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from cellduality.diagnostics import DiagnosticExample, true_label_wins
+from cellduality.inpainting import InpaintingConfig
+from cellduality.prompts import format_answer
+
+MARKERS = {"T": ["CD3D", "CD3E", "IL7R"], "B": ["MS4A1", "CD79A", "CD79B"], "NK": ["NKG7", "GNLY", "KLRD1"]}
+LABELS = ["T", "B", "NK"]
+FILLER = ["ACTB", "B2M", "MALAT1", "TMSB4X", "FTL"]
+# 8 genes, 'top' strategy hiding 3/8 -> the hidden genes are the first three of each cell.
+CONFIG = InpaintingConfig(hidden_fraction=0.375, strategy="top")
+
+
+def _user(messages: list[dict[str, str]]) -> str:
+    return messages[1]["content"]
+
+
+def marker_generator(prompts: list[list[dict[str, str]]]) -> list[str]:
+    out = []
+    for messages in prompts:
+        text = _user(messages)
+        label = re.search(r"^Cell type: (.+)$", text, re.M).group(1)  # type: ignore[union-attr]
+        n = int(re.search(r"Number of hidden genes: (\d+)", text).group(1))  # type: ignore[union-attr]
+        out.append(format_answer("markers", " ".join(MARKERS[label][:n])))
+    return out
+
+
+def label_blind_generator(prompts: list[list[dict[str, str]]]) -> list[str]:
+    return [format_answer("same", "CD3D CD3E IL7R") for _ in prompts]
+
+
+def examples() -> list[DiagnosticExample]:
+    cells = [
+        ("c1", MARKERS["T"] + FILLER, "T"),  # T markers hidden, labelled T -> win (1 vs 0, 0)
+        ("c2", MARKERS["T"] + FILLER, "B"),  # looks like T but labelled B -> loss (0 vs T's 1)
+        ("c3", FILLER[:3] + FILLER[3:] + ["RPL13", "RPS27", "EEF1A1"], "NK"),  # no markers hidden -> tie at 0
+        ("c4", MARKERS["B"] + FILLER, "B"),  # win
+        ("c5", ["CD3E", "CD3D", "IL7R"] + FILLER, "T"),  # partial: RWJS([CD3E,CD3D,IL7R],[CD3D,CD3E,IL7R]) = 4/7
+    ]
+    return [DiagnosticExample(genes, label, LABELS, pid) for pid, genes, label in cells]
+
+
+def test_marker_generator_counts() -> None:
+    report = true_label_wins(examples(), marker_generator, CONFIG)
+    assert (report.n_cells, report.wins, report.ties, report.losses) == (5, 3, 1, 1)
+    assert report.win_rate == pytest.approx(0.6)
+    assert report.tie_rate == pytest.approx(0.2)
+    assert report.mean_true_reward == pytest.approx((1 + 0 + 0 + 1 + 4 / 7) / 5)
+    # other labels: only c2's T reconstruction scores (1.0) among 10 other-label scores
+    assert report.mean_other_reward == pytest.approx(1 / 10)
+    assert [c["outcome"] for c in report.per_cell] == ["win", "loss", "tie", "win", "win"]
+    assert report.per_cell[4]["scores"]["T"] == pytest.approx(4 / 7)
+    assert report.summary()["wins"] == 3
+
+
+def test_label_blind_generator_never_wins() -> None:
+    report = true_label_wins(examples(), label_blind_generator, CONFIG)
+    assert report.wins == 0
+    assert report.ties == 5
+    assert report.mean_true_reward == pytest.approx(report.mean_other_reward)
+
+
+def test_every_candidate_gets_a_prompt_with_the_same_mask() -> None:
+    seen: list[list[dict[str, str]]] = []
+
+    def recording(prompts: list[list[dict[str, str]]]) -> list[str]:
+        seen.extend(prompts)
+        return marker_generator(prompts)
+
+    true_label_wins(examples()[:2], recording, InpaintingConfig(), batch_size=4)  # random masks, batched
+    assert len(seen) == 2 * len(LABELS)
+    for cell in range(2):
+        users = [_user(m) for m in seen[cell * 3 : cell * 3 + 3]]
+        observed = {re.search(r"Observed genes: (.*)", u).group(1) for u in users}  # type: ignore[union-attr]
+        assert len(observed) == 1
+        assert {re.search(r"Cell type: (.*)", u).group(1) for u in users} == set(LABELS)  # type: ignore[union-attr]
+
+
+def test_errors() -> None:
+    bad = [DiagnosticExample(["A", "B"], "Mast", LABELS, "x")]
+    with pytest.raises(ValueError, match="not among its candidates"):
+        true_label_wins(bad, marker_generator, CONFIG)
+    with pytest.raises(ValueError, match="responses"):
+        true_label_wins(examples(), lambda prompts: ["x"], CONFIG)
+    empty = true_label_wins([], marker_generator, CONFIG)
+    assert empty.n_cells == 0 and empty.win_rate == 0.0
