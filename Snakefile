@@ -8,9 +8,11 @@ min_version("9.0")
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/tasks.smk"
 
 
 rule all:
     default_target: True
     input:
         rules.data.input,
+        rules.tasks.input,

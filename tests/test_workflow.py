@@ -41,7 +41,7 @@ def write_config(workdir: Path, **changes) -> dict:
 def data_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("wf")
     write_config(workdir)
-    result = snakemake(workdir, "data")
+    result = snakemake(workdir)  # the default target: everything the embedded default builds
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir
 
@@ -59,17 +59,27 @@ def test_data_stage_outputs(data_run):
     assert (data_run / "results" / "logs" / "cell_sentences" / "pbmc68k.log").exists()
 
 
+def test_task_tables_are_built_for_configured_tasks(data_run):
+    for task in ("annotation", "generation", "cellpuzzles"):
+        table = pd.read_parquet(data_run / "results" / "tasks" / task / "pbmc68k.parquet")
+        assert set(table["task"]) == {task}
+        assert set(table["stage"]) == {"sft", "rl", "eval"}
+        assert (table.loc[table["stage"] == "rl", "answer"] == "").all()  # RL prompts carry no answers
+
+
 def test_second_dry_run_has_nothing_to_do(data_run):
-    assert planned_jobs(snakemake(data_run, "-n", "data")) == {}
+    assert planned_jobs(snakemake(data_run, "-n")) == {}
 
 
 def test_param_change_reruns_only_dependants(data_run):
+    write_config(data_run, inpainting__hidden_fraction=0.5)
+    assert planned_jobs(snakemake(data_run, "-n")) == {"task_table": 3, "all": 1}
     write_config(data_run, cell_sentence__top_k=16)
-    assert planned_jobs(snakemake(data_run, "-n", "data")) == {"cell_sentences": 1, "data": 1}
+    assert planned_jobs(snakemake(data_run, "-n")) == {"cell_sentences": 1, "task_table": 3, "all": 1}
     write_config(data_run, preprocess__min_genes=20)
     assert planned_jobs(snakemake(data_run, "-n", "data")) == {"preprocess": 1, "cell_sentences": 1, "data": 1}
     write_config(data_run)
-    assert planned_jobs(snakemake(data_run, "-n", "data")) == {}
+    assert planned_jobs(snakemake(data_run, "-n")) == {}
 
 
 def test_config_typo_fails_before_running(tmp_path):

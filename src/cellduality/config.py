@@ -67,6 +67,13 @@ def validate_config(config: dict, schema: Mapping | None = None, source: str = "
 
 
 def _check_datasets(config: dict, source: str) -> None:
+    for task, names in config.get("tasks", {}).items():
+        for name in names:
+            if name not in config.get("datasets", {}):
+                raise CellDualityError(
+                    f"{source}: tasks.{task} lists dataset '{name}', which is not in datasets; "
+                    f"known: {', '.join(config.get('datasets', {})) or 'none'}"
+                )
     if not config.get("download", {}).get("require_checksum", True):
         return
     for name, ds in config.get("datasets", {}).items():

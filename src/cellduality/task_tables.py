@@ -24,6 +24,7 @@ import pandas as pd
 
 from cellduality.errors import CellDualityError
 from cellduality.inpainting import DEFAULT_HIDDEN_FRACTION, DEFAULT_STRATEGY, InpaintingConfig, InpaintingMask
+from cellduality.io import atomic_path
 from cellduality.prompts import (
     CELLPUZZLES_ANSWER_SEP,
     CONTEXT_KEYS,
@@ -455,6 +456,6 @@ def write_task_tables(cells: pd.DataFrame | str | Path, path: str | Path,
     """Build the tables from a DataFrame or Parquet path and write them to ``path`` as Parquet."""
     frame = pd.read_parquet(cells) if isinstance(cells, (str, Path)) else cells
     result = build_task_tables(frame, params)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    result.to_parquet(path, index=False)
+    with atomic_path(path) as tmp:
+        result.to_parquet(tmp, index=False)
     return result
