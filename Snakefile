@@ -9,6 +9,7 @@ min_version("9.0")
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/tasks.smk"
+include: "rules/training.smk"
 
 
 rule all:

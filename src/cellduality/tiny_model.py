@@ -1,0 +1,98 @@
+"""The embedded base model: a tiny Llama-architecture causal LM with a tokenizer trained locally.
+
+The tokenizer is a byte-level BPE trained on the prompt/answer text of the task tables, plus every gene
+symbol of the cell-sentence tables as a whole-word token, plus the reasoning tags (``<think>`` ...) as
+ordinary (non-special) tokens so that GRPO, which decodes with ``skip_special_tokens``, keeps them.
+It is saved with ``save_pretrained`` and loads like any Hugging Face model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from cellduality.errors import CellDualityError
+
+BOS, EOS, PAD, UNK = "<|begin|>", "<|end|>", "<|pad|>", "<|unk|>"
+ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
+REASONING_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+# The prompt rendered with add_generation_prompt is a prefix of the rendered conversation, so TRL can
+# compute the loss on the completion only; an assistant turn ends with EOS, so generation learns to stop.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] }}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+
+
+def gene_vocabulary(sentence_tables: Iterable[str | Path]) -> list[str]:
+    """Sorted union of the genes appearing in the cell-sentence tables."""
+    genes: set[str] = set()
+    for path in sentence_tables:
+        for sentence in pd.read_parquet(path, columns=["sentence"])["sentence"]:
+            genes.update(sentence.split())
+    return sorted(genes)
+
+
+def corpus_from_task_tables(task_tables: Iterable[str | Path]) -> Iterator[str]:
+    """Prompt and answer texts of the task tables (the text the model will read and write)."""
+    for path in task_tables:
+        table = pd.read_parquet(path, columns=["prompt", "answer"])
+        for prompt, answer in zip(table["prompt"], table["answer"]):
+            for message in json.loads(prompt):
+                yield message["content"]
+            if answer:
+                yield answer
+
+
+def train_tokenizer(corpus: Iterable[str], genes: Sequence[str], vocab_size: int = 2000):
+    """A fast BPE tokenizer with whole-gene tokens and the chat template."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token=UNK))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, BOS, EOS, UNK, *ROLE_TOKENS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    tokenizer.add_tokens([AddedToken(tag, normalized=False) for tag in REASONING_TAGS])
+    # a gene is one token, with or without its leading space (sentences separate genes by spaces)
+    tokenizer.add_tokens([AddedToken(f"{space}{g}", single_word=True, normalized=False)
+                          for g in genes for space in ("", " ")])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+                                   unk_token=UNK, additional_special_tokens=list(ROLE_TOKENS))
+    fast.chat_template = CHAT_TEMPLATE
+    fast.padding_side = "left"
+    return fast
+
+
+def build_tiny_model(sentence_tables: Sequence[str | Path], task_tables: Sequence[str | Path], out_dir: str | Path,
+                     *, vocab_size: int = 2000, hidden_size: int = 64, intermediate_size: int = 256,
+                     num_layers: int = 2, num_heads: int = 4, max_position_embeddings: int = 2048,
+                     seed: int = 0) -> Path:
+    """Train the tokenizer, initialise a tiny Llama and save both to ``out_dir``."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    if not task_tables:
+        raise CellDualityError("model.embedded: no task tables to train the tokenizer on; assign datasets under tasks:")
+    genes = gene_vocabulary(sentence_tables)
+    tokenizer = train_tokenizer(corpus_from_task_tables(task_tables), genes, vocab_size)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
+                         num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
+                         max_position_embeddings=max_position_embeddings, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

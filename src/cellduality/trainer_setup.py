@@ -1,0 +1,48 @@
+"""What SFT and GRPO share: device/precision flags, LoRA/DoRA, checkpoint resume, saving the final model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from cellduality.io import atomic_path
+
+
+def precision_flags(gradient_checkpointing: bool = False) -> dict[str, Any]:
+    """bf16 and gradient checkpointing only on a GPU that supports them (both off on CPU, per SPEC)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return {"bf16": torch.cuda.is_bf16_supported(), "gradient_checkpointing": gradient_checkpointing}
+    return {"bf16": False, "fp16": False, "gradient_checkpointing": False, "use_cpu": True}
+
+
+def peft_config(lora: dict[str, Any]):
+    """A peft LoraConfig (DoRA with ``use_dora``) or None when LoRA is disabled."""
+    if not lora.get("enabled"):
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], use_dora=lora["use_dora"],
+                      target_modules=lora["target_modules"], task_type="CAUSAL_LM")
+
+
+def last_checkpoint(checkpoint_dir: str | Path) -> str | None:
+    """The newest ``checkpoint-N`` folder to resume from (None for a fresh start)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    path = Path(checkpoint_dir)
+    return get_last_checkpoint(str(path)) if path.is_dir() else None
+
+
+def save_final(trainer, out_dir: str | Path) -> None:
+    """Save the trained model (LoRA merged into the weights) and tokenizer, plus the log history."""
+    model = trainer.model
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    trainer.processing_class.save_pretrained(out_dir)
+    with atomic_path(out_dir / "log_history.json") as tmp:
+        tmp.write_text(json.dumps(trainer.state.log_history, indent=1))

@@ -1,0 +1,62 @@
+"""Training datasets in TRL's conversational formats, from the pipeline's Parquet tables."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from cellduality.errors import CellDualityError
+
+REWARD_COLUMNS = ("task", "label", "candidates", "hidden_genes", "visible_genes", "reference_sentence",
+                  "input_sentence", "metadata", "prompt_id", "dataset")
+
+
+def _read(paths: Sequence[str | Path], required: Sequence[str]) -> pd.DataFrame:
+    frames = []
+    for path in paths:
+        frame = pd.read_parquet(path)
+        missing = [c for c in required if c not in frame.columns]
+        if missing:
+            raise CellDualityError(f"{path}: missing column(s) {', '.join(missing)}; rebuild it with the pipeline")
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(required))
+
+
+def sft_dataset(paths: Sequence[str | Path], seed: int = 0):
+    """Accepted teacher examples as prompt-completion conversations (TRL trains on the completion only)."""
+    from datasets import Dataset
+
+    table = _read(paths, ("prompt", "completion", "accepted"))
+    table = table[table["accepted"].astype(bool)]
+    if table.empty:
+        raise CellDualityError(f"no accepted SFT examples in {', '.join(map(str, paths))}; lower "
+                               "filtering.rwjs_threshold or raise teacher.n_samples")
+    records = {"prompt": [json.loads(p) for p in table["prompt"]],
+               "completion": [[{"role": "assistant", "content": c}] for c in table["completion"]]}
+    return Dataset.from_dict(records).shuffle(seed=seed)
+
+
+def rl_dataset(paths: Sequence[str | Path], max_prompts: int | None = None, seed: int = 0):
+    """RL-stage primal prompts with the columns the reward functions read (labels only for the oracle)."""
+    from datasets import Dataset
+
+    table = _read(paths, ("prompt", "stage", "direction", *REWARD_COLUMNS))
+    table = table[(table["stage"] == "rl") & (table["direction"] == "primal")]
+    if table.empty:
+        raise CellDualityError(f"no RL prompts in {', '.join(map(str, paths))}; check task_tables.rl_fraction")
+    table = table.sample(frac=1.0, random_state=seed)
+    if max_prompts is not None:
+        table = table.head(max_prompts)
+    records = {"prompt": [json.loads(p) for p in table["prompt"]]}
+    records.update({c: table[c].fillna("").astype(str).tolist() for c in REWARD_COLUMNS})
+    return Dataset.from_dict(records)
+
+
+def eval_rows(paths: Sequence[str | Path], max_rows: int | None = None) -> pd.DataFrame:
+    """Evaluation-stage primal rows."""
+    table = _read(paths, ("prompt", "stage", "direction", *REWARD_COLUMNS))
+    table = table[(table["stage"] == "eval") & (table["direction"] == "primal")]
+    return table.head(max_rows) if max_rows is not None else table
