@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 
 def run_sft(model_path: str, data: Sequence[str | Path], out_dir: str | Path, checkpoint_dir: str | Path,
-            cfg: dict[str, Any], lora: dict[str, Any]) -> Path:
+            cfg: dict[str, Any], lora: dict[str, Any], callbacks: Sequence[Any] = ()) -> Path:
     """Fine-tune ``model_path`` on ``data``; resume from the newest checkpoint in ``checkpoint_dir``."""
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
@@ -30,7 +30,7 @@ def run_sft(model_path: str, data: Sequence[str | Path], out_dir: str | Path, ch
     )
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     trainer = SFTTrainer(model=model_path, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config(lora))
+                         peft_config=peft_config(lora), callbacks=list(callbacks))
     resume = last_checkpoint(checkpoint_dir)
     log.info("SFT on %d examples from %s%s", len(dataset), model_path, f", resuming {resume}" if resume else "")
     trainer.train(resume_from_checkpoint=resume)

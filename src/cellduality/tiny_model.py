@@ -61,9 +61,10 @@ def train_tokenizer(corpus: Iterable[str], genes: Sequence[str], vocab_size: int
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tokenizer.train_from_iterator(corpus, trainer=trainer)
     tokenizer.add_tokens([AddedToken(tag, normalized=False) for tag in REASONING_TAGS])
-    # a gene is one token, with or without its leading space (sentences separate genes by spaces)
-    tokenizer.add_tokens([AddedToken(f"{space}{g}", single_word=True, normalized=False)
-                          for g in genes for space in ("", " ")])
+    # a gene is one token, with or without its leading space (sentences separate genes by spaces); the
+    # space-led form needs no word-boundary check on the left, the bare form (after "\n", ", ") does
+    tokenizer.add_tokens([AddedToken(f" {g}", normalized=False) for g in genes])
+    tokenizer.add_tokens([AddedToken(g, single_word=True, normalized=False) for g in genes])
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD,
                                    unk_token=UNK, additional_special_tokens=list(ROLE_TOKENS))
     fast.chat_template = CHAT_TEMPLATE

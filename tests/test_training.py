@@ -1,0 +1,147 @@
+"""The training stage on the embedded tiny model: tokenizer contract, rewards, SFT (+resume) and GRPO."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cellduality import prompts
+from cellduality.duality_rewards import TaskReward
+from cellduality.prompts import format_answer
+from cellduality.rewards import RewardSettings
+
+pytest.importorskip("trl")
+
+GENES = [f"GENE{i}" for i in range(40)] + ["CD3E", "CD14", "MS4A1"]
+TYPES = ["T cell", "B cell", "Monocyte"]
+
+
+def task_rows(n=24):
+    """A small annotation task table (sft + rl rows) in the task-table layout."""
+    rows = []
+    for i in range(n):
+        label = TYPES[i % 3]
+        genes = [["CD3E", "MS4A1", "CD14"][i % 3]] + GENES[i % 10: i % 10 + 11]
+        visible, hidden = genes[:9], genes[9:]
+        stage = "sft" if i < n // 2 else "rl"
+        rows.append(dict(
+            prompt_id=f"annotation:primal:{stage}:d:c{i}", task="annotation", direction="primal", dataset="d",
+            split="train", stage=stage, prompt=json.dumps(prompts.annotation_prompt(genes, {}, TYPES)),
+            answer=label if stage == "sft" else "", label=label, candidates=json.dumps(TYPES),
+            hidden_genes=json.dumps(hidden), visible_genes=json.dumps(visible), reference_sentence="",
+            input_sentence=" ".join(genes), cell_ids=json.dumps([f"c{i}"]), metadata="{}",
+        ))
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    from cellduality.tiny_model import build_tiny_model
+
+    root = tmp_path_factory.mktemp("train")
+    tasks = root / "tasks.parquet"
+    task_rows().to_parquet(tasks)
+    sentences = root / "sentences.parquet"
+    pd.DataFrame({"sentence": [" ".join(GENES)]}).to_parquet(sentences)
+    build_tiny_model([sentences], [tasks], root / "base", vocab_size=400, hidden_size=32, intermediate_size=64,
+                     num_layers=1, num_heads=2)
+    table = pd.read_parquet(tasks)
+    sft = table[table.stage == "sft"].copy()
+    sft["completion"] = [format_answer("The markers point to it.", a) for a in sft.answer]
+    sft["accepted"] = True
+    sft.to_parquet(root / "sft.parquet")
+    return root
+
+
+def test_tokenizer_contract(workspace):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(workspace / "base")
+    ids = tok(" CD3E MS4A1", add_special_tokens=False).input_ids
+    assert tok.convert_ids_to_tokens(ids) == [" CD3E", " MS4A1"]  # one token per gene
+    text = "<think>x</think><answer>B cell</answer>"
+    assert tok.decode(tok(text + tok.eos_token, add_special_tokens=False).input_ids, skip_special_tokens=True) == text
+    messages = [{"role": "user", "content": "Cell: CD3E"}]
+    prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    full = tok.apply_chat_template(messages + [{"role": "assistant", "content": text}], tokenize=False)
+    assert full.startswith(prompt) and full.rstrip().endswith(tok.eos_token)
+
+
+def _columns(table):
+    return {c: table[c].tolist() for c in ("label", "candidates", "hidden_genes", "visible_genes",
+                                           "reference_sentence", "input_sentence", "metadata")}
+
+
+def test_duality_reward_dedups_dual_prompts_and_scores_reconstruction():
+    table = task_rows(6).iloc[:2]
+    rows = pd.concat([table.iloc[[0]]] * 3 + [table.iloc[[1]]], ignore_index=True)
+    hidden0, hidden1 = json.loads(rows.hidden_genes[0]), json.loads(rows.hidden_genes[3])
+    seen = []
+
+    def dual(conversations):
+        seen.extend(conversations)
+        # reconstruct perfectly only when the dual prompt names the true type of cell 0 ("T cell")
+        return [format_answer("", " ".join(hidden0)) if "T cell" in c[-1]["content"] else
+                format_answer("", "NOTAGENE") for c in conversations]
+
+    completions = [format_answer("", "T cell"), format_answer("", "T cell"), "no tags at all",
+                   format_answer("", "B cell")]
+    reward = TaskReward(RewardSettings(mode="duality"), dual)
+    logged = {}
+    out = reward(prompts=[None] * 4, completions=[[{"role": "assistant", "content": c}] for c in completions],
+                 task=["annotation"] * 4, log_metric=logged.__setitem__, **_columns(rows))
+    assert out == [1.0, 1.0, -1.0, 0.0]
+    assert len(seen) == 2  # the two identical "T cell" rollouts share one dual generation
+    assert logged["dual_generations"] == 2 and logged["oracle_reward"] == pytest.approx((1 + 1 - 1 + 1) / 4)
+    assert hidden1  # the B cell row has hidden genes but a wrong reconstruction
+    oracle = TaskReward(RewardSettings(mode="oracle"))
+    assert oracle(prompts=[None] * 4, completions=completions, task=["annotation"] * 4,
+                  **_columns(rows)) == [1.0, 1.0, -1.0, 1.0]
+
+
+SFT_CFG = dict(seed=0, epochs=1, max_steps=4, learning_rate=1e-3, per_device_batch_size=4,
+               gradient_accumulation_steps=1, max_length=512, save_steps=2, logging_steps=1,
+               gradient_checkpointing=False)
+NO_LORA = dict(enabled=False)
+
+
+def test_sft_resumes_from_checkpoint(workspace):
+    from transformers import TrainerCallback
+
+    from cellduality.sft import run_sft
+
+    class StepCounter(TrainerCallback):
+        steps: list[int] = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            StepCounter.steps.append(state.global_step)
+
+    ckpt = workspace / "sft_ckpt"
+    run_sft(str(workspace / "base"), [workspace / "sft.parquet"], workspace / "sft_partial", ckpt,
+            {**SFT_CFG, "max_steps": 2}, NO_LORA)  # an "interrupted" run that got to step 2
+    assert (ckpt / "checkpoint-2").is_dir()
+    run_sft(str(workspace / "base"), [workspace / "sft.parquet"], workspace / "sft", ckpt, SFT_CFG, NO_LORA,
+            callbacks=[StepCounter()])
+    assert StepCounter.steps == [3, 4]  # steps 1-2 came from the checkpoint, not recomputed
+    history = json.loads((workspace / "sft" / "log_history.json").read_text())
+    assert [entry["step"] for entry in history if "loss" in entry] == [1, 2, 3, 4]
+    assert (workspace / "sft" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("mode", ["duality", "oracle"])
+def test_short_grpo_run(workspace, mode):
+    from cellduality.grpo import run_grpo
+
+    model = workspace / "sft" if (workspace / "sft").exists() else workspace / "base"
+    cfg = dict(num_generations=2, train_batch_size=4, mini_batch_size=4, max_steps=2, learning_rate=1e-4,
+               beta=0.04, epsilon=0.2, temperature=1.0, max_completion_length=16, max_prompts=8,
+               dual_model="policy", dual_max_new_tokens=12, dual_temperature=0.0, save_steps=1, use_vllm=False,
+               seed=0, gradient_checkpointing=False)
+    out = workspace / f"grpo_{mode}"
+    run_grpo(str(model), [workspace / "tasks.parquet"], out, workspace / f"ckpt_{mode}", cfg, {"mode": mode}, NO_LORA)
+    curve = pd.read_csv(out / "reward_curve.tsv", sep="\t")
+    assert curve["step"].tolist() == [1, 2]
+    assert curve["reward"].between(-1, 1).all() and curve["oracle_reward"].between(-1, 1).all()
+    assert (out / "model.safetensors").exists()
+    assert Path(workspace / f"ckpt_{mode}" / "checkpoint-2").is_dir()
