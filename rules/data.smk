@@ -7,6 +7,8 @@ localrules:
 
 
 rule download:
+    input:
+        lambda wildcards: builtin_resource_files(DATASETS[wildcards.dataset]["source"]),
     output:
         h5ad=f"{RESULTS}/raw/{{dataset}}.h5ad",
         sha256=f"{RESULTS}/raw/{{dataset}}.sha256",
@@ -32,7 +34,14 @@ rule preprocess:
         qc=f"{RESULTS}/processed/{{dataset}}.qc.json",
     params:
         dataset=dataset_params(
-            "species", "labels", "metadata", "constants", "gene_symbol_key", "gene_map", "layer"
+            "species",
+            "labels",
+            "metadata",
+            "constants",
+            "gene_symbol_key",
+            "gene_map",
+            "layer",
+            "split_by",
         ),
         preprocess=config["preprocess"],
     log:

@@ -19,6 +19,7 @@ import scipy.sparse as sp
 from cellduality.errors import CellDualityError
 from cellduality.io import atomic_path
 
+SPLIT_GROUP = "split_group"  # obs column that keeps related rows in one split
 ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}")
 
 
@@ -164,6 +165,12 @@ def _obs_columns(adata: ad.AnnData, ds: dict, where: str, name_: str = "<name>")
     for canonical, value in ds.get("constants", {}).items():
         if canonical not in obs:
             obs[canonical] = str(value)
+    split_by = ds.get("split_by")
+    if split_by:
+        if split_by not in adata.obs.columns:
+            raise CellDualityError(f"{where}: datasets.{name_}.split_by names obs column '{split_by}', which does not "
+                                   f"exist; available: {', '.join(map(str, adata.obs.columns)) or 'none'}")
+        obs[SPLIT_GROUP] = adata.obs[split_by].astype("string").to_numpy()
     return obs
 
 
@@ -216,6 +223,8 @@ def preprocess(adata: ad.AnnData, ds: dict, params: dict, dataset: str, where: s
     out = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=pd.Index(symbols.astype(str), name="gene")))
     report.n_cells_out, report.n_genes_out = out.n_obs, out.n_vars
     out.uns["cellduality_preprocess"] = json.loads(json.dumps(report.__dict__))
+    if "provenance" in adata.uns:
+        out.uns["provenance"] = adata.uns["provenance"]
     return out, report
 
 

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 from cellduality.cell_sentences import encode_gene_names, iter_top_k, open_backed, sentence_array
 from cellduality.errors import CellDualityError
 from cellduality.io import atomic_path
+from cellduality.preprocess import SPLIT_GROUP
 from cellduality.splits import assign_splits
 
 LABEL_COLUMNS = ("cell_type", "drug", "sensitivity", "condition", "pair_id")
@@ -30,7 +31,7 @@ def write_sentence_table(h5ad: str | Path, out: str | Path, *, dataset: str, top
     adata = open_backed(h5ad)
     try:
         obs = adata.obs
-        columns = [c for c in LABEL_COLUMNS + METADATA_COLUMNS if c in obs.columns]
+        columns = [c for c in LABEL_COLUMNS + METADATA_COLUMNS + (SPLIT_GROUP,) if c in obs.columns]
         for column in (ood_labels or {}):
             if column not in obs.columns:
                 raise CellDualityError(f"datasets.{dataset}.ood_labels.{column}: {h5ad} has no '{column}' column; "

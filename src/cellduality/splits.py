@@ -1,7 +1,7 @@
 """Deterministic train/test/OOD assignment of cells.
 
-A cell's split depends only on (dataset, cell id, seed), never on row order or on which other cells are
-present, so adding or removing cells never moves existing cells between splits.
+A cell's split depends only on (dataset, its group or cell id, seed), never on row order or on which other
+cells are present, so adding or removing cells never moves existing cells between splits.
 """
 
 from __future__ import annotations
@@ -23,13 +23,27 @@ def unit_hash(keys: Sequence[str], salt: str) -> np.ndarray:
     return out
 
 
+def split_keys(cell_ids: Sequence[str], obs: pd.DataFrame) -> Sequence[str]:
+    """What is hashed per row: its split group (``split_group``, else ``pair_id``) where set, else its id.
+
+    Rows sharing a group (one cell line under several drugs; a control cell and its treated copies) land
+    in the same split, so no test row has a near-copy in train.
+    """
+    for column in ("split_group", "pair_id"):
+        if column in obs:
+            groups = obs[column].astype("string").to_numpy(dtype=object, na_value=None)
+            return [c if g is None else g for g, c in zip(groups, cell_ids)]
+    return cell_ids
+
+
 def assign_splits(cell_ids: Sequence[str], obs: pd.DataFrame, *, dataset: str, role: str, test_fraction: float,
                   seed: int, ood_labels: Mapping[str, Sequence[str]] | None = None) -> np.ndarray:
     """Return an array of "train" / "test" / "ood" per cell."""
     n = len(cell_ids)
     if role == "ood":
         return np.full(n, "ood", dtype=object)
-    split = np.where(unit_hash(cell_ids, f"{dataset}:{seed}") < test_fraction, "test", "train").astype(object)
+    keys = split_keys(cell_ids, obs)
+    split = np.where(unit_hash(keys, f"{dataset}:{seed}") < test_fraction, "test", "train").astype(object)
     for column, values in (ood_labels or {}).items():
         if column in obs:
             split[obs[column].isin(list(values)).to_numpy()] = "ood"

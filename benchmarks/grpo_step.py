@@ -1,0 +1,92 @@
+"""Seconds per GRPO step with the duality reward vs the ground-truth (oracle) reward, same model, one run.
+
+    python benchmarks/grpo_step.py [--steps 6] [--sft-steps 150] [--workdir benchmarks/out/grpo]
+
+Builds the embedded setting from scanpy's pbmc68k_reduced (annotation task, K=32), a tiny Llama, and a
+short SFT on reference answers so that rollouts are well formed (otherwise no dual task would run and the
+comparison would flatter the duality reward). Then runs GRPO for --steps optimizer steps with each reward
+and prints the mean step time (TRL's ``step_time``, first step excluded), the ratio (target <= 1.6x),
+the format-OK rate and dual generations per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from cellduality.download import fetch  # noqa: E402
+from cellduality.grpo import run_grpo  # noqa: E402
+from cellduality.preprocess import preprocess_file  # noqa: E402
+from cellduality.prompts import format_answer  # noqa: E402
+from cellduality.sentence_table import write_sentence_table  # noqa: E402
+from cellduality.sft import run_sft  # noqa: E402
+from cellduality.task_tables import TaskTableParams, write_task_tables  # noqa: E402
+from cellduality.tiny_model import build_tiny_model  # noqa: E402
+
+
+def prepare(work: Path, sft_steps: int) -> tuple[Path, Path]:
+    tasks = work / "tasks.parquet"
+    if not tasks.exists():
+        fetch("builtin:scanpy/pbmc68k_reduced", work / "raw.h5ad")
+        preprocess_file(work / "raw.h5ad", work / "processed.h5ad", work / "qc.json",
+                        {"labels": {"cell_type": "bulk_labels"}, "constants": {"tissue": "peripheral blood"}},
+                        {"min_genes": 10}, "pbmc68k")
+        write_sentence_table(work / "processed.h5ad", work / "sentences.parquet", dataset="pbmc68k", top_k=32)
+        write_task_tables(work / "sentences.parquet", tasks, TaskTableParams(tasks=("annotation",), top_k=32))
+    sft_model = work / "sft"
+    if not sft_model.exists():
+        build_tiny_model([work / "sentences.parquet"], [tasks], work / "base", hidden_size=128)
+        table = pd.read_parquet(tasks)
+        sft = table[table.stage == "sft"].copy()
+        sft["completion"] = [format_answer("Marker genes decide.", a) for a in sft.answer]
+        sft["accepted"] = True
+        sft.to_parquet(work / "sft.parquet")
+        cfg = dict(seed=0, epochs=100, max_steps=sft_steps, learning_rate=3e-3, per_device_batch_size=8,
+                   gradient_accumulation_steps=1, max_length=1024, save_steps=10_000, logging_steps=50,
+                   gradient_checkpointing=False)
+        run_sft(str(work / "base"), [work / "sft.parquet"], sft_model, work / "sft_ckpt", cfg, {"enabled": False})
+    return sft_model, tasks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--sft-steps", type=int, default=150)
+    parser.add_argument("--generations", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=16, help="completions per step (train = mini batch)")
+    parser.add_argument("--workdir", type=Path, default=Path("benchmarks/out/grpo"))
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    model, tasks = prepare(args.workdir, args.sft_steps)
+    cfg = dict(num_generations=args.generations, train_batch_size=args.batch, mini_batch_size=args.batch,
+               max_steps=args.steps, learning_rate=1e-5, beta=0.04, epsilon=0.2, temperature=1.0,
+               max_completion_length=32, max_prompts=None, dual_model="policy", dual_max_new_tokens=24,
+               dual_temperature=0.0, save_steps=10_000, use_vllm=False, seed=0, gradient_checkpointing=False)
+    results = {}
+    for mode in ("oracle", "duality"):
+        out = args.workdir / f"grpo_{mode}_{time.time_ns()}"
+        run_grpo(str(model), [tasks], out, out / "ckpt", cfg, {"mode": mode}, {"enabled": False})
+        history = json.loads((out / "log_history.json").read_text())
+        steps = [e for e in history if "step_time" in e][1:]
+        results[mode] = {
+            "s_per_step": sum(e["step_time"] for e in steps) / len(steps),
+            "format_ok": sum(e.get("format_ok", 0) for e in steps) / len(steps),
+            "dual_generations": sum(e.get("dual_generations", 0) for e in steps) / len(steps),
+        }
+    ratio = results["duality"]["s_per_step"] / results["oracle"]["s_per_step"]
+    for mode, r in results.items():
+        print(f"{mode:8s} {r['s_per_step']:.3f} s/step  format_ok={r['format_ok']:.2f}  "
+              f"dual_generations/step={r['dual_generations']:.1f}")
+    print(f"duality/oracle step-time ratio = {ratio:.2f}x (target <= 1.6x); {args.batch} completions/step, "
+          f"G={args.generations}, {args.steps} steps")
+
+
+if __name__ == "__main__":
+    main()
