@@ -9,7 +9,9 @@ min_version("9.0")
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/tasks.smk"
+include: "rules/teacher.smk"
 include: "rules/training.smk"
+include: "rules/evaluation.smk"
 
 
 rule all:
@@ -17,3 +19,4 @@ rule all:
     input:
         rules.data.input,
         rules.tasks.input,
+        rules.sft_data.input,

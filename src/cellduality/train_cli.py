@@ -1,6 +1,6 @@
 """Command line for the training rules (also launchable with ``accelerate launch -m cellduality.train_cli``).
 
-    python -m cellduality.train_cli {build-model,sft,grpo,true-label-wins} --spec '<json>' [--log FILE]
+    python -m cellduality.train_cli {build-model,sft,grpo,true-label-wins,predict} --spec '<json>' [--log FILE]
 
 ``--spec`` is the JSON of the step's inputs, outputs and settings (the rule writes it from the config).
 Bad input ends with one line on stderr; logs (and tracebacks of bugs) go to ``--log``.
@@ -45,7 +45,14 @@ def _true_label_wins(spec: dict) -> None:
     true_label_wins_for_model(spec["model"], spec["tables"], spec["out"], **spec["diagnostic"])
 
 
-COMMANDS = {"build-model": _build_model, "sft": _sft, "grpo": _grpo, "true-label-wins": _true_label_wins}
+def _predict(spec: dict) -> None:
+    from cellduality.model_predictions import predict
+
+    predict(spec["model"], spec["tables"], spec["out"], **spec["evaluation"])
+
+
+COMMANDS = {"build-model": _build_model, "sft": _sft, "grpo": _grpo, "true-label-wins": _true_label_wins,
+            "predict": _predict}
 
 
 def relaunch_on_all_gpus(argv: list[str], accelerate_config: str | None) -> None:

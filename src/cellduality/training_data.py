@@ -56,7 +56,9 @@ def rl_dataset(paths: Sequence[str | Path], max_prompts: int | None = None, seed
 
 
 def eval_rows(paths: Sequence[str | Path], max_rows: int | None = None) -> pd.DataFrame:
-    """Evaluation-stage primal rows."""
-    table = _read(paths, ("prompt", "stage", "direction", *REWARD_COLUMNS))
+    """Evaluation-stage primal rows (at most ``max_rows`` per split, in table order)."""
+    table = _read(paths, ("prompt", "stage", "direction", "split", "cell_ids", *REWARD_COLUMNS))
     table = table[(table["stage"] == "eval") & (table["direction"] == "primal")]
-    return table.head(max_rows) if max_rows is not None else table
+    if max_rows is not None:
+        table = table.groupby("split", sort=False).head(max_rows)
+    return table.reset_index(drop=True)
