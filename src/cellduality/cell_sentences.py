@@ -97,6 +97,51 @@ def _csr_top_k(data, indices, indptr, k, reverse_ties):
     return out, lengths
 
 
+@numba.njit(cache=True, parallel=True)
+def _csr_top_k_f32(data, indices, indptr, k, reverse_ties):
+    """Same contract as ``_csr_top_k`` for float32 data, ~2x faster: one uint64 key per expressed gene,
+    ``(~value_bits << 32) | gene`` (gene mirrored for reverse ties). Positive float32 bit patterns order like
+    their values, so the k smallest keys are exactly the top k by (value desc, tie rule): one partition and one
+    sort of k keys per row, scratch allocated once per block of rows instead of five arrays per row."""
+    n = indptr.shape[0] - 1
+    ubits = data.view(np.uint32)
+    out = np.full((n, k), -1, dtype=np.int32)
+    lengths = np.zeros(n, dtype=np.int32)
+    top = np.uint64(0xFFFFFFFF)
+    s32 = np.uint64(32)
+    n_blocks = max(1, min(n, 256))  # rows in blocks: scratch allocated once per block, threads balanced
+    for b in numba.prange(n_blocks):
+        lo = b * n // n_blocks
+        hi = (b + 1) * n // n_blocks
+        width = 1
+        for i in range(lo, hi):
+            width = max(width, indptr[i + 1] - indptr[i])
+        keys = np.empty(width, dtype=np.uint64)
+        for i in range(lo, hi):
+            m = 0
+            for j in range(indptr[i], indptr[i + 1]):
+                if data[j] > 0:
+                    g = np.uint64(indices[j])
+                    if reverse_ties:
+                        g = top - g
+                    keys[m] = ((top - np.uint64(ubits[j])) << s32) | g
+                    m += 1
+            if m == 0:
+                continue
+            if m > k:
+                sel = np.sort(np.partition(keys[:m], k - 1)[:k])
+                m = k
+            else:
+                sel = np.sort(keys[:m])
+            for j in range(m):
+                g = sel[j] & top
+                if reverse_ties:
+                    g = top - g
+                out[i, j] = np.int32(g)
+            lengths[i] = m
+    return out, lengths
+
+
 def top_k_gene_indices(X, k: int, tie_break: str = "var_order") -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` gene indices per cell of an in-memory matrix (dense or sparse).
 
@@ -108,13 +153,35 @@ def top_k_gene_indices(X, k: int, tie_break: str = "var_order") -> tuple[np.ndar
     if tie_break not in TIE_BREAKS:
         raise CellDualityError(f"cell_sentence.tie_break must be one of {TIE_BREAKS}, got {tie_break!r}")
     csr = X.tocsr() if sp.issparse(X) else sp.csr_matrix(np.asarray(X))
-    return _csr_top_k(csr.data, csr.indices, csr.indptr.astype(np.int64), int(k), tie_break == "reverse_var_order")
+    kernel = _csr_top_k_f32 if csr.data.dtype == np.float32 else _csr_top_k
+    return kernel(csr.data, csr.indices, csr.indptr.astype(np.int64), int(k), tie_break == "reverse_var_order")
 
 
 def iter_top_k(adata: ad.AnnData, k: int, chunk_size: int, tie_break: str = "var_order") -> Iterator[
         tuple[int, int, np.ndarray, np.ndarray]]:
     """Yield ``(start, stop, indices, lengths)`` for consecutive chunks of cells of ``adata`` (backed or not)."""
     X = adata.X
+    group = getattr(X, "group", None)  # anndata backed CSR dataset: read the HDF5 arrays directly
+    if group is not None and getattr(X, "format", None) == "csr" and not adata.is_view:
+        if k < 1:
+            raise CellDualityError(f"cell_sentence.top_k must be >= 1, got {k}")
+        if tie_break not in TIE_BREAKS:
+            raise CellDualityError(f"cell_sentence.tie_break must be one of {TIE_BREAKS}, got {tie_break!r}")
+        indptr_all = np.asarray(group["indptr"][:], dtype=np.int64)  # n_obs + 1 integers
+        data_ds, indices_ds = group["data"], group["indices"]
+        kernel = _csr_top_k_f32 if data_ds.dtype == np.float32 else _csr_top_k
+        for start in range(0, adata.n_obs, chunk_size):
+            stop = min(start + chunk_size, adata.n_obs)
+            lo, hi = int(indptr_all[start]), int(indptr_all[stop])
+            data = np.empty(hi - lo, dtype=data_ds.dtype)
+            indices = np.empty(hi - lo, dtype=indices_ds.dtype)
+            if hi > lo:
+                data_ds.read_direct(data, np.s_[lo:hi])
+                indices_ds.read_direct(indices, np.s_[lo:hi])
+            top, lengths = kernel(data, indices, indptr_all[start:stop + 1] - lo, int(k),
+                                  tie_break == "reverse_var_order")
+            yield start, stop, top, lengths
+        return
     if getattr(X, "format", None) == "csc" or sp.issparse(X) and X.format == "csc":
         X = X[:] if not sp.issparse(X) else X
         X = X.tocsr()
