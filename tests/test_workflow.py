@@ -67,6 +67,29 @@ def test_task_tables_are_built_for_configured_tasks(data_run):
         assert (table.loc[table["stage"] == "rl", "answer"] == "").all()  # RL prompts carry no answers
 
 
+def test_teacher_sft_data_is_built(data_run):
+    import json
+
+    config = yaml.safe_load((data_run / "config.yaml").read_text())
+    for task, names in config["tasks"].items():
+        for name in names:
+            sft = pd.read_parquet(data_run / "results" / "sft" / task / f"{name}.parquet")
+            stats = json.loads((data_run / "results" / "sft" / task / f"{name}.stats.json").read_text())
+            assert set(sft["task"]) == {task} and sft["accepted"].any(), task
+            assert stats["primal"]["samples_received"] == stats["primal"]["prompts"] * config["teacher"]["n_samples"]
+            assert 0 < stats["primal"]["acceptance_rate"] < 1, task
+    assert (data_run / "results" / "logs" / "teacher" / "annotation" / "pbmc68k.log").exists()
+
+
+def test_teacher_reruns_only_for_output_settings(data_run):
+    config = write_config(data_run, teacher__concurrency=3, teacher__max_retries=1)  # operational only
+    assert planned_jobs(snakemake(data_run, "-n")) == {}
+    n_tables = sum(len(names) for names in config["tasks"].values())
+    write_config(data_run, filtering__rwjs_threshold=0.2)
+    assert planned_jobs(snakemake(data_run, "-n")) == {"teacher": n_tables, "all": 1}
+    write_config(data_run)
+
+
 def test_second_dry_run_has_nothing_to_do(data_run):
     assert planned_jobs(snakemake(data_run, "-n")) == {}
 
@@ -75,9 +98,11 @@ def test_param_change_reruns_only_dependants(data_run):
     config = write_config(data_run, inpainting__hidden_fraction=0.5)
     n_datasets = len(config["datasets"])
     n_tables = sum(len(names) for names in config["tasks"].values())
-    assert planned_jobs(snakemake(data_run, "-n")) == {"task_table": n_tables, "all": 1}
+    # the teacher's SFT data depends on the task tables (rule teacher, rules/teacher.smk)
+    assert planned_jobs(snakemake(data_run, "-n")) == {"task_table": n_tables, "teacher": n_tables, "all": 1}
     write_config(data_run, cell_sentence__top_k=16)
-    assert planned_jobs(snakemake(data_run, "-n")) == {"cell_sentences": n_datasets, "task_table": n_tables, "all": 1}
+    assert planned_jobs(snakemake(data_run, "-n")) == {"cell_sentences": n_datasets, "task_table": n_tables,
+                                                       "teacher": n_tables, "all": 1}
     write_config(data_run, preprocess__min_genes=20)
     assert planned_jobs(snakemake(data_run, "-n", "data")) == {"preprocess": n_datasets, "cell_sentences": n_datasets,
                                                                  "data": 1}
