@@ -106,10 +106,17 @@ SFT_CFG = dict(seed=0, epochs=1, max_steps=4, learning_rate=1e-3, per_device_bat
 NO_LORA = dict(enabled=False)
 
 
-def test_sft_resumes_from_checkpoint(workspace):
+def test_sft_resumes_after_interruption_and_not_across_changed_inputs(workspace):
     from transformers import TrainerCallback
 
     from cellduality.sft import run_sft
+
+    class Interrupt(Exception):
+        pass
+
+    class KillAfterFirstSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            raise Interrupt  # the job dies right after checkpoint-2 was written
 
     class StepCounter(TrainerCallback):
         steps: list[int] = []
@@ -118,15 +125,25 @@ def test_sft_resumes_from_checkpoint(workspace):
             StepCounter.steps.append(state.global_step)
 
     ckpt = workspace / "sft_ckpt"
-    run_sft(str(workspace / "base"), [workspace / "sft.parquet"], workspace / "sft_partial", ckpt,
-            {**SFT_CFG, "max_steps": 2}, NO_LORA)  # an "interrupted" run that got to step 2
-    assert (ckpt / "checkpoint-2").is_dir()
+    with pytest.raises(Interrupt):
+        run_sft(str(workspace / "base"), [workspace / "sft.parquet"], workspace / "sft", ckpt, SFT_CFG, NO_LORA,
+                callbacks=[KillAfterFirstSave()])
+    assert len(list(ckpt.glob("*/checkpoint-2"))) == 1
     run_sft(str(workspace / "base"), [workspace / "sft.parquet"], workspace / "sft", ckpt, SFT_CFG, NO_LORA,
             callbacks=[StepCounter()])
     assert StepCounter.steps == [3, 4]  # steps 1-2 came from the checkpoint, not recomputed
     history = json.loads((workspace / "sft" / "log_history.json").read_text())
     assert [entry["step"] for entry in history if "loss" in entry] == [1, 2, 3, 4]
     assert (workspace / "sft" / "model.safetensors").exists()
+
+    # other data: a fresh run, never a resume from the old run's checkpoint
+    changed = pd.read_parquet(workspace / "sft.parquet").head(8)
+    changed.to_parquet(workspace / "sft_changed.parquet")
+    StepCounter.steps = []
+    run_sft(str(workspace / "base"), [workspace / "sft_changed.parquet"], workspace / "sft_changed", ckpt, SFT_CFG,
+            NO_LORA, callbacks=[StepCounter()])
+    assert StepCounter.steps == [1, 2, 3, 4]
+    assert len(list(ckpt.glob("*/checkpoint-4"))) == 2
 
 
 @pytest.mark.parametrize("mode", ["duality", "oracle"])
@@ -144,4 +161,4 @@ def test_short_grpo_run(workspace, mode):
     assert curve["step"].tolist() == [1, 2]
     assert curve["reward"].between(-1, 1).all() and curve["oracle_reward"].between(-1, 1).all()
     assert (out / "model.safetensors").exists()
-    assert Path(workspace / f"ckpt_{mode}" / "checkpoint-2").is_dir()
+    assert len(list(Path(workspace / f"ckpt_{mode}").glob("*/checkpoint-2"))) == 1

@@ -18,7 +18,7 @@ from cellduality.duality_rewards import TaskReward, model_dual_generator, policy
 from cellduality.errors import CellDualityError
 from cellduality.io import atomic_path
 from cellduality.rewards import RewardSettings
-from cellduality.trainer_setup import last_checkpoint, peft_config, precision_flags, save_final
+from cellduality.trainer_setup import last_checkpoint, peft_config, precision_flags, run_checkpoint_dir, save_final
 from cellduality.training_data import rl_dataset
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,8 @@ def run_grpo(model_path: str, tables: Sequence[str | Path], out_dir: str | Path,
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOTrainer
 
+    checkpoint_dir = run_checkpoint_dir(checkpoint_dir, {"grpo": cfg, "rewards": reward_cfg, "lora": lora},
+                                        [model_path, *tables])
     settings = RewardSettings(**reward_cfg)
     dataset = rl_dataset(tables, cfg["max_prompts"], seed=cfg["seed"])
     tokenizer = AutoTokenizer.from_pretrained(model_path)

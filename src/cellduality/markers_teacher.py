@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from cellduality import prompts as P
 from cellduality.marker_knowledge import DrugProgram, GeneHit, Knowledge, LabelEvidence, gene_ranks
+from cellduality.parsing import parse_response
 from cellduality.seeding import stable_keys, stable_uniform
 from cellduality.teacher_providers import Completion, GenerationParams, TeacherProvider, TeacherRequest
 
@@ -190,15 +191,26 @@ def _answer(think: list[str], answer: str) -> str:
 class MarkersTeacher:
     """Writes one response for a prompt; see the module docstring."""
 
-    def __init__(self, knowledge: Knowledge | None = None) -> None:
+    def __init__(self, knowledge: Knowledge | None = None, max_reasoning_lines: int | None = None) -> None:
         self.kb = knowledge or Knowledge.load()
+        self.max_reasoning_lines = max_reasoning_lines
 
     def respond(self, messages: Sequence[Mapping[str, str]], prompt_id: str, sample_index: int,
                 temperature: float = 0.7) -> str:
         parsed = parse_prompt(messages)
         noise = _Noise(prompt_id, sample_index)
         handler = getattr(self, f"_{parsed.task}")
-        return handler(noise, temperature, **parsed.fields)
+        return self._shorten(handler(noise, temperature, **parsed.fields))
+
+    def _shorten(self, response: str) -> str:
+        """Keep the first reasoning line (what the cell shows) and the last ``max_reasoning_lines - 1``
+        (the conclusion): brief chains of thought that a small model can learn in a short SFT."""
+        n = self.max_reasoning_lines
+        parsed = parse_response(response)
+        lines = parsed.think.strip().splitlines()
+        if not n or len(lines) <= n:
+            return response
+        return P.format_answer("\n".join(lines[:1] + (lines[-(n - 1):] if n > 1 else [])), parsed.answer)
 
     # ------------------------------------------------------------ classification of one cell
 
@@ -554,10 +566,12 @@ class MarkersProvider(TeacherProvider):
     max_samples_per_request = 64
     cache_responses = False  # free and deterministic: recomputing is faster than a cache lookup
 
-    def __init__(self, model: str = "markers-v1", knowledge: Knowledge | None = None) -> None:
-        teacher = MarkersTeacher(knowledge)
+    def __init__(self, model: str = "markers-v1", knowledge: Knowledge | None = None,
+                 max_reasoning_lines: int | None = None) -> None:
+        teacher = MarkersTeacher(knowledge, max_reasoning_lines)
         # the model name carries the knowledge digest: edited resource files never reuse stale cached answers
-        super().__init__(f"{model}+{teacher.kb.digest}" if teacher.kb.digest else model)
+        name = f"{model}+{teacher.kb.digest}" if teacher.kb.digest else model
+        super().__init__(f"{name}+lines{max_reasoning_lines}" if max_reasoning_lines else name)
         self.teacher = teacher
 
     async def generate(self, request: TeacherRequest, params: GenerationParams) -> list[Completion]:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cellduality.trainer_setup import last_checkpoint, peft_config, precision_flags, save_final
+from cellduality.trainer_setup import last_checkpoint, peft_config, precision_flags, run_checkpoint_dir, save_final
 from cellduality.training_data import sft_dataset
 
 log = logging.getLogger(__name__)
@@ -15,10 +15,12 @@ log = logging.getLogger(__name__)
 
 def run_sft(model_path: str, data: Sequence[str | Path], out_dir: str | Path, checkpoint_dir: str | Path,
             cfg: dict[str, Any], lora: dict[str, Any], callbacks: Sequence[Any] = ()) -> Path:
-    """Fine-tune ``model_path`` on ``data``; resume from the newest checkpoint in ``checkpoint_dir``."""
+    """Fine-tune ``model_path`` on ``data``; resume from the newest checkpoint of the same run (same model,
+    data and settings) under ``checkpoint_dir``."""
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
+    checkpoint_dir = run_checkpoint_dir(checkpoint_dir, {"sft": cfg, "lora": lora}, [model_path, *data])
     dataset = sft_dataset(data, seed=cfg["seed"])
     args = SFTConfig(
         output_dir=str(checkpoint_dir), num_train_epochs=cfg["epochs"], max_steps=cfg["max_steps"],

@@ -55,7 +55,7 @@ DEFAULT_MODELS = {"markers": "markers-v1", "openai": "gpt-4o", "gemini": "gemini
 DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "gemini": "GEMINI_API_KEY"}
 # settings that change what ends up in the SFT outputs (the rule's params); the rest are operational
 OUTPUT_KEYS = ("provider", "model", "n_samples", "temperature", "max_tokens", "top_p", "seed", "price_in",
-               "price_out", "batch_discount", "max_prompts")
+               "price_out", "batch_discount", "max_prompts", "max_reasoning_lines")
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,7 @@ class TeacherSettings:
     cache_sync: str = "normal"
     max_prompts: int | None = None
     progress: bool = True
+    max_reasoning_lines: int | None = None
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
@@ -142,7 +143,8 @@ def make_provider(settings: TeacherSettings, env: Mapping[str, str] | None = Non
         from cellduality.marker_knowledge import Knowledge
         from cellduality.markers_teacher import MarkersProvider
 
-        return MarkersProvider(settings.model_name, Knowledge.load(species=species))
+        return MarkersProvider(settings.model_name, Knowledge.load(species=species),
+                               max_reasoning_lines=settings.max_reasoning_lines)
     key = api_key(settings, env)
     if settings.provider == "openai":
         return OpenAIProvider(settings.model_name, key, settings.base_url, settings.timeout_s,

@@ -28,6 +28,30 @@ def peft_config(lora: dict[str, Any]):
                       target_modules=lora["target_modules"], task_type="CAUSAL_LM")
 
 
+def run_checkpoint_dir(root: str | Path, settings: dict[str, Any], inputs: list[str | Path]) -> Path:
+    """``root/<fingerprint>``: checkpoints of one exact run (settings + the contents of its input files).
+
+    A rerun with the same inputs resumes from its checkpoints; changed data, model or settings start a
+    fresh run instead of silently resuming someone else's.
+    """
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for path in inputs:
+        path = Path(path)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            if file.exists():
+                digest.update(file.name.encode())
+                with open(file, "rb") as fh:
+                    while block := fh.read(1 << 20):
+                        digest.update(block)
+    run_dir = Path(root) / digest.hexdigest()[:16]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "settings.json").write_text(json.dumps(settings, sort_keys=True, indent=1, default=str))
+    return run_dir
+
+
 def last_checkpoint(checkpoint_dir: str | Path) -> str | None:
     """The newest ``checkpoint-N`` folder to resume from (None for a fresh start)."""
     from transformers.trainer_utils import get_last_checkpoint
