@@ -6,6 +6,9 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/tasks.smk"
@@ -20,3 +23,5 @@ rule all:
         rules.data.input,
         rules.tasks.input,
         rules.sft_data.input,
+        rules.training.input,
+        rules.evaluation.input,

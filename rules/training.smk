@@ -16,8 +16,38 @@ TRAINING_RESOURCES = dict(
 
 
 def spec(**fields):
-    """The train_cli --spec JSON (also the rule's params, so config edits rerun the step)."""
+    """The train_cli --spec JSON. Snakemake does not record params that are functions of input/output, so
+    each rule also carries its config-derived `settings` as a plain param: editing them reruns the step."""
     return json.dumps(fields, sort_keys=True)
+
+
+BUILD_SETTINGS = dict(embedded=config["model"]["embedded"])
+SFT_SETTINGS = dict(
+    sft=config["sft"],
+    lora=config["model"]["lora"],
+    accelerate_config=config["training"]["accelerate_config"],
+)
+
+
+def grpo_settings(wildcards):
+    return dict(
+        grpo={k: v for k, v in config["grpo"].items() if k != "variants"},
+        rewards={**config["rewards"], "mode": wildcards.reward},
+        lora=config["model"]["lora"],
+        accelerate_config=config["training"]["accelerate_config"],
+    )
+
+
+LABEL_SIGNAL_SETTINGS = dict(
+    diagnostic=dict(
+        max_cells=config["diagnostics"]["true_label_wins_cells"],
+        hidden_fraction=config["inpainting"]["hidden_fraction"],
+        strategy=config["inpainting"]["strategy"],
+        markers=config["inpainting"]["markers"],
+        seed=config["task_tables"]["seed"],
+        max_new_tokens=config["grpo"]["dual_max_new_tokens"],
+    )
+)
 
 
 rule build_model:
@@ -27,11 +57,12 @@ rule build_model:
     output:
         directory(f"{RESULTS}/models/base"),
     params:
+        settings=BUILD_SETTINGS,
         spec=lambda wildcards, input, output: spec(
             sentence_tables=list(input.sentences),
             task_tables=list(input.tasks),
             out=output[0],
-            embedded=config["model"]["embedded"],
+            **BUILD_SETTINGS,
         ),
     log:
         f"{LOGS}/build_model.log",
@@ -52,14 +83,13 @@ rule sft:
     output:
         directory(f"{RESULTS}/models/sft"),
     params:
+        settings={**SFT_SETTINGS, "model": BASE_MODEL},
         spec=lambda wildcards, input, output: spec(
             model=BASE_MODEL,
             data=list(input.data),
             out=output[0],
             checkpoints=f"{RESULTS}/checkpoints/sft",
-            sft=config["sft"],
-            lora=config["model"]["lora"],
-            accelerate_config=config["training"]["accelerate_config"],
+            **SFT_SETTINGS,
         ),
     log:
         f"{LOGS}/sft.log",
@@ -79,15 +109,13 @@ rule grpo:
     output:
         model=directory(f"{RESULTS}/models/grpo_{{reward}}"),
     params:
+        settings=grpo_settings,
         spec=lambda wildcards, input, output: spec(
             model=input.model,
             tables=list(input.tables),
             out=output.model,
             checkpoints=f"{RESULTS}/checkpoints/grpo_{wildcards.reward}",
-            grpo={k: v for k, v in config["grpo"].items() if k != "variants"},
-            rewards={**config["rewards"], "mode": wildcards.reward},
-            lora=config["model"]["lora"],
-            accelerate_config=config["training"]["accelerate_config"],
+            **grpo_settings(wildcards),
         ),
     wildcard_constraints:
         reward="duality|oracle",
@@ -109,18 +137,12 @@ rule true_label_wins:
     output:
         f"{RESULTS}/diagnostics/true_label_wins.json",
     params:
+        settings=LABEL_SIGNAL_SETTINGS,
         spec=lambda wildcards, input, output: spec(
             model=input.model,
             tables=list(input.tables),
             out=output[0],
-            diagnostic=dict(
-                max_cells=config["diagnostics"]["true_label_wins_cells"],
-                hidden_fraction=config["inpainting"]["hidden_fraction"],
-                strategy=config["inpainting"]["strategy"],
-                markers=config["inpainting"]["markers"],
-                seed=config["task_tables"]["seed"],
-                max_new_tokens=config["grpo"]["dual_max_new_tokens"],
-            ),
+            **LABEL_SIGNAL_SETTINGS,
         ),
     log:
         f"{LOGS}/true_label_wins.log",

@@ -1,4 +1,5 @@
-"""The data stage through real Snakemake: outputs, no-op rerun, param change reruns only dependants."""
+"""The whole embedded pipeline through real Snakemake, once (data -> teacher -> SFT -> GRPO -> evaluation ->
+report): outputs, a no-op rerun, and param changes that rerun only what depends on them."""
 
 import re
 import subprocess
@@ -41,9 +42,12 @@ def write_config(workdir: Path, **changes) -> dict:
 def data_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("wf")
     write_config(workdir)
-    result = snakemake(workdir)  # the default target: everything the embedded default builds
+    result = snakemake(workdir)  # the default target: the full embedded pipeline, as README's main command
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir
+
+
+SFT_DATA_JOBS = ("teacher", "sft_data")
 
 
 def test_data_stage_outputs(data_run):
@@ -86,7 +90,7 @@ def test_teacher_reruns_only_for_output_settings(data_run):
     assert planned_jobs(snakemake(data_run, "-n")) == {}
     n_tables = sum(len(names) for names in config["tasks"].values())
     write_config(data_run, filtering__rwjs_threshold=0.2)
-    assert planned_jobs(snakemake(data_run, "-n")) == {"teacher": n_tables, "all": 1}
+    assert planned_jobs(snakemake(data_run, "-n", "sft_data")) == {"teacher": n_tables, "sft_data": 1}
     write_config(data_run)
 
 
@@ -99,15 +103,41 @@ def test_param_change_reruns_only_dependants(data_run):
     n_datasets = len(config["datasets"])
     n_tables = sum(len(names) for names in config["tasks"].values())
     # the teacher's SFT data depends on the task tables (rule teacher, rules/teacher.smk)
-    assert planned_jobs(snakemake(data_run, "-n")) == {"task_table": n_tables, "teacher": n_tables, "all": 1}
+    assert planned_jobs(snakemake(data_run, "-n", "sft_data")) == {"task_table": n_tables, "teacher": n_tables,
+                                                                   "sft_data": 1}
     write_config(data_run, cell_sentence__top_k=16)
-    assert planned_jobs(snakemake(data_run, "-n")) == {"cell_sentences": n_datasets, "task_table": n_tables,
-                                                       "teacher": n_tables, "all": 1}
+    assert planned_jobs(snakemake(data_run, "-n", "sft_data")) == {"cell_sentences": n_datasets,
+                                                                   "task_table": n_tables, "teacher": n_tables,
+                                                                   "sft_data": 1}
     write_config(data_run, preprocess__min_genes=20)
     assert planned_jobs(snakemake(data_run, "-n", "data")) == {"preprocess": n_datasets, "cell_sentences": n_datasets,
                                                                  "data": 1}
+    # a GRPO setting reruns GRPO and what evaluates it, never the data, teacher or SFT
+    write_config(data_run, grpo__learning_rate=5e-5)
+    assert planned_jobs(snakemake(data_run, "-n")) == {"grpo": 2, "predict": 2, "evaluate": 2, "report_tables": 1,
+                                                       "report_figures": 1, "all": 1}
     write_config(data_run)
     assert planned_jobs(snakemake(data_run, "-n")) == {}
+
+
+def test_pipeline_reaches_the_report(data_run):
+    results = data_run / "results"
+    metrics = pd.read_csv(results / "report" / "results.tsv", sep="\t")
+    config = yaml.safe_load((data_run / "config.yaml").read_text())
+    assert set(metrics["model"]) >= {*config["evaluation"]["variants"], "logreg", "knn"}
+    assert set(metrics["task"]) == {t for t, names in config["tasks"].items() if names}
+    sft = metrics[(metrics.model == "sft") & (metrics.metric == "format_error_rate")]
+    assert (sft["value"] < 1).any(), "the SFT model never produced a well-formed answer"
+    for name in ("confusion_matrices.png", "reward_curves.png", "umap_generated_vs_real.png", "tables.html"):
+        assert (results / "report" / name).stat().st_size > 1000
+    curve = pd.read_csv(results / "models" / "grpo_duality" / "reward_curve.tsv", sep="\t")
+    assert len(curve) == config["grpo"]["max_steps"] and curve["reward"].between(-1, 1).all()
+    signal = pd.read_csv(results / "report" / "true_label_wins.tsv", sep="\t")
+    assert signal["n_cells"].iloc[0] == config["diagnostics"]["true_label_wins_cells"]
+    report = data_run / "report.html"
+    result = snakemake(data_run, "--report", str(report))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert report.stat().st_size > 10_000
 
 
 def test_config_typo_fails_before_running(tmp_path):

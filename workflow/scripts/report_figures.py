@@ -1,0 +1,20 @@
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821
+
+from cellduality.report_figures import write_report_figures  # noqa: E402
+from cellduality.snakemake_script import run  # noqa: E402
+
+
+def main(smk=snakemake):  # noqa: F821
+    write_report_figures(
+        predictions=dict(zip(smk.params.variants, smk.input.predictions)),
+        curves={v: Path(d) / "reward_curve.tsv" for v, d in zip(smk.params.grpo_variants, smk.input.curves)},
+        label_signal=smk.input.label_signal[0] if smk.input.label_signal else None,
+        data=smk.params.data,
+        outputs=smk.output,
+    )
+
+
+run(snakemake, main)  # noqa: F821

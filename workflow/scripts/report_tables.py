@@ -1,0 +1,26 @@
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821
+
+import pandas as pd  # noqa: E402
+
+from cellduality.io import atomic_path  # noqa: E402
+from cellduality.paper_tables import paper_tables, render_html, render_markdown  # noqa: E402
+from cellduality.snakemake_script import log, run  # noqa: E402
+
+
+def main(smk=snakemake):  # noqa: F821
+    results = pd.concat([pd.read_csv(p, sep="\t") for p in [*smk.input.metrics, smk.input.baselines]],
+                        ignore_index=True)
+    layouts = paper_tables(results)
+    with atomic_path(smk.output.results) as tmp:
+        results.to_csv(tmp, sep="\t", index=False)
+    with atomic_path(smk.output.html) as tmp:
+        tmp.write_text(render_html(layouts))
+    with atomic_path(smk.output.markdown) as tmp:
+        tmp.write_text(render_markdown(layouts))
+    log.info("wrote %d tables from %d metric values", len(layouts), len(results))
+
+
+run(snakemake, main)  # noqa: F821
