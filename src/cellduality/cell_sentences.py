@@ -142,16 +142,20 @@ def _csr_top_k_f32(data, indices, indptr, k, reverse_ties):
     return out, lengths
 
 
+def check_arguments(k: int, tie_break: str) -> None:
+    if k < 1:
+        raise CellDualityError(f"cell_sentence.top_k must be >= 1, got {k}")
+    if tie_break not in TIE_BREAKS:
+        raise CellDualityError(f"cell_sentence.tie_break must be one of {TIE_BREAKS}, got {tie_break!r}")
+
+
 def top_k_gene_indices(X, k: int, tie_break: str = "var_order") -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` gene indices per cell of an in-memory matrix (dense or sparse).
 
     Returns ``(indices, lengths)``: an ``(n_cells, k)`` int32 array padded with -1 and the number of
     genes per cell.
     """
-    if k < 1:
-        raise CellDualityError(f"cell_sentence.top_k must be >= 1, got {k}")
-    if tie_break not in TIE_BREAKS:
-        raise CellDualityError(f"cell_sentence.tie_break must be one of {TIE_BREAKS}, got {tie_break!r}")
+    check_arguments(k, tie_break)
     csr = X.tocsr() if sp.issparse(X) else sp.csr_matrix(np.asarray(X))
     kernel = _csr_top_k_f32 if csr.data.dtype == np.float32 else _csr_top_k
     return kernel(csr.data, csr.indices, csr.indptr.astype(np.int64), int(k), tie_break == "reverse_var_order")
@@ -163,10 +167,7 @@ def iter_top_k(adata: ad.AnnData, k: int, chunk_size: int, tie_break: str = "var
     X = adata.X
     group = getattr(X, "group", None)  # anndata backed CSR dataset: read the HDF5 arrays directly
     if group is not None and getattr(X, "format", None) == "csr" and not adata.is_view:
-        if k < 1:
-            raise CellDualityError(f"cell_sentence.top_k must be >= 1, got {k}")
-        if tie_break not in TIE_BREAKS:
-            raise CellDualityError(f"cell_sentence.tie_break must be one of {TIE_BREAKS}, got {tie_break!r}")
+        check_arguments(k, tie_break)
         indptr_all = np.asarray(group["indptr"][:], dtype=np.int64)  # n_obs + 1 integers
         data_ds, indices_ds = group["data"], group["indices"]
         kernel = _csr_top_k_f32 if data_ds.dtype == np.float32 else _csr_top_k
