@@ -162,3 +162,12 @@ def test_short_grpo_run(workspace, mode):
     assert curve["reward"].between(-1, 1).all() and curve["oracle_reward"].between(-1, 1).all()
     assert (out / "model.safetensors").exists()
     assert len(list(Path(workspace / f"ckpt_{mode}").glob("*/checkpoint-2"))) == 1
+
+
+def test_unloadable_model_is_a_one_line_error(tmp_path):
+    from cellduality.errors import CellDualityError
+    from cellduality.trainer_setup import load_tokenizer
+
+    with pytest.raises(CellDualityError) as err:
+        load_tokenizer(tmp_path / "no-such-model")
+    assert "no-such-model: cannot be loaded" in str(err.value) and "\n" not in str(err.value)

@@ -18,7 +18,14 @@ from cellduality.duality_rewards import TaskReward, model_dual_generator, policy
 from cellduality.errors import CellDualityError
 from cellduality.io import atomic_path
 from cellduality.rewards import RewardSettings
-from cellduality.trainer_setup import last_checkpoint, peft_config, precision_flags, run_checkpoint_dir, save_final
+from cellduality.trainer_setup import (
+    last_checkpoint,
+    load_tokenizer,
+    peft_config,
+    precision_flags,
+    run_checkpoint_dir,
+    save_final,
+)
 from cellduality.training_data import rl_dataset
 
 log = logging.getLogger(__name__)
@@ -59,14 +66,14 @@ def write_reward_curve(log_history: list[dict[str, Any]], path: str | Path) -> N
 def run_grpo(model_path: str, tables: Sequence[str | Path], out_dir: str | Path, checkpoint_dir: str | Path,
              cfg: dict[str, Any], reward_cfg: dict[str, Any], lora: dict[str, Any], n_processes: int = 1) -> Path:
     """GRPO from ``model_path`` on the RL prompts of ``tables``; resume from ``checkpoint_dir``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from trl import GRPOTrainer
 
     checkpoint_dir = run_checkpoint_dir(checkpoint_dir, {"grpo": cfg, "rewards": reward_cfg, "lora": lora},
                                         [model_path, *tables])
     settings = RewardSettings(**reward_cfg)
     dataset = rl_dataset(tables, cfg["max_prompts"], seed=cfg["seed"])
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = load_tokenizer(model_path)
     reward = TaskReward(settings)
     trainer = GRPOTrainer(model=model_path, reward_funcs=[reward], args=grpo_config(cfg, checkpoint_dir, n_processes),
                           train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config(lora))

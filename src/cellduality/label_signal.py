@@ -9,6 +9,7 @@ from pathlib import Path
 from cellduality.diagnostics import DiagnosticExample, true_label_wins
 from cellduality.inpainting import InpaintingConfig
 from cellduality.io import atomic_path
+from cellduality.trainer_setup import load_tokenizer
 from cellduality.training_data import rl_dataset
 
 
@@ -16,7 +17,7 @@ def true_label_wins_for_model(model_path: str, tables: Sequence[str | Path], out
                               hidden_fraction: float, strategy: str, markers: Sequence[str] | None, seed: int,
                               max_new_tokens: int, batch_size: int = 32) -> dict:
     """Measure on the RL cells (the cells the reward is used on) and write a JSON summary."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from cellduality.duality_rewards import model_dual_generator
 
@@ -25,7 +26,7 @@ def true_label_wins_for_model(model_path: str, tables: Sequence[str | Path], out
                                   candidates=json.loads(row["candidates"]), prompt_id=row["prompt_id"],
                                   metadata=json.loads(row["metadata"] or "{}"))
                 for row in rows if row["task"] == "annotation" and row["label"]]
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = load_tokenizer(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path)
     config = InpaintingConfig(hidden_fraction, strategy, f"{seed}:rl", frozenset(markers) if markers else None)
     report = true_label_wins(examples, model_dual_generator(model, tokenizer, max_new_tokens, batch_size=batch_size),

@@ -11,6 +11,7 @@ import pandas as pd
 
 from cellduality.generation import generate_chat
 from cellduality.io import atomic_path
+from cellduality.trainer_setup import load_tokenizer
 from cellduality.parsing import parse_response
 from cellduality.rewards import puzzle_assignment, response_genes, response_label
 from cellduality.training_data import eval_rows
@@ -38,10 +39,10 @@ def parse_prediction(task: str, response: str, candidates: Sequence[str]) -> str
 def predict(model_path: str, tables: Sequence[str | Path], out: str | Path, *, max_prompts_per_table: int | None,
             max_new_tokens: int, batch_size: int = 16) -> pd.DataFrame:
     """Greedy answers of ``model_path`` to the eval-stage primal prompts of ``tables``, parsed."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     rows = pd.concat([eval_rows([t], max_prompts_per_table) for t in tables], ignore_index=True)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = load_tokenizer(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

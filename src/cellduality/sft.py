@@ -7,7 +7,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cellduality.trainer_setup import last_checkpoint, peft_config, precision_flags, run_checkpoint_dir, save_final
+from cellduality.trainer_setup import (
+    last_checkpoint,
+    load_tokenizer,
+    peft_config,
+    precision_flags,
+    run_checkpoint_dir,
+    save_final,
+)
 from cellduality.training_data import sft_dataset
 
 log = logging.getLogger(__name__)
@@ -17,7 +24,6 @@ def run_sft(model_path: str, data: Sequence[str | Path], out_dir: str | Path, ch
             cfg: dict[str, Any], lora: dict[str, Any], callbacks: Sequence[Any] = ()) -> Path:
     """Fine-tune ``model_path`` on ``data``; resume from the newest checkpoint of the same run (same model,
     data and settings) under ``checkpoint_dir``."""
-    from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     checkpoint_dir = run_checkpoint_dir(checkpoint_dir, {"sft": cfg, "lora": lora}, [model_path, *data])
@@ -30,7 +36,7 @@ def run_sft(model_path: str, data: Sequence[str | Path], out_dir: str | Path, ch
         report_to="none", seed=cfg["seed"], completion_only_loss=True, disable_tqdm=True,
         **precision_flags(cfg["gradient_checkpointing"]),
     )
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = load_tokenizer(model_path)
     trainer = SFTTrainer(model=model_path, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config(lora), callbacks=list(callbacks))
     resume = last_checkpoint(checkpoint_dir)

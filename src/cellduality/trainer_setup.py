@@ -6,7 +6,22 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cellduality.errors import CellDualityError
 from cellduality.io import atomic_path
+
+
+def load_tokenizer(model_path: str | Path):
+    """The model's tokenizer; an unloadable model is a one-line error, not a hub traceback."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(model_path))
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CellDualityError(
+            f"model {model_path}: cannot be loaded ({first}); set model.source to a local model folder or a "
+            "Hugging Face id this machine can download"
+        ) from None
 
 
 def precision_flags(gradient_checkpointing: bool = False) -> dict[str, Any]:
