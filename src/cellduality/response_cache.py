@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cellduality.teacher_providers import Completion
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
     key TEXT PRIMARY KEY,
@@ -68,13 +70,9 @@ def cache_key(provider: str, model: str, params: Mapping[str, Any], messages: Se
 
 
 @dataclass(frozen=True)
-class CachedResponse:
-    """One stored sample."""
+class CachedResponse(Completion):
+    """One stored sample: a provider's :class:`Completion` and whether it came through the Batch API."""
 
-    text: str
-    tokens_in: float
-    tokens_out: float
-    finish_reason: str | None = None
     batch: bool = False
 
 
