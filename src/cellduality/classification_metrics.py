@@ -43,11 +43,12 @@ def _check_lengths(y_true: Sequence, y_pred: Sequence) -> None:
 def _as_arrays(y_true: Sequence[str], y_pred: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
     _check_lengths(y_true, y_pred)
     true = np.array([str(t) for t in y_true], dtype=object)
-    pred = np.array([_MISSING if _is_missing(p) else str(p) for p in y_pred], dtype=object)
+    pred = np.array([_MISSING if is_missing(p) else str(p) for p in y_pred], dtype=object)
     return true, pred
 
 
-def _is_missing(value: object) -> bool:
+def is_missing(value: object) -> bool:
+    """A format error: None or NaN (how parquet round-trips None in object columns)."""
     return value is None or (isinstance(value, float) and np.isnan(value))
 
 
@@ -68,7 +69,7 @@ def macro_f1(y_true: Sequence[str], y_pred: Sequence[str | None]) -> float:
 
 def format_error_rate(y_pred: Sequence[str | None]) -> float:
     """Share of predictions that are format errors (None)."""
-    return float(np.mean([_is_missing(p) for p in y_pred])) if len(y_pred) else float("nan")
+    return float(np.mean([is_missing(p) for p in y_pred])) if len(y_pred) else float("nan")
 
 
 class _Scores:
@@ -119,7 +120,7 @@ def confusion_matrix(y_true: Sequence[str], y_pred: Sequence[str | None],
 # ---------------------------------------------------------------- CellPuzzles
 
 def _assignment(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
-    if _is_missing(value):
+    if is_missing(value):
         return None
     if isinstance(value, str):
         return tuple(item.strip() for item in value.split(PUZZLE_SEP) if item.strip())

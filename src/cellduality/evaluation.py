@@ -16,10 +16,9 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from cellduality.classification_metrics import cellpuzzles_scores, classification_scores, confusion_matrix
+from cellduality.classification_metrics import cellpuzzles_scores, classification_scores, confusion_matrix, is_missing
 from cellduality.expression_inversion import RankExpressionFit, fit_from_files
 from cellduality.generation_metrics import generation_scores, make_embedding, perturbation_scores
 
@@ -29,8 +28,9 @@ CLASSIFICATION = ("annotation", "sensitivity")
 GENERATIVE = ("generation", "perturbation")
 
 
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value))
+def parsed_predictions(group: pd.DataFrame) -> list:
+    """The prediction column with every format error as None."""
+    return [None if is_missing(p) else p for p in group["prediction"]]
 
 
 def attach_references(pred: pd.DataFrame, task_tables: Sequence[str | Path]) -> pd.DataFrame:
@@ -57,7 +57,7 @@ class ExpressionSpace:
 
 def _generative_scores(task: str, group: pd.DataFrame, space: ExpressionSpace, n_components: int,
                        seed: int) -> dict[str, float]:
-    ok = group[~group["prediction"].map(_missing)]
+    ok = group[~group["prediction"].map(is_missing)]
     scores = {"format_error_rate": 1 - len(ok) / len(group)}
     if len(ok) < 2:
         return scores
@@ -80,7 +80,7 @@ def score_predictions(pred: pd.DataFrame, task_tables: Sequence[str | Path], dat
     space = ExpressionSpace(data, seed)
     rows = []
     for (model, task, dataset, split), group in pred.groupby(["model", "task", "dataset", "split"], sort=True):
-        predictions = [None if _missing(p) else p for p in group["prediction"]]
+        predictions = parsed_predictions(group)
         if task in CLASSIFICATION:
             scores = classification_scores(group["label"].tolist(), predictions).as_dict()
         elif task == "cellpuzzles":
@@ -96,8 +96,7 @@ def confusion_matrices(pred: pd.DataFrame) -> dict[tuple[str, str, str], pd.Data
     out = {}
     for (model, task, dataset), group in pred[pred["task"].isin(CLASSIFICATION)].groupby(["model", "task", "dataset"]):
         labels = sorted(set(group["label"]) | set(json.loads(group["candidates"].iloc[0] or "[]")))
-        predictions = [None if _missing(p) else p for p in group["prediction"]]
-        out[(model, task, dataset)] = confusion_matrix(group["label"].tolist(), predictions, labels=labels)
+        out[(model, task, dataset)] = confusion_matrix(group["label"].tolist(), parsed_predictions(group), labels=labels)
     return out
 
 

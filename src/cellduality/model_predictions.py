@@ -21,19 +21,19 @@ PREDICTION_COLUMNS = ("prompt_id", "task", "dataset", "split", "label", "candida
                       "input_sentence", "metadata", "cell_ids", "response", "format_ok", "prediction")
 
 
-def parse_prediction(task: str, response: str, candidates: Sequence[str]) -> str | None:
-    """The task's answer from a response: a candidate label, a space-joined gene list, or a ' | '-joined
-    CellPuzzles assignment; None for a format error."""
+def parse_prediction(task: str, response: str, candidates: Sequence[str]) -> tuple[bool, str | None]:
+    """(format OK, the task's answer): a candidate label, a space-joined gene list, or a ' | '-joined
+    CellPuzzles assignment; the answer is None for a format error or an unusable answer."""
     parsed = parse_response(response)
     if not parsed.format_ok:
-        return None
+        return False, None
     if task in ("annotation", "sensitivity"):
-        return response_label(parsed, candidates or None)
+        return True, response_label(parsed, candidates or None)
     if task in ("generation", "perturbation"):
         genes = response_genes(parsed)
-        return " ".join(genes) if genes else None
+        return True, " ".join(genes) if genes else None
     assignment = puzzle_assignment(parsed, candidates, len(candidates))
-    return None if assignment is None else " | ".join(assignment)
+    return True, None if assignment is None else " | ".join(assignment)
 
 
 def predict(model_path: str, tables: Sequence[str | Path], out: str | Path, *, max_prompts_per_table: int | None,
@@ -50,9 +50,10 @@ def predict(model_path: str, tables: Sequence[str | Path], out: str | Path, *, m
     responses = generate_chat(model, tokenizer, [json.loads(p) for p in rows["prompt"]],
                               max_new_tokens=max_new_tokens, batch_size=batch_size)
     rows["response"] = responses
-    rows["prediction"] = [parse_prediction(t, r, json.loads(c or "[]"))
-                          for t, r, c in zip(rows["task"], responses, rows["candidates"])]
-    rows["format_ok"] = [parse_response(r).format_ok for r in responses]
+    parsed = [parse_prediction(t, r, json.loads(c or "[]"))
+              for t, r, c in zip(rows["task"], responses, rows["candidates"])]
+    rows["format_ok"] = [ok for ok, _ in parsed]
+    rows["prediction"] = [answer for _, answer in parsed]
     result = rows[list(PREDICTION_COLUMNS)]
     with atomic_path(out) as tmp:
         result.to_parquet(tmp, index=False)

@@ -91,7 +91,8 @@ def write_report_figures(*, predictions: dict[str, str | Path], curves: dict[str
     """All report figures and the label-signal table (``outputs``: confusion, rewards, umap, label_signal)."""
     import json
 
-    from cellduality.evaluation import ExpressionSpace, _missing, confusion_matrices
+    from cellduality.classification_metrics import is_missing
+    from cellduality.evaluation import ExpressionSpace, confusion_matrices
     from cellduality.generation_metrics import make_embedding
 
     frames = []
@@ -104,7 +105,7 @@ def write_report_figures(*, predictions: dict[str, str | Path], curves: dict[str
     confusion_figure(matrices, outputs.confusion)
     reward_curve_figure(curves, outputs.rewards)
 
-    generated = pred[(pred["task"] == "generation") & ~pred["prediction"].map(_missing)]
+    generated = pred[(pred["task"] == "generation") & ~pred["prediction"].map(is_missing)]
     reference = pred[pred["task"] == "generation"].drop_duplicates("prompt_id")
     if len(reference) >= 3:
         space = ExpressionSpace(data)
