@@ -66,7 +66,7 @@ def test_transient_faults_are_retried(server, kind):
     server.faults[:] = [Fault("429", match="GENE1\\n", times=1, retry_after_ms=50), Fault("500", match="GENE2\\n"),
                         Fault("timeout", match="GENE3\\n"), Fault("malformed", match="GENE4\\n"),
                         Fault("empty", match="GENE0\\n")]
-    runner = TeacherRunner(provider(kind, server, timeout_s=0.4), settings(n_samples=1))
+    runner = TeacherRunner(provider(kind, server, timeout_s=2.0), settings(n_samples=1))
     out = runner.run(prompts(6))
     assert all(len(s) == 1 for s in out.values())
     errors = runner.usage.errors
