@@ -12,7 +12,7 @@ What it does
    ``GENE00001``... (upper case, so the peer's upper-casing changes nothing); obs has a ``cell_type``
    and a ``donor`` column so the Parquet table carries label/metadata columns like a real run.
    The file is fully determined by (n_cells, n_genes, genes_per_cell, seed) and reused when they match.
-2. Runs OUR pipeline step, ``cellduality.sentence_table.write_sentence_table``, on all cells in a fresh
+2. Runs OUR pipeline step, ``cellduality.data.sentence_table.write_sentence_table``, on all cells in a fresh
    subprocess (numba JIT warmed on a tiny matrix first and excluded from the timing), and reports
    cells/s (wall time including backed h5ad reading, split assignment and Parquet writing) and the
    subprocess's peak RSS: after imports + warm-up the child resets the kernel's peak mark
@@ -314,8 +314,8 @@ def own_peak_rss_mb() -> float:
 def child_ours(opts: dict) -> dict:
     import scipy.sparse as sp
 
-    from cellduality.cell_sentences import sentence_array, top_k_gene_indices
-    from cellduality.sentence_table import write_sentence_table
+    from cellduality.data.cell_sentences import sentence_array, top_k_gene_indices
+    from cellduality.data.sentence_table import write_sentence_table
 
     # warm the JIT (numba cache=True: usually a cache load) with the dtypes the backed reader yields
     tiny = sp.random(64, 50, density=0.3, format="csr", dtype=np.float32, random_state=0)
@@ -334,7 +334,8 @@ def child_ours(opts: dict) -> dict:
     splits = write_sentence_table(opts["h5ad"], opts["out"], dataset="bench", top_k=opts["top_k"],
                                   chunk_size=opts["chunk_size"], tie_break=opts["tie_break"])
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
-    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "splits": splits, "rss_after_warmup_mb": rss_warm_mb, "peak_reset": reset,
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "splits": splits,
+            "rss_after_warmup_mb": rss_warm_mb, "peak_reset": reset,
             "self_peak_rss_mb": own_peak_rss_mb()}
 
 
@@ -351,7 +352,7 @@ def child_peer(opts: dict) -> dict:
     import pyarrow.parquet as pq
     import scipy.sparse as sp
 
-    from cellduality.cell_sentences import sentence_array, top_k_gene_indices
+    from cellduality.data.cell_sentences import sentence_array, top_k_gene_indices
 
     t0 = time.perf_counter()
     importlib.import_module("cell2sentence")  # the package import (torch, transformers) is timed apart
@@ -410,7 +411,8 @@ def child_peer(opts: dict) -> dict:
         top = sv[:k]
         if np.any(top[1:] == top[:-1]):
             within_tie += 1
-    return {"peer_version": peer_version, "import_s": import_s, "n_cells": n, "peer_seconds": peer_s, "peer_cpu_seconds": peer_cpu,
+    return {"peer_version": peer_version, "import_s": import_s, "n_cells": n, "peer_seconds": peer_s,
+            "peer_cpu_seconds": peer_cpu,
             "ours_inmemory_seconds": ours_mem_s, "set_agreement": set_eq / n, "ordered_agreement": ord_eq / n,
             "value_agreement": val_eq / n, "ours_matches_reference": ref_eq / n,
             "cells_with_tie_at_k_boundary": boundary_tie / n, "cells_with_ties_inside_top_k": within_tie / n,

@@ -21,14 +21,14 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from cellduality.download import fetch  # noqa: E402
-from cellduality.grpo import run_grpo  # noqa: E402
-from cellduality.preprocess import preprocess_file  # noqa: E402
-from cellduality.prompts import format_answer  # noqa: E402
-from cellduality.sentence_table import write_sentence_table  # noqa: E402
-from cellduality.sft import run_sft  # noqa: E402
-from cellduality.task_tables import TaskTableParams, write_task_tables  # noqa: E402
-from cellduality.tiny_model import build_tiny_model  # noqa: E402
+from cellduality.data.download import fetch  # noqa: E402
+from cellduality.data.preprocess import preprocess_file  # noqa: E402
+from cellduality.data.sentence_table import write_sentence_table  # noqa: E402
+from cellduality.tasks.prompts import format_answer  # noqa: E402
+from cellduality.tasks.tables import TaskTableParams, write_task_tables  # noqa: E402
+from cellduality.training.grpo import run_grpo  # noqa: E402
+from cellduality.training.sft import run_sft  # noqa: E402
+from cellduality.training.tiny_model import build_tiny_model  # noqa: E402
 
 
 def prepare(work: Path, sft_steps: int) -> tuple[Path, Path]:

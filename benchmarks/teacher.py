@@ -23,10 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from cellduality.prompts import annotation_prompt  # noqa: E402
-from cellduality.response_cache import ResponseCache  # noqa: E402
-from cellduality.teacher_providers import OpenAIProvider  # noqa: E402
-from cellduality.teacher_run import TeacherRunner, TeacherSettings  # noqa: E402
+from cellduality.tasks.prompts import annotation_prompt  # noqa: E402
+from cellduality.teacher.cache import ResponseCache  # noqa: E402
+from cellduality.teacher.providers import OpenAIProvider  # noqa: E402
+from cellduality.teacher.runner import TeacherRunner, TeacherSettings  # noqa: E402
 
 
 def start_server(latency: float) -> tuple[subprocess.Popen, str]:

@@ -4,7 +4,7 @@ import sys
 
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
-from cellduality.builtin_datasets import builtin_resource_files  # noqa: E402
+from cellduality.data.builtin import builtin_resource_files  # noqa: E402
 from cellduality.config import load_schema, validate_config  # noqa: E402
 from cellduality.errors import CellDualityError, fail  # noqa: E402
 

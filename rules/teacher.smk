@@ -4,8 +4,8 @@
 # with `--resources teacher_api=N` (profiles/slurm sets 1); the offline markers teacher needs no such slot.
 # Responses are cached in teacher.cache_dir (default <results_dir>/teacher_cache), outside the rule's
 # outputs, so a failed or interrupted job resumes without paying for any response twice.
-from cellduality.marker_knowledge import resource_files  # noqa: E402
-from cellduality.teacher_run import output_params  # noqa: E402
+from cellduality.teacher.markers.knowledge import resource_files  # noqa: E402
+from cellduality.teacher.runner import output_params  # noqa: E402
 
 _MARKERS = config["teacher"]["provider"] == "markers"
 

@@ -1,7 +1,7 @@
 # Training stage: base model -> SFT on teacher data -> GRPO (duality and ground-truth variants).
 import json
 
-TRAIN_CLI = f"PYTHONPATH={workflow.basedir}/src${{PYTHONPATH:+:$PYTHONPATH}} python -m cellduality.train_cli"
+TRAIN_CLI = f"PYTHONPATH={workflow.basedir}/src${{PYTHONPATH:+:$PYTHONPATH}} python -m cellduality.cli"
 EMBEDDED = config["model"]["source"] == "embedded"
 BASE_MODEL = f"{RESULTS}/models/base" if EMBEDDED else config["model"]["source"]
 TASK_TABLES = [

@@ -62,7 +62,7 @@ def prompt_hash(messages: list[dict[str, str]]) -> str:
 
 def markers_responder() -> Responder:
     """Answers from the offline markers teacher, seeded by the prompt and a per-prompt call counter."""
-    from cellduality.markers_teacher import MarkersTeacher
+    from cellduality.teacher.markers.teacher import MarkersTeacher
 
     teacher = MarkersTeacher()
     calls: dict[str, itertools.count] = {}

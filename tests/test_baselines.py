@@ -7,14 +7,14 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from cellduality.baselines import BASELINE_COLUMNS, classification_baselines, generation_baselines
-from cellduality.builtin_datasets import pbmc68k_reduced
-from cellduality.classification_metrics import cellpuzzles_scores, classification_scores
+from cellduality.data.builtin import pbmc68k_reduced
+from cellduality.data.preprocess import preprocess
+from cellduality.data.sentence_table import write_sentence_table
+from cellduality.data.simulated_perturbation import load_pbmc_perturbation
 from cellduality.errors import CellDualityError
-from cellduality.preprocess import preprocess
-from cellduality.sentence_table import write_sentence_table
-from cellduality.simulated_perturbation import load_pbmc_perturbation
-from cellduality.task_tables import TaskTableParams, build_task_tables
+from cellduality.evaluation.baselines import BASELINE_COLUMNS, classification_baselines, generation_baselines
+from cellduality.evaluation.classification_metrics import cellpuzzles_scores, classification_scores
+from cellduality.tasks.tables import TaskTableParams, build_task_tables
 
 
 def _dataset(tmp, adata, name, labels, tasks):

@@ -9,11 +9,10 @@ import pytest
 import scipy.sparse as sp
 import yaml
 
-from cellduality import gdsc
-from cellduality.builtin_datasets import BUILTIN_LOADERS
-from cellduality.errors import CellDualityError
-from cellduality.preprocess import preprocess
-from cellduality.simulated_perturbation import (
+from cellduality.data import gdsc
+from cellduality.data.builtin import BUILTIN_LOADERS
+from cellduality.data.preprocess import preprocess
+from cellduality.data.simulated_perturbation import (
     DEFAULT_PROGRAMS,
     MIN_PROGRAM_GENES,
     _control_cells,
@@ -21,6 +20,7 @@ from cellduality.simulated_perturbation import (
     load_pbmc_perturbation,
     read_drug_programs,
 )
+from cellduality.errors import CellDualityError
 
 PARAMS = {"target_sum": 1e4, "min_genes": 1, "min_cells": 0, "duplicate_genes": "make_unique"}
 

@@ -5,7 +5,7 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cellduality.cell_sentences import cell_sentences, iter_top_k, sentences_from_indices, top_k_gene_indices
+from cellduality.data.cell_sentences import cell_sentences, iter_top_k, sentences_from_indices, top_k_gene_indices
 from cellduality.errors import CellDualityError
 
 

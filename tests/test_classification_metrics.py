@@ -3,7 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from cellduality.classification_metrics import (
+from cellduality.errors import CellDualityError
+from cellduality.evaluation.classification_metrics import (
     FORMAT_ERROR,
     accuracy,
     cellpuzzles_scores,
@@ -12,8 +13,7 @@ from cellduality.classification_metrics import (
     format_error_rate,
     macro_f1,
 )
-from cellduality.errors import CellDualityError
-from cellduality.parsing import parse_cellpuzzles_answer
+from cellduality.tasks.parsing import parse_cellpuzzles_answer
 
 TRUE = ["a", "a", "a", "b", "b", "c"]
 PRED = ["a", "a", "b", "b", None, "d"]

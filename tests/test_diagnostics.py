@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from cellduality.diagnostics import DiagnosticExample, true_label_wins
-from cellduality.inpainting import InpaintingConfig
-from cellduality.prompts import format_answer
+from cellduality.tasks.inpainting import InpaintingConfig
+from cellduality.tasks.prompts import format_answer
+from cellduality.training.label_signal import DiagnosticExample, true_label_wins
 
 MARKERS = {"T": ["CD3D", "CD3E", "IL7R"], "B": ["MS4A1", "CD79A", "CD79B"], "NK": ["NKG7", "GNLY", "KLRD1"]}
 LABELS = ["T", "B", "NK"]

@@ -5,7 +5,7 @@ import threading
 import anndata as ad
 import pytest
 
-from cellduality.download import fetch
+from cellduality.data.download import fetch
 from cellduality.errors import CellDualityError
 
 
@@ -64,7 +64,7 @@ def server():
 
 
 def test_http_download_retries_5xx_and_verifies(tmp_path, server, monkeypatch):
-    monkeypatch.setattr("cellduality.download.time.sleep", lambda s: None)
+    monkeypatch.setattr("cellduality.data.download.time.sleep", lambda s: None)
     digest = hashlib.sha256(b"payload").hexdigest()
     out = fetch(f"{server}/flaky", tmp_path / "f.h5ad", digest, retries=2)
     assert out.read_bytes() == b"payload" and _Handler.calls.count("/flaky") == 2

@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 
 from cellduality.errors import CellDualityError
-from cellduality.expression_inversion import RankExpressionFit, fit_from_files, fit_rank_expression
+from cellduality.evaluation.expression_inversion import RankExpressionFit, fit_from_files, fit_rank_expression
 
 GENES = [f"G{i}" for i in range(50)]
 

@@ -7,7 +7,7 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from cellduality.errors import CellDualityError
-from cellduality.generation_metrics import (
+from cellduality.evaluation.generation_metrics import (
     PCAEmbedding,
     frechet_distance,
     generation_scores,

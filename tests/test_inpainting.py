@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cellduality.inpainting import InpaintingConfig, make_mask, n_hidden_for
+from cellduality.tasks.inpainting import InpaintingConfig, make_mask, n_hidden_for
 
 GENES = [f"G{i}" for i in range(12)]
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -29,7 +29,7 @@ def test_golden_mask_is_stable() -> None:
 
 def test_same_mask_in_another_process_with_other_hash_seed() -> None:
     code = (
-        "from cellduality.inpainting import make_mask;"
+        "from cellduality.tasks.inpainting import make_mask;"
         "print(make_mask([f'G{i}' for i in range(12)], 'annotation:primal:sft:toy:cell1').hidden_positions)"
     )
     env = {**os.environ, "PYTHONPATH": SRC, "PYTHONHASHSEED": "12345"}

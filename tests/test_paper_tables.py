@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from cellduality.errors import CellDualityError
-from cellduality.paper_tables import (
+from cellduality.report.tables import (
     ABLATION_VARIANTS,
     layout_table,
     load_paper_results,

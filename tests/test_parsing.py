@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cellduality.parsing import (
+from cellduality.tasks.parsing import (
     LabelMatcher,
     labels_equal,
     match_label,
@@ -15,7 +15,6 @@ from cellduality.parsing import (
     parse_gene_list,
     parse_response,
 )
-
 
 # ---------------------------------------------------------------- responses
 

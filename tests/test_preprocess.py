@@ -6,8 +6,8 @@ import pytest
 import scipy.sparse as sp
 from conftest import make_adata
 
+from cellduality.data.preprocess import expression_kind, preprocess, preprocess_file
 from cellduality.errors import CellDualityError
-from cellduality.preprocess import expression_kind, preprocess, preprocess_file
 
 DS = {"species": "human", "labels": {"cell_type": "celltype"}, "metadata": {}, "constants": {"tissue": "blood"}}
 PARAMS = {"target_sum": 1e4, "min_genes": 1, "min_cells": 0, "duplicate_genes": "make_unique"}

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from cellduality import prompts as P
+from cellduality.tasks import prompts as P
 
 # The ncbi/Cell-o1 model card example, verbatim.
 CELL_O1_SYSTEM = (
@@ -141,7 +141,7 @@ def test_perturbation_dual_does_not_leak_the_drug() -> None:
 
 
 def test_format_answer_parses() -> None:
-    from cellduality.parsing import parse_response
+    from cellduality.tasks.parsing import parse_response
 
     parsed = parse_response(P.format_answer("because", "T cell"), strict=True)
     assert parsed.format_ok and parsed.answer == "T cell"

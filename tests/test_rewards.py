@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cellduality import rewards as R
-from cellduality.prompts import format_answer
+from cellduality.tasks import rewards as R
+from cellduality.tasks.prompts import format_answer
 
 OK = format_answer("reasoning", "T cell")
 BAD = "T cell"  # no tags

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cellduality.rwjs import as_gene_list, mean_rwjs, rank_weights, rwjs
+from cellduality.tasks.rwjs import as_gene_list, mean_rwjs, rank_weights, rwjs
 
 GENES = st.sampled_from([f"G{i}" for i in range(12)])
 LISTS = st.lists(GENES, max_size=10)

@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 
-from cellduality.splits import assign_splits
+from cellduality.data.splits import assign_splits
 
 
 def ids(n):

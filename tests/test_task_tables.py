@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 from cellduality.errors import CellDualityError
-from cellduality.inpainting import make_mask
-from cellduality.parsing import parse_response
-from cellduality.prompts import CELLPUZZLES_SYSTEM
-from cellduality.task_tables import (
+from cellduality.tasks.inpainting import make_mask
+from cellduality.tasks.parsing import parse_response
+from cellduality.tasks.prompts import CELLPUZZLES_SYSTEM
+from cellduality.tasks.tables import (
     OUTPUT_COLUMNS,
     TaskTableParams,
     available_tasks,

@@ -5,9 +5,9 @@ from fake_llm_server import FakeLLMServer
 from test_teacher_providers import prompts
 
 from cellduality.errors import CellDualityError
-from cellduality.response_cache import ResponseCache
-from cellduality.teacher_providers import OpenAIProvider
-from cellduality.teacher_run import TeacherRunner, TeacherSettings
+from cellduality.teacher.cache import ResponseCache
+from cellduality.teacher.providers import OpenAIProvider
+from cellduality.teacher.runner import TeacherRunner, TeacherSettings
 
 
 def settings(**kw) -> TeacherSettings:

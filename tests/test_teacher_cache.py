@@ -11,8 +11,8 @@ from pathlib import Path
 
 from fake_llm_server import FakeLLMServer
 
-from cellduality.response_cache import CachedResponse, ResponseCache, cache_key, prompt_hash
-from cellduality.teacher_providers import GenerationParams
+from cellduality.teacher.cache import CachedResponse, ResponseCache, cache_key, prompt_hash
+from cellduality.teacher.providers import GenerationParams
 
 ROOT = Path(__file__).resolve().parents[1]
 MESSAGES = [{"role": "system", "content": "s"}, {"role": "user", "content": "Cell: CD3D IL32"}]
@@ -20,10 +20,10 @@ MESSAGES = [{"role": "system", "content": "s"}, {"role": "user", "content": "Cel
 CLIENT = r"""
 import json, sys
 sys.path.insert(0, {src!r})
-from cellduality.prompts import annotation_prompt
-from cellduality.response_cache import ResponseCache
-from cellduality.teacher_providers import OpenAIProvider
-from cellduality.teacher_run import TeacherRunner, TeacherSettings
+from cellduality.tasks.prompts import annotation_prompt
+from cellduality.teacher.cache import ResponseCache
+from cellduality.teacher.providers import OpenAIProvider
+from cellduality.teacher.runner import TeacherRunner, TeacherSettings
 
 url, cache_path, n_prompts = sys.argv[1], sys.argv[2], int(sys.argv[3])
 prompts = [(f"p{{i}}", annotation_prompt(["CD3D", "IL32", f"GENE{{i}}"], None, ["CD56+ NK", "CD19+ B"]))

@@ -6,12 +6,12 @@ import pandas as pd
 import pytest
 
 from cellduality.errors import CellDualityError
-from cellduality.prompts import format_answer
-from cellduality.sft_dataset import SFT_COLUMNS, build_sft_dataset, write_sft_dataset
-from cellduality.sft_filtering import FilterSettings, judge, link_duals, primal_id_of, select
-from cellduality.task_tables import TaskTableParams, build_task_tables
-from cellduality.teacher_providers import Completion, TeacherProvider
-from cellduality.teacher_run import TeacherSettings
+from cellduality.tasks.prompts import format_answer
+from cellduality.tasks.tables import TaskTableParams, build_task_tables
+from cellduality.teacher.filtering import FilterSettings, judge, link_duals, primal_id_of, select
+from cellduality.teacher.providers import Completion, TeacherProvider
+from cellduality.teacher.runner import TeacherSettings
+from cellduality.teacher.sft_data import SFT_COLUMNS, build_sft_dataset, write_sft_dataset
 
 TYPES = ["CD56+ NK", "CD19+ B", "CD14+ Monocyte"]
 CELLS = {"CD19+ B": "CD79A MS4A1 CD74 HLA-DRA CD37 CD52 FTL TMSB4X", "CD56+ NK": "NKG7 GNLY GZMB PRF1 CTSW FTL CD7 B2M"}

@@ -6,11 +6,11 @@ import json
 import pandas as pd
 import pytest
 
-from cellduality import prompts as P
-from cellduality.marker_knowledge import Knowledge
-from cellduality.markers_teacher import MarkersTeacher, UnsupportedPrompt, parse_prompt
-from cellduality.parsing import match_label, parse_cellpuzzles_answer, parse_gene_list, parse_response
-from cellduality.task_tables import TaskTableParams, build_task_tables
+from cellduality.tasks import prompts as P
+from cellduality.tasks.parsing import match_label, parse_cellpuzzles_answer, parse_gene_list, parse_response
+from cellduality.tasks.tables import TaskTableParams, build_task_tables
+from cellduality.teacher.markers.knowledge import Knowledge
+from cellduality.teacher.markers.teacher import MarkersTeacher, UnsupportedPrompt, parse_prompt
 
 NK = "NKG7 GNLY CLIC3 IL32 FTL CCL5 CD7 GSTP1 HNRNPA1 TXNIP SRGN CALM1 PRF1 GZMB".split()
 MONO = "FTL CD74 AIF1 HLA-DPA1 JUNB LST1 HLA-DRA TYROBP CST3 CTSS S100A4 FCN1 LYZ S100A9".split()
@@ -111,8 +111,8 @@ def test_knowledge_maps_dataset_labels_and_scores_markers():
 
 @pytest.fixture(scope="module")
 def pbmc_annotation() -> pd.DataFrame:
-    from cellduality.builtin_datasets import pbmc68k_reduced
-    from cellduality.cell_sentences import cell_sentences
+    from cellduality.data.builtin import pbmc68k_reduced
+    from cellduality.data.cell_sentences import cell_sentences
 
     adata = pbmc68k_reduced()
     raw = adata.raw.to_adata()  # log-normalized

@@ -6,8 +6,8 @@ import pytest
 from fake_llm_server import FakeLLMServer, Fault
 
 from cellduality.errors import CellDualityError
-from cellduality.prompts import annotation_prompt, generation_prompt
-from cellduality.teacher_providers import (
+from cellduality.tasks.prompts import annotation_prompt, generation_prompt
+from cellduality.teacher.providers import (
     FatalError,
     GeminiProvider,
     GenerationParams,
@@ -18,7 +18,7 @@ from cellduality.teacher_providers import (
     error_for_status,
     parse_retry_after,
 )
-from cellduality.teacher_run import TeacherRunner, TeacherSettings
+from cellduality.teacher.runner import TeacherRunner, TeacherSettings
 
 CANDIDATES = ["CD56+ NK", "CD8+ Cytotoxic T", "CD14+ Monocyte"]
 
@@ -152,7 +152,7 @@ def test_backoff_is_exponential_with_jitter_and_capped():
 
 
 def test_identical_prompts_are_sampled_once(server, tmp_path):
-    from cellduality.response_cache import ResponseCache
+    from cellduality.teacher.cache import ResponseCache
 
     same = prompts(1)[0][1]
     with ResponseCache(tmp_path / "c.sqlite") as cache:

@@ -7,10 +7,10 @@ from fake_llm_server import FakeLLMServer, Fault
 from test_teacher_filtering import identity_cells
 
 from cellduality.errors import CellDualityError
-from cellduality.sft_dataset import write_sft_dataset
-from cellduality.sft_filtering import FilterSettings
-from cellduality.task_tables import TaskTableParams, build_task_tables
-from cellduality.teacher_run import TeacherSettings, api_key, output_params
+from cellduality.tasks.tables import TaskTableParams, build_task_tables
+from cellduality.teacher.filtering import FilterSettings
+from cellduality.teacher.runner import TeacherSettings, api_key, output_params
+from cellduality.teacher.sft_data import write_sft_dataset
 
 KEY = "sk-LEAKCHECK-0123456789abcdefSECRET"
 

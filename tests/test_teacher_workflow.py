@@ -9,7 +9,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from fake_llm_server import FakeLLMServer, Fault
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,10 +6,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cellduality import prompts
-from cellduality.duality_rewards import TaskReward
-from cellduality.prompts import format_answer
-from cellduality.rewards import RewardSettings
+from cellduality.tasks import prompts
+from cellduality.tasks.prompts import format_answer
+from cellduality.tasks.rewards import RewardSettings
+from cellduality.training.duality import TaskReward
 
 pytest.importorskip("trl")
 
@@ -37,7 +37,7 @@ def task_rows(n=24):
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    from cellduality.tiny_model import build_tiny_model
+    from cellduality.training.tiny_model import build_tiny_model
 
     root = tmp_path_factory.mktemp("train")
     tasks = root / "tasks.parquet"
@@ -109,7 +109,7 @@ NO_LORA = dict(enabled=False)
 def test_sft_resumes_after_interruption_and_not_across_changed_inputs(workspace):
     from transformers import TrainerCallback
 
-    from cellduality.sft import run_sft
+    from cellduality.training.sft import run_sft
 
     class Interrupt(Exception):
         pass
@@ -148,7 +148,7 @@ def test_sft_resumes_after_interruption_and_not_across_changed_inputs(workspace)
 
 @pytest.mark.parametrize("mode", ["duality", "oracle"])
 def test_short_grpo_run(workspace, mode):
-    from cellduality.grpo import run_grpo
+    from cellduality.training.grpo import run_grpo
 
     model = workspace / "sft" if (workspace / "sft").exists() else workspace / "base"
     cfg = dict(num_generations=2, train_batch_size=4, mini_batch_size=4, max_steps=2, learning_rate=1e-4,
@@ -166,7 +166,7 @@ def test_short_grpo_run(workspace, mode):
 
 def test_unloadable_model_is_a_one_line_error(tmp_path):
     from cellduality.errors import CellDualityError
-    from cellduality.trainer_setup import load_tokenizer
+    from cellduality.training.setup import load_tokenizer
 
     with pytest.raises(CellDualityError) as err:
         load_tokenizer(tmp_path / "no-such-model")

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jsonschema
 import yaml
 
 from cellduality.errors import CellDualityError
+from cellduality.io import SCHEMA_PATH
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+T = TypeVar("T")
+
 
 
 def _with_defaults(validator_class: type) -> type:
@@ -110,3 +113,12 @@ def deep_merge(base: Mapping, update: Mapping) -> dict:
         else:
             merged[key] = value
     return merged
+
+
+def settings_from_config(cls: type[T], values: Mapping[str, Any], section: str) -> T:
+    """``cls(**values)`` for a dataclass ``cls``, naming unknown keys of config section ``section``."""
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise CellDualityError(f"unknown {section} setting(s) {unknown}; known: {sorted(names)}")
+    return cls(**dict(values))

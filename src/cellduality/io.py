@@ -1,4 +1,6 @@
-"""Atomic file output: a result appears complete under its final name or not at all."""
+"""File plumbing: atomic output (a result appears complete under its final name or not at all) and the
+shipped resource files (``resources/`` and ``config/schema.yaml`` of the repository, installed with the
+package as ``cellduality/resources`` and ``cellduality/schema.yaml``)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,10 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+RESOURCES = PACKAGE_DIR / "resources"
+SCHEMA_PATH = PACKAGE_DIR / "schema.yaml"
 
 
 @contextlib.contextmanager

@@ -3,7 +3,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821
 
-from cellduality.evaluation import run_baselines, score_predictions  # noqa: E402
+from cellduality.evaluation.score import run_baselines, score_predictions  # noqa: E402
 from cellduality.io import atomic_path  # noqa: E402
 from cellduality.snakemake_script import log, run  # noqa: E402
 

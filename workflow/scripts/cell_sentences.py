@@ -4,8 +4,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821
 
+from cellduality.data.sentence_table import write_sentence_table  # noqa: E402
 from cellduality.io import atomic_path  # noqa: E402
-from cellduality.sentence_table import write_sentence_table  # noqa: E402
 from cellduality.snakemake_script import log, run  # noqa: E402
 
 

@@ -5,7 +5,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F
 
 import pandas as pd  # noqa: E402
 
-from cellduality.evaluation import score_predictions  # noqa: E402
+from cellduality.evaluation.score import score_predictions  # noqa: E402
 from cellduality.io import atomic_path  # noqa: E402
 from cellduality.snakemake_script import log, run  # noqa: E402
 

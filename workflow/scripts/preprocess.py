@@ -3,7 +3,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821
 
-from cellduality.preprocess import preprocess_file  # noqa: E402
+from cellduality.data.preprocess import preprocess_file  # noqa: E402
 from cellduality.snakemake_script import log, run  # noqa: E402
 
 

@@ -3,7 +3,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821
 
-from cellduality.report_figures import write_report_figures  # noqa: E402
+from cellduality.report.figures import write_report_figures  # noqa: E402
 from cellduality.snakemake_script import run  # noqa: E402
 
 

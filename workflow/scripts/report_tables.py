@@ -6,7 +6,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F
 import pandas as pd  # noqa: E402
 
 from cellduality.io import atomic_path  # noqa: E402
-from cellduality.paper_tables import paper_tables, render_html, render_markdown  # noqa: E402
+from cellduality.report.tables import paper_tables, render_html, render_markdown  # noqa: E402
 from cellduality.snakemake_script import log, run  # noqa: E402
 
 

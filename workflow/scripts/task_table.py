@@ -4,7 +4,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821
 
 from cellduality.snakemake_script import log, run  # noqa: E402
-from cellduality.task_tables import TaskTableParams, write_task_tables  # noqa: E402
+from cellduality.tasks.tables import TaskTableParams, write_task_tables  # noqa: E402
 
 
 def main(smk=snakemake):  # noqa: F821

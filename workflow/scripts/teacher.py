@@ -3,10 +3,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821
 
-from cellduality.sft_dataset import write_sft_dataset  # noqa: E402
-from cellduality.sft_filtering import FilterSettings  # noqa: E402
 from cellduality.snakemake_script import run  # noqa: E402
-from cellduality.teacher_run import TeacherSettings, default_cache_path  # noqa: E402
+from cellduality.teacher.filtering import FilterSettings  # noqa: E402
+from cellduality.teacher.runner import TeacherSettings, default_cache_path  # noqa: E402
+from cellduality.teacher.sft_data import write_sft_dataset  # noqa: E402
 
 
 def main(smk=snakemake):  # noqa: F821

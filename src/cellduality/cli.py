@@ -1,0 +1,104 @@
+"""Command line for the training rules (also launchable with ``accelerate launch -m cellduality.cli``).
+
+    python -m cellduality.cli {build-model,sft,grpo,true-label-wins,predict} --spec '<json>' [--log FILE]
+
+``--spec`` is the JSON of the step's inputs, outputs and settings (the rule writes it from the config).
+Bad input ends with one line on stderr; logs (and tracebacks of bugs) go to ``--log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import traceback
+from pathlib import Path
+
+from cellduality.errors import CellDualityError, fail
+
+
+def _build_model(spec: dict) -> None:
+    from cellduality.training.tiny_model import build_tiny_model
+
+    build_tiny_model(spec["sentence_tables"], spec["task_tables"], spec["out"], **spec["embedded"])
+
+
+def _sft(spec: dict) -> None:
+    from cellduality.training.sft import run_sft
+
+    run_sft(spec["model"], spec["data"], spec["out"], spec["checkpoints"], spec["sft"], spec["lora"])
+
+
+def _grpo(spec: dict) -> None:
+    from cellduality.training.grpo import run_grpo
+
+    run_grpo(spec["model"], spec["tables"], spec["out"], spec["checkpoints"], spec["grpo"], spec["rewards"],
+             spec["lora"], n_processes=int(os.environ.get("WORLD_SIZE", "1")))
+
+
+def _true_label_wins(spec: dict) -> None:
+    from cellduality.training.label_signal import true_label_wins_for_model
+
+    true_label_wins_for_model(spec["model"], spec["tables"], spec["out"], **spec["diagnostic"])
+
+
+def _predict(spec: dict) -> None:
+    from cellduality.evaluation.predict import predict
+
+    predict(spec["model"], spec["tables"], spec["out"], **spec["evaluation"])
+
+
+COMMANDS = {"build-model": _build_model, "sft": _sft, "grpo": _grpo, "true-label-wins": _true_label_wins,
+            "predict": _predict}
+
+
+def relaunch_on_all_gpus(argv: list[str], accelerate_config: str | None) -> None:
+    """With more than one visible GPU (e.g. the GPUs a SLURM job was given) and not yet inside a launcher,
+    re-execute this command under ``accelerate launch`` with one process per GPU."""
+    if "WORLD_SIZE" in os.environ or argv[:1] == ["build-model"]:
+        return
+    import torch
+
+    n_gpus = torch.cuda.device_count()
+    if n_gpus < 2:
+        return
+    if shutil.which("accelerate") is None:
+        fail(f"{n_gpus} GPUs visible but the accelerate launcher is not installed; pip install accelerate")
+    launch = ["accelerate", "launch", "--num_processes", str(n_gpus)]
+    if accelerate_config:
+        launch += ["--config_file", accelerate_config]
+    os.execvp("accelerate", [*launch, "-m", "cellduality.cli", *argv])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="cellduality.cli", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=sorted(COMMANDS))
+    parser.add_argument("--spec", required=True, help="JSON with the step's inputs, outputs and settings")
+    parser.add_argument("--log", help="log file (default: stderr)")
+    args = parser.parse_args(argv)
+    handlers = [logging.FileHandler(args.log)] if args.log else [logging.StreamHandler()]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=handlers, force=True)
+    try:
+        spec = json.loads(args.spec)
+    except json.JSONDecodeError as err:
+        fail(f"--spec is not valid JSON ({err})")
+    relaunch_on_all_gpus(sys.argv[1:] if argv is None else argv, spec.get("accelerate_config"))
+    try:
+        COMMANDS[args.command](spec)
+    except CellDualityError as err:
+        logging.getLogger("cellduality").error("%s", err)
+        fail(str(err))
+    except Exception:
+        if not args.log:
+            raise
+        Path(args.log).open("a").write(traceback.format_exc())
+        fail(f"unexpected failure in {args.command}; traceback in {args.log}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

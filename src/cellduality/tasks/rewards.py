@@ -1,0 +1,222 @@
+"""Reward functions on plain strings and lists, ready to be wrapped as TRL GRPO reward callables.
+
+Self-supervised (duality) rewards:
+- annotation / sensitivity / CellPuzzles: RWJS between the hidden genes and the dual's reconstruction;
+- conditional generation / perturbation: 1[dual's reconstructed label == the primal's input label].
+Ground-truth ("oracle") rewards: classification 1[answer == label]; generation RWJS against a real cell;
+CellPuzzles ``paper`` (1 only for a fully correct batch) or ``released`` ((cell accuracy + exact match) / 2).
+A malformed PRIMAL response gets ``format_penalty`` (default -1, as Cell-o1) whatever the dual says; a
+malformed dual response reconstructs nothing (RWJS 0, label mismatch 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from cellduality.tasks.parsing import (
+    ParsedResponse,
+    labels_equal,
+    match_label,
+    parse_cellpuzzles_answer,
+    parse_gene_list,
+    parse_response,
+)
+from cellduality.tasks.rwjs import as_gene_list, rwjs
+
+DEFAULT_FORMAT_PENALTY = -1.0
+CELLPUZZLES_VARIANTS = ("paper", "released")
+REWARD_MODES = ("duality", "oracle")
+
+
+@dataclass(frozen=True)
+class RewardSettings:
+    """Config ``rewards.*``."""
+
+    mode: str = "duality"
+    format_penalty: float = DEFAULT_FORMAT_PENALTY
+    cellpuzzles: str = "paper"
+    strict_format: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in REWARD_MODES:
+            raise ValueError(f"rewards.mode must be one of {', '.join(REWARD_MODES)}; got {self.mode!r}")
+        if self.cellpuzzles not in CELLPUZZLES_VARIANTS:
+            raise ValueError(
+                f"rewards.cellpuzzles must be one of {', '.join(CELLPUZZLES_VARIANTS)}; got {self.cellpuzzles!r}"
+            )
+
+
+def _parsed(response: str | ParsedResponse, strict: bool) -> ParsedResponse:
+    return response if isinstance(response, ParsedResponse) else parse_response(response, strict=strict)
+
+
+def _upper(genes: str | Iterable[str]) -> list[str]:
+    return [g.upper() for g in as_gene_list(genes)]
+
+
+# ---------------------------------------------------------------- answers
+
+def response_label(
+    response: str | ParsedResponse,
+    allowed: Iterable[str] | None = None,
+    synonyms: Mapping[str, str] | None = None,
+    strict: bool = False,
+) -> str | None:
+    """A response's categorical answer mapped onto ``allowed`` (None when malformed or not allowed)."""
+    parsed = _parsed(response, strict)
+    return match_label(parsed.answer, allowed, synonyms) if parsed.format_ok else None
+
+
+def response_genes(response: str | ParsedResponse, strict: bool = False) -> list[str] | None:
+    """A response's gene-list answer (None when malformed)."""
+    parsed = _parsed(response, strict)
+    return parse_gene_list(parsed.answer) if parsed.format_ok else None
+
+
+# ---------------------------------------------------------------- self-supervised (duality)
+
+def inpainting_reward(
+    dual_response: str | ParsedResponse, hidden_genes: str | Iterable[str], strict: bool = False
+) -> float:
+    """RWJS(c_hid, parsed ĉ_hid); 0 when the dual response is malformed."""
+    genes = response_genes(dual_response, strict)
+    return rwjs(_upper(hidden_genes), genes) if genes is not None else 0.0
+
+
+def reconstruction_reward(
+    dual_response: str | ParsedResponse,
+    true_label: str,
+    allowed: Iterable[str] | None = None,
+    synonyms: Mapping[str, str] | None = None,
+    strict: bool = False,
+) -> float:
+    """1[t̂ = t] after normalisation (and mapping onto ``allowed``); 0 when malformed."""
+    label = response_label(dual_response, allowed, synonyms, strict)
+    return 1.0 if labels_equal(label, true_label, synonyms) else 0.0
+
+
+def with_format_penalty(
+    primal_response: str | ParsedResponse,
+    reward: float,
+    format_penalty: float = DEFAULT_FORMAT_PENALTY,
+    strict: bool = False,
+) -> float:
+    """``format_penalty`` when the primal response is malformed, else ``reward``."""
+    return reward if _parsed(primal_response, strict).format_ok else float(format_penalty)
+
+
+def inpainting_duality_reward(
+    primal_response: str | ParsedResponse,
+    dual_response: str | ParsedResponse | None,
+    hidden_genes: str | Iterable[str],
+    format_penalty: float = DEFAULT_FORMAT_PENALTY,
+    strict: bool = False,
+) -> float:
+    """Annotation / sensitivity duality reward for one rollout (dual None: no dual was run)."""
+    reward = 0.0 if dual_response is None else inpainting_reward(dual_response, hidden_genes, strict)
+    return with_format_penalty(primal_response, reward, format_penalty, strict)
+
+
+def categorical_duality_reward(
+    primal_response: str | ParsedResponse,
+    dual_response: str | ParsedResponse | None,
+    true_label: str,
+    allowed: Iterable[str] | None = None,
+    synonyms: Mapping[str, str] | None = None,
+    format_penalty: float = DEFAULT_FORMAT_PENALTY,
+    strict: bool = False,
+) -> float:
+    """Generation / perturbation duality reward: 1[dual recovers the primal's input label]."""
+    reward = 0.0
+    if dual_response is not None:
+        reward = reconstruction_reward(dual_response, true_label, allowed, synonyms, strict)
+    return with_format_penalty(primal_response, reward, format_penalty, strict)
+
+
+def cellpuzzles_duality_reward(
+    primal_response: str | ParsedResponse,
+    dual_responses: Sequence[str | ParsedResponse] | None,
+    hidden_genes_per_cell: Sequence[str | Iterable[str]],
+    candidates: Sequence[str],
+    synonyms: Mapping[str, str] | None = None,
+    format_penalty: float = DEFAULT_FORMAT_PENALTY,
+    strict: bool = False,
+) -> float:
+    """Mean per-cell RWJS of the duals; ``format_penalty`` for an invalid assignment (tags, length, repeats)."""
+    if puzzle_assignment(primal_response, candidates, len(hidden_genes_per_cell), synonyms, strict) is None:
+        return float(format_penalty)
+    if not dual_responses:
+        return 0.0
+    if len(dual_responses) != len(hidden_genes_per_cell):
+        raise ValueError(f"{len(dual_responses)} dual responses for {len(hidden_genes_per_cell)} cells")
+    scores = [inpainting_reward(d, h, strict) for d, h in zip(dual_responses, hidden_genes_per_cell)]
+    return sum(scores) / len(scores)
+
+
+# ---------------------------------------------------------------- ground truth (oracle)
+
+def classification_reward(
+    response: str | ParsedResponse,
+    label: str,
+    allowed: Iterable[str] | None = None,
+    synonyms: Mapping[str, str] | None = None,
+    format_penalty: float = DEFAULT_FORMAT_PENALTY,
+    strict: bool = False,
+) -> float:
+    """1[answer == label] (normalised); ``format_penalty`` when malformed."""
+    reward = reconstruction_reward(response, label, allowed, synonyms, strict)
+    return with_format_penalty(response, reward, format_penalty, strict)
+
+
+def generation_reward(
+    response: str | ParsedResponse,
+    reference_genes: str | Iterable[str],
+    format_penalty: float = DEFAULT_FORMAT_PENALTY,
+    strict: bool = False,
+) -> float:
+    """RWJS(real cell of the same condition, generated cell); ``format_penalty`` when malformed."""
+    genes = response_genes(response, strict)
+    return float(format_penalty) if genes is None else rwjs(_upper(reference_genes), genes)
+
+
+def puzzle_assignment(
+    response: str | ParsedResponse,
+    candidates: Sequence[str],
+    n_cells: int | None = None,
+    synonyms: Mapping[str, str] | None = None,
+    strict: bool = False,
+) -> tuple[str, ...] | None:
+    """The assigned candidate per cell, or None for bad format / wrong length / duplicates / non-candidates."""
+    parsed = _parsed(response, strict)
+    if not parsed.format_ok:
+        return None
+    return parse_cellpuzzles_answer(parsed.answer, candidates, n_cells, synonyms).labels
+
+
+def cellpuzzles_reward(
+    response: str | ParsedResponse,
+    gold: Sequence[str] | str,
+    candidates: Sequence[str] | None = None,
+    variant: str = "paper",
+    synonyms: Mapping[str, str] | None = None,
+    format_penalty: float = DEFAULT_FORMAT_PENALTY,
+    strict: bool = False,
+) -> float:
+    """Oracle CellPuzzles reward: ``paper`` 1/0 for the whole batch; ``released`` (partial + exact) / 2.
+
+    ``gold`` is the per-cell labels (or the ' | '-joined string); ``candidates`` defaults to the gold set.
+    """
+    if variant not in CELLPUZZLES_VARIANTS:
+        raise ValueError(
+            f"CellPuzzles reward variant must be one of {', '.join(CELLPUZZLES_VARIANTS)}; got {variant!r}"
+        )
+    gold_labels = [s.strip() for s in gold.split("|") if s.strip()] if isinstance(gold, str) else list(gold)
+    assigned = puzzle_assignment(response, candidates or gold_labels, len(gold_labels), synonyms, strict)
+    if assigned is None:
+        return float(format_penalty)
+    correct = sum(labels_equal(a, g, synonyms) for a, g in zip(assigned, gold_labels))
+    exact = 1.0 if correct == len(gold_labels) else 0.0
+    if variant == "paper":
+        return exact
+    return (correct / len(gold_labels) + exact) / 2.0

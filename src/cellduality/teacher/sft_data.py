@@ -1,0 +1,176 @@
+"""Teacher chain-of-thought SFT data for one task table: primal samples, filtering, then duals.
+
+1. The task table's ``stage == "sft"`` primal prompts (optionally ``teacher.max_prompts`` of them, chosen by
+   seed) get ``n_samples`` teacher samples each, judged by :mod:`cellduality.teacher.filtering`.
+2. The dual prompts of the primal prompts with at least one accepted sample — the (y*, x_k) -> x_u rows of
+   the task table — get ``n_samples`` each and are judged the same way (categorical duals exactly,
+   gene-list duals by RWJS).
+3. One Parquet row per received sample (accepted or not) and a ``.stats.json`` with acceptance rates per
+   direction, tokens and cost are written atomically.
+
+Output columns: :data:`SFT_COLUMNS`; ``prompt`` is the chat messages (JSON) and ``completion`` the
+teacher's text, so accepted rows are ready-made (prompt, completion) SFT pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cellduality.errors import CellDualityError
+from cellduality.io import atomic_path
+from cellduality.seeding import stable_sample
+from cellduality.teacher.cache import ResponseCache
+from cellduality.teacher.filtering import FilterSettings, direction_stats, judge, link_duals, score_summary, select
+from cellduality.teacher.providers import TeacherProvider
+from cellduality.teacher.runner import TeacherRunner, TeacherSettings, Usage, api_key, make_provider
+
+log = logging.getLogger("cellduality.teacher")
+
+SFT_COLUMNS = (
+    "prompt_id", "task", "direction", "dataset", "stage", "primal_prompt_id", "sample_index", "prompt",
+    "completion", "answer", "parsed_answer", "score", "passed", "accepted", "reason", "finish_reason",
+    "tokens_in", "tokens_out", "cached", "provider", "model",
+)
+REQUIRED = ("prompt_id", "task", "direction", "dataset", "stage", "prompt", "answer", "candidates", "cell_ids")
+
+
+def _read_table(table: pd.DataFrame | str | Path) -> pd.DataFrame:
+    frame = pd.read_parquet(table) if isinstance(table, (str, Path)) else table
+    missing = [c for c in REQUIRED if c not in frame.columns]
+    if missing:
+        raise CellDualityError(f"task table {table if not isinstance(table, pd.DataFrame) else ''} lacks "
+                               f"column(s) {missing}; rebuild it with the task_table rule")
+    return frame
+
+
+def _samples_frame(rows: pd.DataFrame, samples: Mapping[str, list], settings: FilterSettings,
+                   provider: TeacherProvider, parents: Mapping[str, str]) -> pd.DataFrame:
+    records = []
+    for row in rows.to_dict("records"):
+        for s in samples.get(row["prompt_id"], []):
+            verdict = judge(row, s.text, settings)
+            records.append({
+                "prompt_id": row["prompt_id"], "task": row["task"], "direction": row["direction"],
+                "dataset": row["dataset"], "stage": row["stage"],
+                "primal_prompt_id": parents.get(row["prompt_id"], row["prompt_id"]),
+                "sample_index": s.sample_index, "prompt": row["prompt"], "completion": s.text,
+                "answer": row["answer"], "parsed_answer": verdict.parsed, "score": verdict.score,
+                "passed": verdict.passed, "accepted": verdict.passed, "reason": verdict.reason,
+                "finish_reason": s.finish_reason, "tokens_in": s.tokens_in, "tokens_out": s.tokens_out,
+                "cached": s.cached, "provider": provider.name, "model": provider.model,
+            })
+    frame = pd.DataFrame.from_records(records, columns=list(SFT_COLUMNS))
+    if not frame.empty:
+        frame["accepted"] = select(frame, settings)
+    return frame
+
+
+def _prompts(rows: pd.DataFrame) -> list[tuple[str, list[dict[str, str]]]]:
+    return [(pid, json.loads(prompt)) for pid, prompt in zip(rows["prompt_id"], rows["prompt"])]
+
+
+def build_sft_dataset(
+    task_table: pd.DataFrame | str | Path,
+    teacher: TeacherSettings,
+    filtering: FilterSettings,
+    *,
+    cache_path: str | Path | None = None,
+    provider_factory: Callable[[], TeacherProvider] | None = None,
+    env: Mapping[str, str] | None = None,
+    species: str = "human",
+    stage: str = "sft",
+    label: str = "",
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """SFT samples and statistics for one task table (see module docstring)."""
+    table = _read_table(task_table)
+    rows = table[table["stage"] == stage]
+    primal = rows[rows["direction"] == "primal"]
+    if teacher.max_prompts is not None and len(primal) > teacher.max_prompts:
+        keep = set(stable_sample(list(primal["prompt_id"]), teacher.max_prompts, "teacher-prompts",
+                                 teacher.seed or 0, label))
+        primal = primal[primal["prompt_id"].isin(keep)]
+    dual = rows[rows["direction"] == "dual"]
+    parents = dict(zip(dual["prompt_id"], link_duals(primal, dual))) if len(dual) else {}
+    secrets = [k for k in [api_key(teacher, env)] if k] if provider_factory is None else []
+    cacheable = provider_factory is not None or teacher.provider != "markers"  # markers: free, deterministic
+    cache = ResponseCache(cache_path, teacher.cache_sync) if teacher.cache and cache_path and cacheable else None
+    usage = Usage()
+    names = {"provider": teacher.provider, "model": teacher.model_name}
+    try:
+        def run(part: pd.DataFrame, desc: str) -> pd.DataFrame:
+            if not len(part):
+                return pd.DataFrame(columns=list(SFT_COLUMNS))
+            prov = provider_factory() if provider_factory else make_provider(teacher, env, species)
+            names.update(provider=prov.name, model=prov.model)
+            runner = TeacherRunner(prov, teacher, cache, secrets)
+            samples = runner.run(_prompts(part), desc)
+            usage.add(runner.usage)
+            runner.check_failures()
+            return _samples_frame(part, samples, filtering, prov, parents)
+
+        primal_samples = run(primal, f"teacher {label} primal".strip())
+        accepted_ids: set[str] = set()
+        if len(primal_samples):
+            accepted_ids = set(primal_samples.loc[primal_samples["accepted"], "prompt_id"])
+        eligible = dual[[parents.get(pid, "") in accepted_ids for pid in dual["prompt_id"]]] if len(dual) else dual
+        dual_samples = run(eligible, f"teacher {label} dual".strip())
+    finally:
+        if cache is not None:
+            cache.close()
+    frames = [f for f in (primal_samples, dual_samples) if len(f)]
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(SFT_COLUMNS))
+    stats = _stats(out, primal, dual, eligible, teacher, filtering, usage, names["provider"], names["model"], label)
+    return out, stats
+
+
+def _stats(out: pd.DataFrame, primal: pd.DataFrame, dual: pd.DataFrame, eligible: pd.DataFrame,
+           teacher: TeacherSettings, filtering: FilterSettings, usage: Usage, provider: str, model: str,
+           label: str) -> dict[str, Any]:
+    n = teacher.n_samples
+    task = str(primal["task"].iloc[0]) if len(primal) else None
+    by_dir = {d: out[out["direction"] == d] if len(out) else out for d in ("primal", "dual")}
+    stats: dict[str, Any] = {
+        "label": label, "provider": provider, "model": model, "n_samples": n,
+        "temperature": teacher.temperature,
+        "task": task,
+        "filtering": {"rwjs_threshold": filtering.threshold("primal", task),
+                      "dual_rwjs_threshold": filtering.threshold("dual", task),
+                      "strict_format": filtering.strict_format, "dedupe": filtering.dedupe,
+                      "max_accepted_per_prompt": filtering.max_accepted_per_prompt},
+        "primal": direction_stats(by_dir["primal"], len(primal), n),
+        "dual": direction_stats(by_dir["dual"], len(eligible), n)
+        | {"dual_prompts_in_table": len(dual), "from_accepted_primal_prompts": len(eligible)},
+    }
+    for d in ("primal", "dual"):
+        stats[d]["score_quantiles"] = score_summary(by_dir[d]["score"].tolist()) if len(by_dir[d]) else {}
+    received = len(out)
+    stats["overall"] = {
+        "samples_received": received,
+        "passed_filter": int(out["passed"].sum()) if received else 0,
+        "acceptance_rate": round(float(out["passed"].mean()), 4) if received else None,
+        "sft_examples": int(out["accepted"].sum()) if received else 0,
+    }
+    stats["usage"] = usage.as_dict() | {"price_in_per_1m": teacher.price_in, "price_out_per_1m": teacher.price_out}
+    return stats
+
+
+def write_sft_dataset(task_table: pd.DataFrame | str | Path, out_path: str | Path, stats_path: str | Path,
+                      teacher: TeacherSettings, filtering: FilterSettings, **kwargs: Any) -> dict[str, Any]:
+    """:func:`build_sft_dataset`, then write the Parquet and the stats JSON atomically."""
+    frame, stats = build_sft_dataset(task_table, teacher, filtering, **kwargs)
+    with atomic_path(out_path) as tmp:
+        frame.to_parquet(tmp, index=False)
+    with atomic_path(stats_path) as tmp:
+        tmp.write_text(json.dumps(stats, indent=2) + "\n")
+    p, d = stats["primal"], stats["dual"]
+    log.info("teacher %s: primal %s of %s samples passed the filter (%s), dual %s of %s (%s); %s SFT examples; "
+             "cost $%.4f (+$%.4f reused from cache)", stats["label"], p["passed_filter"], p["samples_received"],
+             p["acceptance_rate"], d["passed_filter"], d["samples_received"], d["acceptance_rate"],
+             stats["overall"]["sft_examples"], stats["usage"]["cost_usd"], stats["usage"]["cached_cost_usd"])
+    return stats

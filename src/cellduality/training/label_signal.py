@@ -1,0 +1,151 @@
+""""True label wins": does the annotation duality reward prefer the right label, for a given model?
+
+For every cell, the dual inpainting prompt is built once per candidate label (same mask), a generator
+reconstructs the hidden genes, and each reconstruction is scored with RWJS. The cell counts as a *win* when
+the true label's score is strictly the best, a *tie* when it shares the best score, a *loss* otherwise.
+A win rate near 1/len(candidates) means the reward barely depends on the label, so duality GRPO cannot help.
+:func:`true_label_wins` is the model-free core; :func:`true_label_wins_for_model` runs it for a trained model
+on the RL cells (the cells the reward is used on).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cellduality.io import atomic_path
+from cellduality.tasks.inpainting import InpaintingConfig
+from cellduality.tasks.prompts import Messages, annotation_dual_prompt
+from cellduality.tasks.rewards import inpainting_reward
+from cellduality.training.datasets import rl_dataset
+from cellduality.training.setup import load_tokenizer
+
+Generate = Callable[[list[Messages]], Sequence[str]]
+
+
+@dataclass(frozen=True)
+class DiagnosticExample:
+    """One cell: its gene list, true label, candidate labels and prompt id (seeds the mask)."""
+
+    genes: Sequence[str]
+    label: str
+    candidates: Sequence[str]
+    prompt_id: str
+    metadata: Mapping[str, object] | None = None
+
+
+@dataclass
+class TrueLabelWinsReport:
+    """Counts, rates and mean rewards; ``per_cell`` holds every cell's scores by label."""
+
+    n_cells: int
+    wins: int
+    ties: int
+    losses: int
+    mean_true_reward: float
+    mean_other_reward: float
+    per_cell: list[dict[str, object]] = field(default_factory=list)
+
+    @property
+    def win_rate(self) -> float:
+        return self.wins / self.n_cells if self.n_cells else 0.0
+
+    @property
+    def tie_rate(self) -> float:
+        return self.ties / self.n_cells if self.n_cells else 0.0
+
+    def summary(self) -> dict[str, float | int]:
+        return {
+            "n_cells": self.n_cells,
+            "wins": self.wins,
+            "ties": self.ties,
+            "losses": self.losses,
+            "win_rate": self.win_rate,
+            "tie_rate": self.tie_rate,
+            "mean_true_reward": self.mean_true_reward,
+            "mean_other_reward": self.mean_other_reward,
+        }
+
+
+def true_label_wins(
+    examples: Sequence[DiagnosticExample],
+    generate: Generate,
+    config: InpaintingConfig | None = None,
+    batch_size: int = 256,
+) -> TrueLabelWinsReport:
+    """Run the diagnostic; ``generate`` maps a list of chat-message lists to one response string each."""
+    config = config or InpaintingConfig()
+    jobs: list[tuple[int, str, Messages]] = []
+    masks = []
+    for i, ex in enumerate(examples):
+        if ex.label not in ex.candidates:
+            raise ValueError(f"example {ex.prompt_id!r}: true label {ex.label!r} is not among its candidates")
+        mask = config.mask(ex.genes, ex.prompt_id)
+        masks.append(mask)
+        for cand in dict.fromkeys(ex.candidates):
+            jobs.append((i, cand, annotation_dual_prompt(mask.visible, cand, mask.n_hidden, ex.metadata)))
+    responses: list[str] = []
+    for start in range(0, len(jobs), max(1, batch_size)):
+        chunk = [job[2] for job in jobs[start : start + batch_size]]
+        out = list(generate(chunk))
+        if len(out) != len(chunk):
+            raise ValueError(f"generate returned {len(out)} responses for {len(chunk)} prompts")
+        responses.extend(out)
+    scores: list[dict[str, float]] = [{} for _ in examples]
+    for (i, cand, _), response in zip(jobs, responses):
+        scores[i][cand] = inpainting_reward(response, masks[i].hidden)
+    wins = ties = 0
+    true_rewards: list[float] = []
+    other_rewards: list[float] = []
+    per_cell: list[dict[str, object]] = []
+    for ex, cell_scores in zip(examples, scores):
+        true_score = cell_scores[ex.label]
+        others = [s for cand, s in cell_scores.items() if cand != ex.label]
+        best_other = max(others, default=float("-inf"))
+        outcome = "win" if true_score > best_other else "tie" if true_score == best_other else "loss"
+        wins += outcome == "win"
+        ties += outcome == "tie"
+        true_rewards.append(true_score)
+        other_rewards.extend(others)
+        per_cell.append({"prompt_id": ex.prompt_id, "label": ex.label, "outcome": outcome, "scores": cell_scores})
+    n = len(examples)
+    return TrueLabelWinsReport(
+        n_cells=n,
+        wins=wins,
+        ties=ties,
+        losses=n - wins - ties,
+        mean_true_reward=sum(true_rewards) / n if n else 0.0,
+        mean_other_reward=sum(other_rewards) / len(other_rewards) if other_rewards else 0.0,
+        per_cell=per_cell,
+    )
+
+
+
+def true_label_wins_for_model(model_path: str, tables: Sequence[str | Path], out: str | Path, *, max_cells: int,
+                              hidden_fraction: float, strategy: str, markers: Sequence[str] | None, seed: int,
+                              max_new_tokens: int, batch_size: int = 32) -> dict:
+    """Measure on the RL cells (the cells the reward is used on) and write a JSON summary."""
+    from transformers import AutoModelForCausalLM
+
+    from cellduality.training.duality import model_dual_generator
+
+    rows = rl_dataset(tables, max_cells, seed=seed)
+    examples = [DiagnosticExample(genes=row["input_sentence"].split(), label=row["label"],
+                                  candidates=json.loads(row["candidates"]), prompt_id=row["prompt_id"],
+                                  metadata=json.loads(row["metadata"] or "{}"))
+                for row in rows if row["task"] == "annotation" and row["label"]]
+    tokenizer = load_tokenizer(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path)
+    config = InpaintingConfig(hidden_fraction, strategy, f"{seed}:rl", frozenset(markers) if markers else None)
+    report = true_label_wins(examples, model_dual_generator(model, tokenizer, max_new_tokens, batch_size=batch_size),
+                             config, batch_size=batch_size)
+    summary = {"model": str(model_path), "chance_rate": _chance(examples), **report.summary()}
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps({"summary": summary, "per_cell": report.per_cell}, indent=1))
+    return summary
+
+
+def _chance(examples: Sequence[DiagnosticExample]) -> float:
+    return sum(1 / len(set(ex.candidates)) for ex in examples) / len(examples) if examples else 0.0
