@@ -1,17 +1,28 @@
 # Shared set-up: make the library importable, load and validate the config, helpers for rules.
+# Rule files (rules/<stage>.smk) hold rules only; their helper functions and path patterns live here.
+import json
 import os
 import sys
 
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
-from cellduality.data.builtin import builtin_resource_files  # noqa: E402
 from cellduality.config import load_schema, validate_config  # noqa: E402
+from cellduality.data.builtin import builtin_resource_files  # noqa: E402
 from cellduality.errors import CellDualityError, fail  # noqa: E402
+from cellduality.teacher.markers.knowledge import resource_files  # noqa: E402
+from cellduality.teacher.runner import output_params  # noqa: E402
+
+# Shell rules run `python -m cellduality.cli` with this checkout's library first on the path.
+shell.prefix(
+    f'set -euo pipefail; export PYTHONPATH="{workflow.basedir}/src${{{{PYTHONPATH:+:$PYTHONPATH}}}}"; '
+)
 
 # --configfile replaces the default config (no merge, so the paper catalog never inherits the demo datasets)
 if not workflow.overwrite_configfiles:
     _local = "config/config.yaml"
-    _default = _local if os.path.exists(_local) else os.path.join(workflow.basedir, _local)
+    _default = (
+        _local if os.path.exists(_local) else os.path.join(workflow.basedir, _local)
+    )
 
     configfile: _default
 
@@ -29,10 +40,132 @@ RESULTS = config["results_dir"]
 DATASETS = config["datasets"]
 LOGS = f"{RESULTS}/logs"
 
-wildcard_constraints:
-    dataset="|".join(DATASETS) or "__none__",
-
 
 def dataset_params(*keys):
     """Params function: the named catalog fields of the wildcard's dataset (so edits rerun the rule)."""
     return lambda wildcards: {key: DATASETS[wildcards.dataset][key] for key in keys}
+
+
+# ---------------------------------------------------------------- tasks (rules/tasks.smk)
+TASKS = {task: names for task, names in config["tasks"].items() if names}
+
+
+# ---------------------------------------------------------------- teacher (rules/teacher.smk)
+_MARKERS = config["teacher"]["provider"] == "markers"
+
+
+def teacher_knowledge(wildcards):
+    """The markers teacher's resource files (so editing them reruns it); nothing for API teachers."""
+    if not _MARKERS:
+        return []
+    species = DATASETS[wildcards.dataset].get("species", "human")
+    return [
+        str(p)
+        for p in resource_files(os.path.join(workflow.basedir, "resources"), species)
+    ]
+
+
+# ---------------------------------------------------------------- training (rules/training.smk)
+EMBEDDED = config["model"]["source"] == "embedded"
+
+
+BASE_MODEL = f"{RESULTS}/models/base" if EMBEDDED else config["model"]["source"]
+
+
+TASK_TABLES = [
+    f"{RESULTS}/tasks/{task}/{name}.parquet"
+    for task, names in TASKS.items()
+    for name in names
+]
+
+
+SFT_DATA = [
+    f"{RESULTS}/sft/{task}/{name}.parquet"
+    for task, names in TASKS.items()
+    for name in names
+]
+
+
+TRAINING_RESOURCES = dict(
+    mem_mb=config["training"]["mem_mb"],
+    runtime=config["training"]["runtime"],
+    gpu=config["training"]["gpus"],
+)
+
+
+def spec(**fields):
+    """The cellduality.cli --spec JSON. Snakemake does not record params that are functions of input/output, so
+    every step also carries its config-derived `settings` as a plain param, so editing them reruns the step.
+    """
+    return json.dumps(fields, sort_keys=True)
+
+
+BUILD_SETTINGS = dict(embedded=config["model"]["embedded"])
+
+
+SFT_SETTINGS = dict(
+    sft=config["sft"],
+    lora=config["model"]["lora"],
+    accelerate_config=config["training"]["accelerate_config"],
+)
+
+
+def grpo_settings(wildcards):
+    return dict(
+        grpo={k: v for k, v in config["grpo"].items() if k != "variants"},
+        rewards={**config["rewards"], "mode": wildcards.reward},
+        lora=config["model"]["lora"],
+        accelerate_config=config["training"]["accelerate_config"],
+    )
+
+
+LABEL_SIGNAL_SETTINGS = dict(
+    diagnostic=dict(
+        max_cells=config["diagnostics"]["true_label_wins_cells"],
+        hidden_fraction=config["inpainting"]["hidden_fraction"],
+        strategy=config["inpainting"]["strategy"],
+        markers=config["inpainting"]["markers"],
+        seed=config["task_tables"]["seed"],
+        max_new_tokens=config["grpo"]["dual_max_new_tokens"],
+    )
+)
+
+
+# ---------------------------------------------------------------- evaluation (rules/evaluation.smk)
+def variant_model(wildcards):
+    """Model directory of an evaluated variant (nothing to build for a hub/base model path)."""
+    if wildcards.variant == "base":
+        return [BASE_MODEL] if EMBEDDED else []
+    if wildcards.variant == "sft":
+        return [rules.sft.output[0]]
+    return [
+        rules.grpo.output.model.format(reward=wildcards.variant.removeprefix("grpo_"))
+    ]
+
+
+EVAL_SETTINGS = dict(
+    evaluation={k: v for k, v in config["evaluation"].items() if k != "variants"}
+)
+
+
+DATA_FILES = {
+    name: {
+        "h5ad": f"{RESULTS}/processed/{name}.h5ad",
+        "sentences": f"{RESULTS}/cell_sentences/{name}.parquet",
+    }
+    for names in TASKS.values()
+    for name in names
+}
+
+
+EVAL_INPUTS = dict(
+    tables=TASK_TABLES,
+    h5ad=[files["h5ad"] for files in DATA_FILES.values()],
+    sentences=[files["sentences"] for files in DATA_FILES.values()],
+)
+
+
+EVALUATED = config["evaluation"]["variants"]
+
+
+GRPO_VARIANTS = [v for v in EVALUATED if v.startswith("grpo_")]

@@ -1,6 +1,10 @@
 # Data stage: download (checksum-verified) -> preprocess (normalize, symbols, QC) -> cell-sentence tables.
 
 
+wildcard_constraints:
+    dataset="|".join(DATASETS) or "__none__",
+
+
 localrules:
     download,
     data,
@@ -12,16 +16,16 @@ rule download:
     output:
         h5ad=f"{RESULTS}/raw/{{dataset}}.h5ad",
         sha256=f"{RESULTS}/raw/{{dataset}}.sha256",
-    params:
-        dataset=dataset_params("source", "sha256"),
-        download=config["download"],
     log:
         f"{LOGS}/download/{{dataset}}.log",
+    conda:
+        "../envs/data.yaml"
     resources:
         mem_mb=4000,
         runtime=120,
-    conda:
-        "../envs/data.yaml"
+    params:
+        dataset=dataset_params("source", "sha256"),
+        download=config["download"],
     script:
         "../workflow/scripts/download.py"
 
@@ -32,6 +36,13 @@ rule preprocess:
     output:
         h5ad=f"{RESULTS}/processed/{{dataset}}.h5ad",
         qc=f"{RESULTS}/processed/{{dataset}}.qc.json",
+    log:
+        f"{LOGS}/preprocess/{{dataset}}.log",
+    conda:
+        "../envs/data.yaml"
+    resources:
+        mem_mb=16000,
+        runtime=120,
     params:
         dataset=dataset_params(
             "species",
@@ -44,13 +55,6 @@ rule preprocess:
             "split_by",
         ),
         preprocess=config["preprocess"],
-    log:
-        f"{LOGS}/preprocess/{{dataset}}.log",
-    resources:
-        mem_mb=16000,
-        runtime=120,
-    conda:
-        "../envs/data.yaml"
     script:
         "../workflow/scripts/preprocess.py"
 
@@ -61,18 +65,18 @@ rule cell_sentences:
     output:
         table=f"{RESULTS}/cell_sentences/{{dataset}}.parquet",
         summary=f"{RESULTS}/cell_sentences/{{dataset}}.summary.json",
-    params:
-        dataset=dataset_params("role", "ood_labels"),
-        cell_sentence=config["cell_sentence"],
-        splits=config["splits"],
     log:
         f"{LOGS}/cell_sentences/{{dataset}}.log",
+    conda:
+        "../envs/data.yaml"
     threads: 2
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        "../envs/data.yaml"
+    params:
+        dataset=dataset_params("role", "ood_labels"),
+        cell_sentence=config["cell_sentence"],
+        splits=config["splits"],
     script:
         "../workflow/scripts/cell_sentences.py"
 

@@ -1,7 +1,5 @@
 # Task stage: per-task prompt/answer tables (SFT, RL, evaluation rows) from the cell-sentence tables.
 
-TASKS = {task: names for task, names in config["tasks"].items() if names}
-
 
 wildcard_constraints:
     task="|".join(TASKS) or "__none__",
@@ -12,19 +10,18 @@ rule task_table:
         rules.cell_sentences.output.table,
     output:
         f"{RESULTS}/tasks/{{task}}/{{dataset}}.parquet",
-    params:
-        tables=lambda wildcards: {
-            key: config[key]
-            for key in ("task_tables", "inpainting", "cellpuzzles")
-        }
-        | {"top_k": config["cell_sentence"]["top_k"]},
     log:
         f"{LOGS}/task_table/{{task}}/{{dataset}}.log",
+    conda:
+        "../envs/data.yaml"
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        "../envs/data.yaml"
+    params:
+        tables=lambda wildcards: {
+            key: config[key] for key in ("task_tables", "inpainting", "cellpuzzles")
+        }
+        | {"top_k": config["cell_sentence"]["top_k"]},
     script:
         "../workflow/scripts/task_table.py"
 

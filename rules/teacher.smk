@@ -4,18 +4,6 @@
 # with `--resources teacher_api=N` (profiles/slurm sets 1); the offline markers teacher needs no such slot.
 # Responses are cached in teacher.cache_dir (default <results_dir>/teacher_cache), outside the rule's
 # outputs, so a failed or interrupted job resumes without paying for any response twice.
-from cellduality.teacher.markers.knowledge import resource_files  # noqa: E402
-from cellduality.teacher.runner import output_params  # noqa: E402
-
-_MARKERS = config["teacher"]["provider"] == "markers"
-
-
-def teacher_knowledge(wildcards):
-    """The markers teacher's resource files (so editing them reruns it); nothing for API teachers."""
-    if not _MARKERS:
-        return []
-    species = DATASETS[wildcards.dataset].get("species", "human")
-    return [str(p) for p in resource_files(os.path.join(workflow.basedir, "resources"), species)]
 
 
 localrules:
@@ -30,25 +18,28 @@ rule teacher:
     output:
         sft=f"{RESULTS}/sft/{{task}}/{{dataset}}.parquet",
         stats=f"{RESULTS}/sft/{{task}}/{{dataset}}.stats.json",
+    log:
+        f"{LOGS}/teacher/{{task}}/{{dataset}}.log",
+    conda:
+        "../envs/teacher.yaml"
+    threads: 1
+    resources:
+        teacher_api=0 if _MARKERS else 1,
+        mem_mb=4000,
+        runtime=1500 if config["teacher"]["batch_api"] else 240,
     params:
         # only settings that change the outputs; concurrency, retries, timeouts, cache and batch mode are
         # read from the config by the script, so tuning them does not rerun the job
         teacher=output_params(config["teacher"]),
         filtering=config["filtering"],
         dataset=dataset_params("species"),
-    log:
-        f"{LOGS}/teacher/{{task}}/{{dataset}}.log",
-    threads: 1
-    resources:
-        teacher_api=0 if _MARKERS else 1,
-        mem_mb=4000,
-        runtime=1500 if config["teacher"]["batch_api"] else 240,
-    conda:
-        "../envs/teacher.yaml"
     script:
         "../workflow/scripts/teacher.py"
 
 
 rule sft_data:
     input:
-        [expand(rules.teacher.output.sft, task=task, dataset=names) for task, names in TASKS.items()],
+        [
+            expand(rules.teacher.output.sft, task=task, dataset=names)
+            for task, names in TASKS.items()
+        ],

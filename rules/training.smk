@@ -1,53 +1,4 @@
 # Training stage: base model -> SFT on teacher data -> GRPO (duality and ground-truth variants).
-import json
-
-TRAIN_CLI = f"PYTHONPATH={workflow.basedir}/src${{PYTHONPATH:+:$PYTHONPATH}} python -m cellduality.cli"
-EMBEDDED = config["model"]["source"] == "embedded"
-BASE_MODEL = f"{RESULTS}/models/base" if EMBEDDED else config["model"]["source"]
-TASK_TABLES = [
-    f"{RESULTS}/tasks/{task}/{name}.parquet" for task, names in TASKS.items() for name in names
-]
-SFT_DATA = [f"{RESULTS}/sft/{task}/{name}.parquet" for task, names in TASKS.items() for name in names]
-TRAINING_RESOURCES = dict(
-    mem_mb=config["training"]["mem_mb"],
-    runtime=config["training"]["runtime"],
-    gpu=config["training"]["gpus"],
-)
-
-
-def spec(**fields):
-    """The train_cli --spec JSON. Snakemake does not record params that are functions of input/output, so
-    each rule also carries its config-derived `settings` as a plain param: editing them reruns the step."""
-    return json.dumps(fields, sort_keys=True)
-
-
-BUILD_SETTINGS = dict(embedded=config["model"]["embedded"])
-SFT_SETTINGS = dict(
-    sft=config["sft"],
-    lora=config["model"]["lora"],
-    accelerate_config=config["training"]["accelerate_config"],
-)
-
-
-def grpo_settings(wildcards):
-    return dict(
-        grpo={k: v for k, v in config["grpo"].items() if k != "variants"},
-        rewards={**config["rewards"], "mode": wildcards.reward},
-        lora=config["model"]["lora"],
-        accelerate_config=config["training"]["accelerate_config"],
-    )
-
-
-LABEL_SIGNAL_SETTINGS = dict(
-    diagnostic=dict(
-        max_cells=config["diagnostics"]["true_label_wins_cells"],
-        hidden_fraction=config["inpainting"]["hidden_fraction"],
-        strategy=config["inpainting"]["strategy"],
-        markers=config["inpainting"]["markers"],
-        seed=config["task_tables"]["seed"],
-        max_new_tokens=config["grpo"]["dual_max_new_tokens"],
-    )
-)
 
 
 rule build_model:
@@ -56,6 +7,14 @@ rule build_model:
         tasks=TASK_TABLES,
     output:
         directory(f"{RESULTS}/models/base"),
+    log:
+        f"{LOGS}/build_model.log",
+    conda:
+        "../envs/training.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         settings=BUILD_SETTINGS,
         spec=lambda wildcards, input, output: spec(
@@ -64,16 +23,8 @@ rule build_model:
             out=output[0],
             **BUILD_SETTINGS,
         ),
-    log:
-        f"{LOGS}/build_model.log",
-    threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    conda:
-        "../envs/training.yaml"
     shell:
-        "{TRAIN_CLI} build-model --spec {params.spec:q} --log {log}"
+        "python -m cellduality.cli build-model --spec {params.spec:q} --log {log}"
 
 
 rule sft:
@@ -82,6 +33,13 @@ rule sft:
         data=SFT_DATA,
     output:
         directory(f"{RESULTS}/models/sft"),
+    log:
+        f"{LOGS}/sft.log",
+    conda:
+        "../envs/training.yaml"
+    threads: 2
+    resources:
+        **TRAINING_RESOURCES,
     params:
         settings={**SFT_SETTINGS, "model": BASE_MODEL},
         spec=lambda wildcards, input, output: spec(
@@ -91,15 +49,8 @@ rule sft:
             checkpoints=f"{RESULTS}/checkpoints/sft",
             **SFT_SETTINGS,
         ),
-    log:
-        f"{LOGS}/sft.log",
-    threads: 2
-    resources:
-        **TRAINING_RESOURCES,
-    conda:
-        "../envs/training.yaml"
     shell:
-        "{TRAIN_CLI} sft --spec {params.spec:q} --log {log}"
+        "python -m cellduality.cli sft --spec {params.spec:q} --log {log}"
 
 
 rule grpo:
@@ -108,6 +59,15 @@ rule grpo:
         tables=TASK_TABLES,
     output:
         model=directory(f"{RESULTS}/models/grpo_{{reward}}"),
+    log:
+        f"{LOGS}/grpo_{{reward}}.log",
+    wildcard_constraints:
+        reward="duality|oracle",
+    conda:
+        "../envs/training.yaml"
+    threads: 2
+    resources:
+        **TRAINING_RESOURCES,
     params:
         settings=grpo_settings,
         spec=lambda wildcards, input, output: spec(
@@ -117,25 +77,26 @@ rule grpo:
             checkpoints=f"{RESULTS}/checkpoints/grpo_{wildcards.reward}",
             **grpo_settings(wildcards),
         ),
-    wildcard_constraints:
-        reward="duality|oracle",
-    log:
-        f"{LOGS}/grpo_{{reward}}.log",
-    threads: 2
-    resources:
-        **TRAINING_RESOURCES,
-    conda:
-        "../envs/training.yaml"
     shell:
-        "{TRAIN_CLI} grpo --spec {params.spec:q} --log {log}"
+        "python -m cellduality.cli grpo --spec {params.spec:q} --log {log}"
 
 
 rule true_label_wins:
     input:
         model=rules.sft.output[0],
-        tables=[f"{RESULTS}/tasks/annotation/{name}.parquet" for name in TASKS.get("annotation", [])],
+        tables=[
+            f"{RESULTS}/tasks/annotation/{name}.parquet"
+            for name in TASKS.get("annotation", [])
+        ],
     output:
         f"{RESULTS}/diagnostics/true_label_wins.json",
+    log:
+        f"{LOGS}/true_label_wins.log",
+    conda:
+        "../envs/training.yaml"
+    threads: 2
+    resources:
+        **TRAINING_RESOURCES,
     params:
         settings=LABEL_SIGNAL_SETTINGS,
         spec=lambda wildcards, input, output: spec(
@@ -144,15 +105,8 @@ rule true_label_wins:
             out=output[0],
             **LABEL_SIGNAL_SETTINGS,
         ),
-    log:
-        f"{LOGS}/true_label_wins.log",
-    threads: 2
-    resources:
-        **TRAINING_RESOURCES,
-    conda:
-        "../envs/training.yaml"
     shell:
-        "{TRAIN_CLI} true-label-wins --spec {params.spec:q} --log {log}"
+        "python -m cellduality.cli true-label-wins --spec {params.spec:q} --log {log}"
 
 
 rule training:

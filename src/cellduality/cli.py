@@ -1,6 +1,6 @@
-"""Command line for the training rules (also launchable with ``accelerate launch -m cellduality.cli``).
+"""Console entry point `cellduality` (also `python -m cellduality.cli`, `accelerate launch -m cellduality.cli`).
 
-    python -m cellduality.cli {build-model,sft,grpo,true-label-wins,predict} --spec '<json>' [--log FILE]
+    cellduality {build-model,sft,grpo,true-label-wins,predict} --spec '<json>' [--log FILE]
 
 ``--spec`` is the JSON of the step's inputs, outputs and settings (the rule writes it from the config).
 Bad input ends with one line on stderr; logs (and tracebacks of bugs) go to ``--log``.
@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shutil
 import sys
-import traceback
-from pathlib import Path
 
-from cellduality.errors import CellDualityError, fail
+from cellduality.errors import fail
+from cellduality.snakemake_script import harness
 
 
 def _build_model(spec: dict) -> None:
@@ -74,30 +72,18 @@ def relaunch_on_all_gpus(argv: list[str], accelerate_config: str | None) -> None
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="cellduality.cli", description=__doc__,
+    parser = argparse.ArgumentParser(prog="cellduality", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=sorted(COMMANDS))
     parser.add_argument("--spec", required=True, help="JSON with the step's inputs, outputs and settings")
     parser.add_argument("--log", help="log file (default: stderr)")
     args = parser.parse_args(argv)
-    handlers = [logging.FileHandler(args.log)] if args.log else [logging.StreamHandler()]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        handlers=handlers, force=True)
     try:
         spec = json.loads(args.spec)
     except json.JSONDecodeError as err:
         fail(f"--spec is not valid JSON ({err})")
     relaunch_on_all_gpus(sys.argv[1:] if argv is None else argv, spec.get("accelerate_config"))
-    try:
-        COMMANDS[args.command](spec)
-    except CellDualityError as err:
-        logging.getLogger("cellduality").error("%s", err)
-        fail(str(err))
-    except Exception:
-        if not args.log:
-            raise
-        Path(args.log).open("a").write(traceback.format_exc())
-        fail(f"unexpected failure in {args.command}; traceback in {args.log}")
+    harness(f"command {args.command}", args.log, lambda: COMMANDS[args.command](spec))
 
 
 if __name__ == "__main__":

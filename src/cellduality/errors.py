@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from typing import NoReturn
 
 
@@ -14,14 +13,7 @@ class CellDualityError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
-def run_cli(main: Callable[[], object]) -> None:
-    """Run ``main``; on :class:`CellDualityError` print one line to stderr and exit 1."""
-    try:
-        main()
-    except CellDualityError as err:
-        fail(str(err))
-
-
 def fail(message: str) -> NoReturn:
+    """Print ``cellduality error: <message>`` to stderr and exit 1 (for errors before a step starts)."""
     print(f"cellduality error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(1)
