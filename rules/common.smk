@@ -10,7 +10,12 @@ from cellduality.config import load_schema, validate_config  # noqa: E402
 from cellduality.data.builtin import builtin_resource_files  # noqa: E402
 from cellduality.errors import CellDualityError, fail  # noqa: E402
 from cellduality.teacher.markers.knowledge import resource_files  # noqa: E402
-from cellduality.teacher.runner import output_params  # noqa: E402
+from cellduality.teacher.runner import TeacherSettings, output_params  # noqa: E402
+from cellduality.training.settings import (
+    GRPOSettings,
+    LoraSettings,
+    SFTSettings,
+)  # noqa: E402
 
 # Shell rules run `python -m cellduality.cli` with this checkout's library first on the path.
 shell.prefix(
@@ -35,6 +40,14 @@ try:
     )
 except CellDualityError as _err:
     fail(str(_err))
+try:
+    # cross-field checks of the typed settings, before any job runs (not when the trainer starts)
+    TeacherSettings.from_config(config["teacher"])
+    SFTSettings.from_config(config["sft"])
+    LoraSettings.from_config(config["model"]["lora"])
+    GRPOSettings.from_config(config["grpo"]).check_processes(config["training"]["gpus"])
+except CellDualityError as _err:
+    fail(f"config: {_err}")
 
 RESULTS = config["results_dir"]
 DATASETS = config["datasets"]

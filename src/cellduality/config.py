@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
+import functools
 from collections.abc import Mapping
-from dataclasses import fields
+from dataclasses import Field, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -122,3 +124,25 @@ def settings_from_config(cls: type[T], values: Mapping[str, Any], section: str) 
     if unknown:
         raise CellDualityError(f"unknown {section} setting(s) {unknown}; known: {sorted(names)}")
     return cls(**dict(values))
+
+
+@functools.cache
+def _packaged_schema() -> dict:
+    return load_schema()
+
+
+def schema_default(dotted: str) -> Any:
+    """The default of config key ``dotted`` (e.g. ``"teacher.n_samples"``) as written in config/schema.yaml, the
+    one place defaults are written; a fresh copy each call."""
+    node: Mapping[str, Any] = _packaged_schema()
+    for part in dotted.split("."):
+        node = node["properties"][part]
+    return copy.deepcopy(node["default"])
+
+
+def setting(dotted: str) -> Field:
+    """A settings-dataclass field whose default is the schema's (lists become tuples, mappings a factory)."""
+    value = schema_default(dotted)
+    if isinstance(value, dict):
+        return field(default_factory=lambda: schema_default(dotted))
+    return field(default=tuple(value) if isinstance(value, list) else value)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from cellduality.config import settings_from_config
+from cellduality.config import setting, settings_from_config
 from cellduality.errors import CellDualityError
 from cellduality.teacher.cache import CachedResponse, ResponseCache, cache_key, prompt_hash
 from cellduality.teacher.openai_batch import run_batch
@@ -61,36 +61,36 @@ OUTPUT_KEYS = ("provider", "model", "n_samples", "temperature", "max_tokens", "t
 
 @dataclass(frozen=True)
 class TeacherSettings:
-    """Config ``teacher.*`` (see config/schema.yaml for every key's meaning)."""
+    """Config ``teacher.*``: meanings and defaults of every key are in config/schema.yaml."""
 
-    provider: str = "markers"
-    model: str | None = None
-    base_url: str | None = None
-    api_key_env: str | None = None
-    n_samples: int = 4
-    temperature: float = 0.7
-    max_tokens: int = 2048
-    top_p: float | None = None
-    seed: int | None = None
-    samples_per_request: int = 8
-    concurrency: int = 8
-    max_retries: int = 6
-    timeout_s: float = 120.0
-    backoff_s: float = 1.0
-    max_backoff_s: float = 60.0
-    max_failed_fraction: float = 0.0
-    batch_api: bool = False
-    batch_poll_s: float = 30.0
-    batch_max_wait_s: float = 90000.0
-    price_in: float = 0.0
-    price_out: float = 0.0
-    batch_discount: float = 0.5
-    cache: bool = True
-    cache_dir: str | None = None
-    cache_sync: str = "normal"
-    max_prompts: int | None = None
-    progress: bool = True
-    max_reasoning_lines: int | None = None
+    provider: str = setting("teacher.provider")
+    model: str | None = setting("teacher.model")
+    base_url: str | None = setting("teacher.base_url")
+    api_key_env: str | None = setting("teacher.api_key_env")
+    n_samples: int = setting("teacher.n_samples")
+    temperature: float = setting("teacher.temperature")
+    max_tokens: int = setting("teacher.max_tokens")
+    top_p: float | None = setting("teacher.top_p")
+    seed: int | None = setting("teacher.seed")
+    samples_per_request: int = setting("teacher.samples_per_request")
+    concurrency: int = setting("teacher.concurrency")
+    max_retries: int = setting("teacher.max_retries")
+    timeout_s: float = setting("teacher.timeout_s")
+    backoff_s: float = setting("teacher.backoff_s")
+    max_backoff_s: float = setting("teacher.max_backoff_s")
+    max_failed_fraction: float = setting("teacher.max_failed_fraction")
+    batch_api: bool = setting("teacher.batch_api")
+    batch_poll_s: float = setting("teacher.batch_poll_s")
+    batch_max_wait_s: float = setting("teacher.batch_max_wait_s")
+    price_in: float = setting("teacher.price_in")
+    price_out: float = setting("teacher.price_out")
+    batch_discount: float = setting("teacher.batch_discount")
+    cache: bool = setting("teacher.cache")
+    cache_dir: str | None = setting("teacher.cache_dir")
+    cache_sync: str = setting("teacher.cache_sync")
+    max_prompts: int | None = setting("teacher.max_prompts")
+    progress: bool = setting("teacher.progress")
+    max_reasoning_lines: int | None = setting("teacher.max_reasoning_lines")
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
