@@ -27,3 +27,12 @@ def counts_adata():
     X[:, 0] += 1  # every cell expresses something
     obs = pd.DataFrame({"celltype": rng.choice(["B", "T", "NK"], 40), "donor_id": ["d1"] * 20 + ["d2"] * 20})
     return make_adata(X, obs=obs)
+
+
+def make_task_row(**fields):
+    """A :class:`~cellduality.tasks.schema.TaskRow` with defaults for what a test does not care about."""
+    from cellduality.tasks.schema import TaskRow
+
+    defaults = dict(prompt_id="t:primal:sft:d:c1", task="annotation", direction="primal", dataset="d",
+                    split="train", stage="sft")
+    return TaskRow(**{**defaults, **fields})

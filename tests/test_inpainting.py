@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cellduality.errors import CellDualityError
 from cellduality.tasks.inpainting import InpaintingConfig, make_mask, n_hidden_for
 
 GENES = [f"G{i}" for i in range(12)]
@@ -79,20 +80,20 @@ def test_markers_first_then_random_fill() -> None:
     assert mask.n_hidden == 3
     only = make_mask(GENES, "x", hidden_fraction=0.2, strategy="markers", markers={"G7", "G2", "G5"})
     assert only.hidden == ("G2", "G5")  # 2 hidden: the two highest-ranked markers
-    with pytest.raises(ValueError, match="marker"):
+    with pytest.raises(CellDualityError, match="marker"):
         make_mask(GENES, "x", strategy="markers")
 
 
 @pytest.mark.parametrize("fraction", [0, 0.0, 1, 1.0, -0.1, 1.5, float("nan"), "0.25", True, None])
 def test_bad_fraction(fraction: object) -> None:
-    with pytest.raises(ValueError, match="hidden_fraction"):
+    with pytest.raises(CellDualityError, match="hidden_fraction"):
         make_mask(GENES, "x", hidden_fraction=fraction)  # type: ignore[arg-type]
 
 
 def test_bad_strategy() -> None:
-    with pytest.raises(ValueError, match="strategy"):
+    with pytest.raises(CellDualityError, match="strategy"):
         make_mask(GENES, "x", strategy="middle")
-    with pytest.raises(ValueError, match="strategy"):
+    with pytest.raises(CellDualityError, match="strategy"):
         InpaintingConfig(strategy="bottom")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from cellduality.errors import CellDualityError
 from cellduality.tasks import rewards as R
 from cellduality.tasks.prompts import format_answer
 
@@ -109,7 +110,7 @@ def test_cellpuzzles_duality_reward_is_mean_per_cell_rwjs() -> None:
 
 def test_reward_settings_validation() -> None:
     assert R.RewardSettings().format_penalty == -1.0
-    with pytest.raises(ValueError, match="cellpuzzles"):
+    with pytest.raises(CellDualityError, match="cellpuzzles"):
         R.RewardSettings(cellpuzzles="batch")
-    with pytest.raises(ValueError, match="mode"):
+    with pytest.raises(CellDualityError, match="mode"):
         R.RewardSettings(mode="both")

@@ -221,9 +221,9 @@ def test_bad_input() -> None:
     dup = pd.concat([table, table.iloc[[0]]])
     with pytest.raises(CellDualityError, match="repeats cell_id"):
         build_task_tables(dup)
-    with pytest.raises(ValueError, match="unknown task-table setting"):
+    with pytest.raises(CellDualityError, match="unknown task-table setting"):
         TaskTableParams.from_dict({"hidden_frac": 0.5})
-    with pytest.raises(ValueError, match="strategy"):
+    with pytest.raises(CellDualityError, match="strategy"):
         TaskTableParams(strategy="bottom")
     assert TaskTableParams.from_dict({"tasks": ["annotation"], "seed": 3}).tasks == ("annotation",)
 

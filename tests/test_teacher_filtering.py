@@ -4,6 +4,7 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import make_task_row
 
 from cellduality.errors import CellDualityError
 from cellduality.tasks.prompts import format_answer
@@ -19,8 +20,7 @@ ALL_GENES = " ".join(dict.fromkeys(" ".join(CELLS.values()).split()))
 
 
 def row(task, direction, answer, candidates=TYPES, pid="t:primal:sft:d:c1"):
-    return {"task": task, "direction": direction, "answer": answer, "candidates": json.dumps(candidates),
-            "prompt_id": pid}
+    return make_task_row(task=task, direction=direction, answer=answer, candidates=list(candidates), prompt_id=pid)
 
 
 def ok(answer: str) -> str:

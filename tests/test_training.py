@@ -5,10 +5,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import make_task_row
 
 from cellduality.tasks import prompts
 from cellduality.tasks.prompts import format_answer
 from cellduality.tasks.rewards import RewardSettings
+from cellduality.tasks.schema import decode_column, rows_frame
 from cellduality.training.duality import TaskReward
 
 pytest.importorskip("trl")
@@ -25,14 +27,13 @@ def task_rows(n=24):
         genes = [["CD3E", "MS4A1", "CD14"][i % 3]] + GENES[i % 10: i % 10 + 11]
         visible, hidden = genes[:9], genes[9:]
         stage = "sft" if i < n // 2 else "rl"
-        rows.append(dict(
+        rows.append(make_task_row(
             prompt_id=f"annotation:primal:{stage}:d:c{i}", task="annotation", direction="primal", dataset="d",
-            split="train", stage=stage, prompt=json.dumps(prompts.annotation_prompt(genes, {}, TYPES)),
-            answer=label if stage == "sft" else "", label=label, candidates=json.dumps(TYPES),
-            hidden_genes=json.dumps(hidden), visible_genes=json.dumps(visible), reference_sentence="",
-            input_sentence=" ".join(genes), cell_ids=json.dumps([f"c{i}"]), metadata="{}",
+            split="train", stage=stage, prompt=prompts.annotation_prompt(genes, {}, TYPES),
+            answer=label if stage == "sft" else "", label=label, candidates=TYPES, hidden_genes=hidden,
+            visible_genes=visible, input_sentence=" ".join(genes), cell_ids=[f"c{i}"],
         ))
-    return pd.DataFrame(rows)
+    return rows_frame(rows)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,8 @@ def _columns(table):
 def test_duality_reward_dedups_dual_prompts_and_scores_reconstruction():
     table = task_rows(6).iloc[:2]
     rows = pd.concat([table.iloc[[0]]] * 3 + [table.iloc[[1]]], ignore_index=True)
-    hidden0, hidden1 = json.loads(rows.hidden_genes[0]), json.loads(rows.hidden_genes[3])
+    hidden = decode_column(rows, "hidden_genes")
+    hidden0, hidden1 = hidden[0], hidden[3]
     seen = []
 
     def dual(conversations):

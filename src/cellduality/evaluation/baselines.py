@@ -23,7 +23,6 @@ Generation (``prediction`` = a space-joined sentence as long as the reference):
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,12 +34,17 @@ from cellduality.data.cell_sentences import sentences_from_indices, top_k_gene_i
 from cellduality.errors import CellDualityError
 from cellduality.evaluation.expression_inversion import read_cells, read_expression
 from cellduality.evaluation.generation_metrics import PCAEmbedding
+from cellduality.tasks.registry import TaskSpec, get_task, tasks_with
+from cellduality.tasks.schema import decode_column, read_task_frame
 from cellduality.tasks.tables import TaskTableParams
 
 BASELINE_COLUMNS = ("model", "prompt_id", "task", "dataset", "split", "label", "prediction")
 CLASSIFIERS = ("logreg", "knn")
+#: generation baselines per metric family (a task's ``metric`` in the task registry)
 GENERATORS = {"generation": ("type_mean", "type_sample"),
               "perturbation": ("copy_control", "drug_mean", "control_shift")}
+#: metric families with classification baselines (predicting the task's ``label_column``)
+CLASSIFIED_METRICS = ("classification", "cellpuzzles")
 BASELINE_MODELS = {
     "logreg": "logistic regression on standardized expression (drug one-hot appended for sensitivity)",
     "knn": "15-nearest-neighbour vote in a 50-component PCA of the train cells",
@@ -50,14 +54,20 @@ BASELINE_MODELS = {
     "drug_mean": "top genes of the mean train cell treated with the drug",
     "control_shift": "control cell + (mean treated-with-drug - mean control) of the train cells",
 }
-TASK_LABEL = {"annotation": "cell_type", "cellpuzzles": "cell_type", "sensitivity": "sensitivity"}
-TASK_ONEHOT = {"sensitivity": ("drug",)}
+
+
+def _spec(task: str, families: Sequence[str], what: str) -> TaskSpec:
+    spec = get_task(task)
+    if spec.metric not in families:
+        covered = sorted(t for family in families for t in tasks_with(metric=family))
+        raise CellDualityError(f"{what} baselines cover {covered}, not {task!r}")
+    return spec
 
 
 def eval_prompts(task_table: str | Path | pd.DataFrame, task: str,
                  prompt_ids: Sequence[str] | None = None) -> pd.DataFrame:
     """Eval-stage primal rows of ``task`` (one dataset), optionally restricted to ``prompt_ids``."""
-    table = pd.read_parquet(task_table) if isinstance(task_table, (str, Path)) else task_table
+    table = read_task_frame(task_table) if isinstance(task_table, (str, Path)) else task_table
     rows = table[(table["task"] == task) & (table["stage"] == "eval") & (table["direction"] == "primal")]
     if prompt_ids is not None:
         rows = rows[rows["prompt_id"].isin(list(prompt_ids))]
@@ -66,7 +76,7 @@ def eval_prompts(task_table: str | Path | pd.DataFrame, task: str,
         raise CellDualityError(f"task table holds {task} prompts of several datasets {list(datasets)}; pass one "
                                "dataset's table (baselines read one processed h5ad)")
     rows = rows.reset_index(drop=True)
-    rows["cell_list"] = [json.loads(c) for c in rows["cell_ids"]]
+    rows["cell_list"] = decode_column(rows, "cell_ids")
     return rows
 
 
@@ -188,12 +198,12 @@ def classification_baselines(task_table: str | Path | pd.DataFrame, cells: str |
 
 def _classification_baselines(task_table, cells, h5ad, *, task, methods, prompt_ids, max_train_cells, knn_k,
                               n_components, max_genes, C, seed) -> pd.DataFrame:
-    if task not in TASK_LABEL:
-        raise CellDualityError(f"classification baselines cover {sorted(TASK_LABEL)}, not {task!r}")
+    spec = _spec(task, CLASSIFIED_METRICS, "classification")
+    puzzle = spec.primal_kind == "assignment"
     rows = eval_prompts(task_table, task, prompt_ids)
     if rows.empty:
         return pd.DataFrame(columns=list(BASELINE_COLUMNS))
-    label, onehot = TASK_LABEL[task], TASK_ONEHOT.get(task, ())
+    label, onehot = spec.label_column, spec.baseline_onehot
     dataset = rows["dataset"].iloc[0]
     table = read_cells(cells, dataset=dataset, columns=(label, *onehot))
     train = table[(table["split"] == "train") & table[label].notna()]
@@ -203,7 +213,7 @@ def _classification_baselines(task_table, cells, h5ad, *, task, methods, prompt_
         train = train.sample(n=max_train_cells, random_state=seed).sort_index()
     features = _Features(h5ad, train, onehot)
     (X_train, extra_train), y_train = features(train), train[label].astype(str).to_numpy()
-    eval_ids = [i for ids in rows["cell_list"] for i in (ids if task == "cellpuzzles" else ids[:1])]
+    eval_ids = [i for ids in rows["cell_list"] for i in (ids if puzzle else ids[:1])]
     by_id = table.drop_duplicates("cell_id").set_index("cell_id")
     missing = [i for i in eval_ids if i not in by_id.index]
     if missing:
@@ -216,10 +226,10 @@ def _classification_baselines(task_table, cells, h5ad, *, task, methods, prompt_
         model = _classifier(method, n_components=n_components, knn_k=knn_k, max_genes=max_genes, C=C, seed=seed)
         model.fit(X_train, extra_train, y_train)
         proba = model.predict_proba(X_eval, extra_eval)
-        if task == "cellpuzzles":
+        if puzzle:
             sizes = np.cumsum([0] + [len(ids) for ids in rows["cell_list"]])
-            predictions = [" | ".join(_assign(proba[a:b], list(model.classes_), json.loads(cands)))
-                           for a, b, cands in zip(sizes[:-1], sizes[1:], rows["candidates"])]
+            predictions = [" | ".join(_assign(proba[a:b], list(model.classes_), cands))
+                           for a, b, cands in zip(sizes[:-1], sizes[1:], decode_column(rows, "candidates"))]
         else:
             predictions = np.asarray(model.classes_)[proba.argmax(axis=1)].tolist()
         outputs.append(_output(rows, method, predictions))
@@ -249,24 +259,24 @@ def generation_baselines(task_table: str | Path | pd.DataFrame, cells: str | Pat
                          control_values: Sequence[str] = TaskTableParams.control_values,
                          seed: int = 0) -> pd.DataFrame:
     """Reference sentences for the eval prompts of ``task`` (generation or perturbation)."""
-    if task not in GENERATORS:
-        raise CellDualityError(f"generation baselines cover {sorted(GENERATORS)}, not {task!r}")
-    methods = GENERATORS[task] if methods is None else tuple(methods)
-    unknown = sorted(set(methods) - set(GENERATORS[task]))
+    spec = _spec(task, tuple(GENERATORS), "generation")
+    family = spec.metric
+    methods = GENERATORS[family] if methods is None else tuple(methods)
+    unknown = sorted(set(methods) - set(GENERATORS[family]))
     if unknown:
-        raise CellDualityError(f"unknown {task} baseline(s) {unknown}; choose from {GENERATORS[task]}")
+        raise CellDualityError(f"unknown {task} baseline(s) {unknown}; choose from {GENERATORS[family]}")
     rows = eval_prompts(task_table, task, prompt_ids)
     if rows.empty:
         return pd.DataFrame(columns=list(BASELINE_COLUMNS))
     dataset = rows["dataset"].iloc[0]
     lengths = np.array([len(str(s).split()) for s in rows["reference_sentence"]])
-    group_column = "cell_type" if task == "generation" else "drug"
-    table = read_cells(cells, dataset=dataset, columns=(group_column,) + (("condition",) if task == "perturbation"
+    group_column = spec.label_column
+    table = read_cells(cells, dataset=dataset, columns=(group_column,) + (("condition",) if family == "perturbation"
                                                                           else ()))
     train = table[(table["split"] == "train") & table[group_column].notna()].reset_index(drop=True)
     labels = rows["label"].astype(str).to_numpy()
     outputs = []
-    if task == "perturbation":
+    if family == "perturbation":
         controls = {c.lower() for c in control_values}
         is_control = train["condition"].astype(str).str.lower().isin(controls).to_numpy()
         if "copy_control" in methods:
@@ -275,7 +285,7 @@ def generation_baselines(task_table: str | Path | pd.DataFrame, cells: str | Pat
         needs_expression = [m for m in methods if m in ("drug_mean", "control_shift")]
         if needs_expression:
             X_treated, genes = read_expression(h5ad, treated["cell_id"].tolist())
-            means, names = _group_means(X_treated, treated["drug"].to_numpy())
+            means, names = _group_means(X_treated, treated[group_column].to_numpy())
             position = {n: i for i, n in enumerate(names)}
             _require_groups(labels, position, "drug", dataset)
             drug_rows = means[[position[d] for d in labels]]
@@ -292,13 +302,14 @@ def generation_baselines(task_table: str | Path | pd.DataFrame, cells: str | Pat
     else:
         if "type_mean" in methods:
             X_train, genes = read_expression(h5ad, train["cell_id"].tolist())
-            means, names = _group_means(X_train, train["cell_type"].to_numpy())
+            means, names = _group_means(X_train, train[group_column].to_numpy())
             position = {n: i for i, n in enumerate(names)}
             _require_groups(labels, position, "cell type", dataset)
             outputs.append(_output(rows, "type_mean",
                                    _top_sentences(means[[position[t] for t in labels]], lengths, genes)))
         if "type_sample" in methods:
-            outputs.append(_output(rows, "type_sample", _sample_sentences(train, labels, lengths, seed, dataset)))
+            sampled = _sample_sentences(train, labels, lengths, seed, dataset, group_column)
+            outputs.append(_output(rows, "type_sample", sampled))
     return pd.concat(outputs, ignore_index=True)
 
 
@@ -309,9 +320,9 @@ def _require_groups(labels: np.ndarray, position: dict[str, int], what: str, dat
 
 
 def _sample_sentences(train: pd.DataFrame, labels: np.ndarray, lengths: np.ndarray, seed: int,
-                      dataset: str) -> list[str]:
+                      dataset: str, group_column: str = "cell_type") -> list[str]:
     rng = np.random.default_rng(seed)
-    pools = {t: group["sentence"].to_numpy() for t, group in train.groupby("cell_type")}
+    pools = {t: group["sentence"].to_numpy() for t, group in train.groupby(group_column)}
     _require_groups(labels, pools, "cell type", dataset)
     picked = np.empty(len(labels), dtype=object)
     for t in np.unique(labels):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from cellduality.io import atomic_path
-from cellduality.tasks.parsing import parse_response
-from cellduality.tasks.rewards import puzzle_assignment, response_genes, response_label
+from cellduality.tasks.registry import get_task
+from cellduality.tasks.schema import decode_column
 from cellduality.training.datasets import eval_rows
 from cellduality.training.generation import generate_chat
 from cellduality.training.setup import load_tokenizer
@@ -22,18 +21,9 @@ PREDICTION_COLUMNS = ("prompt_id", "task", "dataset", "split", "label", "candida
 
 
 def parse_prediction(task: str, response: str, candidates: Sequence[str]) -> tuple[bool, str | None]:
-    """(format OK, the task's answer): a candidate label, a space-joined gene list, or a ' | '-joined
-    CellPuzzles assignment; the answer is None for a format error or an unusable answer."""
-    parsed = parse_response(response)
-    if not parsed.format_ok:
-        return False, None
-    if task in ("annotation", "sensitivity"):
-        return True, response_label(parsed, candidates or None)
-    if task in ("generation", "perturbation"):
-        genes = response_genes(parsed)
-        return True, " ".join(genes) if genes else None
-    assignment = puzzle_assignment(parsed, candidates, len(candidates))
-    return True, None if assignment is None else " | ".join(assignment)
+    """(format OK, the task's answer) by the task's registered parser: a candidate label, a space-joined gene
+    list, or a ' | '-joined CellPuzzles assignment; the answer is None for a format error or an unusable answer."""
+    return get_task(task).parse_prediction(response, candidates)
 
 
 def predict(model_path: str, tables: Sequence[str | Path], out: str | Path, *, max_prompts_per_table: int | None,
@@ -47,11 +37,10 @@ def predict(model_path: str, tables: Sequence[str | Path], out: str | Path, *, m
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     log.info("answering %d eval prompts with %s", len(rows), model_path)
-    responses = generate_chat(model, tokenizer, [json.loads(p) for p in rows["prompt"]],
+    responses = generate_chat(model, tokenizer, decode_column(rows, "prompt"),
                               max_new_tokens=max_new_tokens, batch_size=batch_size)
     rows["response"] = responses
-    parsed = [parse_prediction(t, r, json.loads(c or "[]"))
-              for t, r, c in zip(rows["task"], responses, rows["candidates"])]
+    parsed = [parse_prediction(t, r, c) for t, r, c in zip(rows["task"], responses, decode_column(rows, "candidates"))]
     rows["format_ok"] = [ok for ok, _ in parsed]
     rows["prediction"] = [answer for _, answer in parsed]
     result = rows[list(PREDICTION_COLUMNS)]

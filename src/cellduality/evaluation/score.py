@@ -11,7 +11,6 @@ in ``format_error_rate``.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,11 +25,12 @@ from cellduality.evaluation.classification_metrics import (
 )
 from cellduality.evaluation.expression_inversion import RankExpressionFit, fit_from_files
 from cellduality.evaluation.generation_metrics import generation_scores, make_embedding, perturbation_scores
+from cellduality.tasks.registry import get_task, tasks_with
+from cellduality.tasks.schema import decode_value, read_task_frame
 
 log = logging.getLogger(__name__)
 RESULT_COLUMNS = ("model", "task", "dataset", "split", "metric", "value")
-CLASSIFICATION = ("annotation", "sensitivity")
-GENERATIVE = ("generation", "perturbation")
+GENERATIVE_METRICS = ("generation", "perturbation")
 
 
 def parsed_predictions(group: pd.DataFrame) -> list:
@@ -42,7 +42,7 @@ def attach_references(pred: pd.DataFrame, task_tables: Sequence[str | Path]) -> 
     """Add each prompt's reference sentence (the real answer cell) to predictions that lack it."""
     if "reference_sentence" in pred:
         return pred
-    refs = pd.concat([pd.read_parquet(t, columns=["prompt_id", "reference_sentence"]) for t in task_tables])
+    refs = pd.concat([read_task_frame(t, columns=["prompt_id", "reference_sentence"]) for t in task_tables])
     return pred.merge(refs.drop_duplicates("prompt_id"), on="prompt_id", how="left")
 
 
@@ -60,7 +60,7 @@ class ExpressionSpace:
         return self._fits[dataset]
 
 
-def _generative_scores(task: str, group: pd.DataFrame, space: ExpressionSpace, n_components: int,
+def _generative_scores(metric: str, group: pd.DataFrame, space: ExpressionSpace, n_components: int,
                        seed: int) -> dict[str, float]:
     ok = group[~group["prediction"].map(is_missing)]
     scores = {"format_error_rate": 1 - len(ok) / len(group)}
@@ -71,7 +71,7 @@ def _generative_scores(task: str, group: pd.DataFrame, space: ExpressionSpace, n
     generated = fit.invert(ok["prediction"].tolist()).X
     embedding = make_embedding(real, fit.genes, n_components=n_components, seed=seed)
     real_e, gen_e = embedding.transform(real), embedding.transform(generated)
-    if task == "generation":
+    if metric == "generation":
         scores.update(generation_scores(real_e, group["label"].tolist(), gen_e, ok["label"].tolist(), seed=seed))
     else:
         scores.update(perturbation_scores(real_e, gen_e, seed=seed))
@@ -86,12 +86,13 @@ def score_predictions(pred: pd.DataFrame, task_tables: Sequence[str | Path], dat
     rows = []
     for (model, task, dataset, split), group in pred.groupby(["model", "task", "dataset", "split"], sort=True):
         predictions = parsed_predictions(group)
-        if task in CLASSIFICATION:
+        metric = get_task(task).metric
+        if metric == "classification":
             scores = classification_scores(group["label"].tolist(), predictions).as_dict()
-        elif task == "cellpuzzles":
+        elif metric == "cellpuzzles":
             scores = cellpuzzles_scores(group["label"].tolist(), predictions).as_dict()
         else:
-            scores = _generative_scores(task, group, space, n_components, seed)
+            scores = _generative_scores(metric, group, space, n_components, seed)
         rows += [(model, task, dataset, split, metric, float(value)) for metric, value in scores.items()]
     return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
 
@@ -99,8 +100,11 @@ def score_predictions(pred: pd.DataFrame, task_tables: Sequence[str | Path], dat
 def confusion_matrices(pred: pd.DataFrame) -> dict[tuple[str, str, str], pd.DataFrame]:
     """Confusion matrix per (model, task, dataset) of the classification tasks (all eval splits pooled)."""
     out = {}
-    for (model, task, dataset), group in pred[pred["task"].isin(CLASSIFICATION)].groupby(["model", "task", "dataset"]):
-        labels = sorted(set(group["label"]) | set(json.loads(group["candidates"].iloc[0] or "[]")))
+    classification = pred["task"].isin(tasks_with(metric="classification"))
+    for (model, task, dataset), group in pred[classification].groupby(["model", "task", "dataset"]):
+        first = group.iloc[0]
+        candidates = decode_value("candidates", first["candidates"], row_id=first.get("prompt_id"))
+        labels = sorted(set(group["label"]) | set(candidates))
         out[(model, task, dataset)] = confusion_matrix(group["label"].tolist(), parsed_predictions(group), labels=labels)
     return out
 
@@ -113,13 +117,13 @@ def run_baselines(model_predictions: str | Path, task_tables: Sequence[str | Pat
     asked = set(pd.read_parquet(model_predictions, columns=["prompt_id"])["prompt_id"])
     frames = []
     for path in task_tables:
-        table = pd.read_parquet(path)
+        table = read_task_frame(path)
         task, dataset = table["task"].iloc[0], table["dataset"].iloc[0]
         ids = sorted(asked & set(table["prompt_id"]))
         if not ids:
             continue
         files = data[dataset]
-        if task in GENERATIVE:
+        if get_task(task).metric in GENERATIVE_METRICS:
             frames.append(generation_baselines(table, files["sentences"], files["h5ad"], task=task, prompt_ids=ids,
                                                control_values=control_values))
         else:

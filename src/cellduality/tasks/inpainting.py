@@ -15,12 +15,14 @@ import math
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
+from cellduality.config import schema_default
+from cellduality.errors import CellDualityError
 from cellduality.seeding import stable_permutation
 from cellduality.tasks.rwjs import as_gene_list
 
 STRATEGIES = ("random", "tail", "top", "markers")
-DEFAULT_HIDDEN_FRACTION = 0.25
-DEFAULT_STRATEGY = "random"
+DEFAULT_HIDDEN_FRACTION = schema_default("inpainting.hidden_fraction")
+DEFAULT_STRATEGY = schema_default("inpainting.strategy")
 
 
 @dataclass(frozen=True)
@@ -37,14 +39,14 @@ class InpaintingMask:
 
 
 def validate_inpainting(hidden_fraction: float, strategy: str, markers: Collection[str] | None = None) -> None:
-    """Raise ValueError unless 0 < hidden_fraction < 1, the strategy is known and 'markers' has a marker set."""
+    """Raise CellDualityError unless 0 < hidden_fraction < 1, the strategy is known and 'markers' has a marker set."""
     if strategy not in STRATEGIES:
-        raise ValueError(f"inpainting strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
+        raise CellDualityError(f"inpainting.strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
     if strategy == "markers" and markers is None:
-        raise ValueError("inpainting strategy 'markers' needs a marker gene set (markers=...)")
+        raise CellDualityError("inpainting.strategy 'markers' needs a marker gene set (inpainting.markers)")
     numeric = isinstance(hidden_fraction, (int, float)) and not isinstance(hidden_fraction, bool)
     if not numeric or not 0.0 < float(hidden_fraction) < 1.0:
-        raise ValueError(f"inpainting hidden_fraction must be a number in (0, 1); got {hidden_fraction!r}")
+        raise CellDualityError(f"inpainting.hidden_fraction must be a number in (0, 1); got {hidden_fraction!r}")
 
 
 def n_hidden_for(n_genes: int, hidden_fraction: float) -> int:

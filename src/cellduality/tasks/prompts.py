@@ -20,8 +20,6 @@ from cellduality.tasks.rwjs import as_gene_list
 Messages = list[dict[str, str]]
 Genes = str | Iterable[str]
 
-TASKS = ("annotation", "generation", "sensitivity", "perturbation", "cellpuzzles")
-DIRECTIONS = ("primal", "dual")
 CONTEXT_KEYS = ("sex", "age", "tissue", "disease", "donor", "drug", "dose", "time")
 GENE_SEP = " "  # our tasks write cell sentences space-separated (Cell2Sentence); CellPuzzles uses ", "
 HEALTHY = frozenset({"normal", "healthy", "control", "none"})

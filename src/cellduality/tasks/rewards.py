@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from cellduality.config import schema_default, setting
+from cellduality.errors import CellDualityError
 from cellduality.tasks.parsing import (
     ParsedResponse,
     labels_equal,
@@ -24,7 +26,7 @@ from cellduality.tasks.parsing import (
 )
 from cellduality.tasks.rwjs import as_gene_list, rwjs
 
-DEFAULT_FORMAT_PENALTY = -1.0
+DEFAULT_FORMAT_PENALTY = schema_default("rewards.format_penalty")
 CELLPUZZLES_VARIANTS = ("paper", "released")
 REWARD_MODES = ("duality", "oracle")
 
@@ -33,16 +35,16 @@ REWARD_MODES = ("duality", "oracle")
 class RewardSettings:
     """Config ``rewards.*``."""
 
-    mode: str = "duality"
-    format_penalty: float = DEFAULT_FORMAT_PENALTY
-    cellpuzzles: str = "paper"
-    strict_format: bool = False
+    mode: str = setting("rewards.mode")
+    format_penalty: float = setting("rewards.format_penalty")
+    cellpuzzles: str = setting("rewards.cellpuzzles")
+    strict_format: bool = setting("rewards.strict_format")
 
     def __post_init__(self) -> None:
         if self.mode not in REWARD_MODES:
-            raise ValueError(f"rewards.mode must be one of {', '.join(REWARD_MODES)}; got {self.mode!r}")
+            raise CellDualityError(f"rewards.mode must be one of {', '.join(REWARD_MODES)}; got {self.mode!r}")
         if self.cellpuzzles not in CELLPUZZLES_VARIANTS:
-            raise ValueError(
+            raise CellDualityError(
                 f"rewards.cellpuzzles must be one of {', '.join(CELLPUZZLES_VARIANTS)}; got {self.cellpuzzles!r}"
             )
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,8 @@ def _where(source: object, column: str, row_id: object) -> str:
     return f"{where}column {column!r}{row}"
 
 
-def decode_value(column: str, value: Any, *, source: object = None, row_id: object = None) -> Any:
+def decode_value(column: str, value: Any, *, source: object = None, row_id: object = None,
+                 hint: str = REBUILD_HINT) -> Any:
     """The decoded value of JSON column ``column`` (already-decoded lists/dicts pass through)."""
     kind = JSON_COLUMNS[column]
     if value is None or (isinstance(value, float) and value != value) or (isinstance(value, str) and not value):
@@ -60,14 +61,14 @@ def decode_value(column: str, value: Any, *, source: object = None, row_id: obje
             value = json.loads(value)
         except json.JSONDecodeError as err:
             raise CellDualityError(f"{_where(source, column, row_id)} is not valid JSON ({err.msg} at char "
-                                   f"{err.pos}); {REBUILD_HINT}") from None
+                                   f"{err.pos}); {hint}") from None
     elif hasattr(value, "tolist"):  # numpy array from a list-typed Parquet column
         value = value.tolist()
     if kind is list and isinstance(value, tuple):
         value = list(value)
     if not isinstance(value, kind):
         raise CellDualityError(f"{_where(source, column, row_id)} holds a JSON {type(value).__name__}, not a "
-                               f"{kind.__name__}; {REBUILD_HINT}")
+                               f"{kind.__name__}; {hint}")
     return value
 
 
@@ -119,19 +120,17 @@ class TaskRow:
         return self.direction == "primal"
 
 
-assert tuple(f.name for f in fields(TaskRow)) == ROW_COLUMNS
-
-
 def rows_frame(rows: Iterable[TaskRow]) -> pd.DataFrame:
     """A task table (DataFrame with :data:`ROW_COLUMNS`) from rows."""
     return pd.DataFrame([r.to_record() for r in rows], columns=list(ROW_COLUMNS))
 
 
-def check_columns(frame: pd.DataFrame, columns: Sequence[str] = ROW_COLUMNS, source: object = None) -> pd.DataFrame:
+def check_columns(frame: pd.DataFrame, columns: Sequence[str] = ROW_COLUMNS, source: object = None,
+                  hint: str = REBUILD_HINT) -> pd.DataFrame:
     """``frame`` unchanged, or a CellDualityError naming the missing columns."""
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise CellDualityError(f"{source or 'task table'}: missing column(s) {', '.join(missing)}; {REBUILD_HINT}")
+        raise CellDualityError(f"{source or 'task table'}: missing column(s) {', '.join(missing)}; {hint}")
     return frame
 
 
@@ -155,11 +154,12 @@ def read_task_frame(path: str | Path, columns: Sequence[str] | None = None) -> p
     return pd.read_parquet(path, columns=wanted if columns is not None else None)
 
 
-def decode_column(frame: pd.DataFrame, column: str, source: object = None) -> list[Any]:
-    """The decoded values of JSON column ``column`` of ``frame`` (errors name ``source``, column and row)."""
-    check_columns(frame, (column,), source)
+def decode_column(frame: pd.DataFrame, column: str, source: object = None, hint: str = REBUILD_HINT) -> list[Any]:
+    """The decoded values of JSON column ``column`` of ``frame`` (errors name ``source``, column and row; the
+    same columns of other tables built from task rows, e.g. the SFT table's ``prompt``, decode the same way)."""
+    check_columns(frame, (column,), source, hint)
     ids = frame["prompt_id"].tolist() if "prompt_id" in frame.columns else [None] * len(frame)
-    return [decode_value(column, v, source=source, row_id=i) for v, i in zip(frame[column].tolist(), ids)]
+    return [decode_value(column, v, source=source, row_id=i, hint=hint) for v, i in zip(frame[column].tolist(), ids)]
 
 
 def decode_rows(frame: pd.DataFrame, source: object = None) -> list[TaskRow]:

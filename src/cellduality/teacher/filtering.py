@@ -1,13 +1,14 @@
 """Which teacher samples become SFT data: rejection sampling and rank-aware filtering.
 
-Every task-table row has one answer kind (by task and direction):
+Every task-table row has one answer kind, declared per task and direction in the task registry
+(:meth:`cellduality.tasks.registry.TaskSpec.kind`):
 
-| kind | rows | accepted when | score |
+| kind | rows (built-in tasks) | accepted when | score |
 |---|---|---|---|
 | label | annotation, sensitivity (primal); generation, perturbation (dual) | the answer, mapped onto the candidates by ``parsing.match_label``, equals the label | 1 / 0 |
 | genes | generation, perturbation (primal) | RWJS(reference cell, generated) >= ``rwjs_threshold`` | RWJS |
 | genes | inpainting duals of annotation, sensitivity, CellPuzzles | RWJS(hidden genes, reconstruction) >= ``dual_rwjs_threshold`` | RWJS |
-| puzzle | CellPuzzles (primal) | every cell assigned its true type (Cell-o1's rules: N entries, candidates, no repeats) | fraction right |
+| assignment | CellPuzzles (primal) | every cell assigned its true type (Cell-o1's rules: N entries, candidates, no repeats) | fraction right |
 
 ``per_task`` overrides either threshold for one task (RWJS scales differ: a perturbed cell shares most of its
 genes with the unperturbed input, a generated cell few with any real cell). A malformed response
@@ -19,14 +20,13 @@ and at most ``max_accepted_per_prompt`` are kept per prompt (lowest sample index
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
-from cellduality.config import settings_from_config
+from cellduality.config import setting, settings_from_config
 from cellduality.errors import CellDualityError
 from cellduality.tasks.parsing import (
     labels_equal,
@@ -35,28 +35,22 @@ from cellduality.tasks.parsing import (
     parse_gene_list,
     parse_response,
 )
+from cellduality.tasks.registry import get_task
 from cellduality.tasks.rwjs import as_gene_list, rwjs
+from cellduality.tasks.schema import TaskRow, decode_column, decode_value
 
 THRESHOLD_KEYS = ("rwjs_threshold", "dual_rwjs_threshold")
-KINDS: dict[tuple[str, str], str] = {
-    ("annotation", "primal"): "label", ("annotation", "dual"): "genes",
-    ("generation", "primal"): "genes", ("generation", "dual"): "label",
-    ("sensitivity", "primal"): "label", ("sensitivity", "dual"): "genes",
-    ("perturbation", "primal"): "genes", ("perturbation", "dual"): "label",
-    ("cellpuzzles", "primal"): "puzzle", ("cellpuzzles", "dual"): "genes",
-}
-
 
 @dataclass(frozen=True)
 class FilterSettings:
     """Config ``filtering.*``."""
 
-    rwjs_threshold: float = 0.1
-    dual_rwjs_threshold: float | None = None
-    strict_format: bool = False
-    dedupe: bool = True
-    max_accepted_per_prompt: int | None = None
-    per_task: Mapping[str, Mapping[str, float | None]] = field(default_factory=dict)
+    rwjs_threshold: float = setting("filtering.rwjs_threshold")
+    dual_rwjs_threshold: float | None = setting("filtering.dual_rwjs_threshold")
+    strict_format: bool = setting("filtering.strict_format")
+    dedupe: bool = setting("filtering.dedupe")
+    max_accepted_per_prompt: int | None = setting("filtering.max_accepted_per_prompt")
+    per_task: Mapping[str, Mapping[str, float | None]] = setting("filtering.per_task")
 
     @classmethod
     def from_config(cls, values: Mapping[str, Any]) -> FilterSettings:
@@ -92,24 +86,29 @@ class Verdict:
 
 
 def answer_kind(task: str, direction: str) -> str:
-    try:
-        return KINDS[(task, direction)]
-    except KeyError:
-        raise CellDualityError(f"no SFT filter for task {task!r} direction {direction!r}") from None
+    """The answer kind of a (task, direction) from the task registry."""
+    return get_task(task).kind(direction)
 
 
-def _candidates(row: Mapping[str, Any]) -> list[str]:
-    value = row.get("candidates") or "[]"
-    return list(json.loads(value)) if isinstance(value, str) else list(value)
+def _field(row: TaskRow | Mapping[str, Any], name: str) -> Any:
+    return getattr(row, name) if isinstance(row, TaskRow) else row[name]
 
 
-def judge(row: Mapping[str, Any], text: str, settings: FilterSettings) -> Verdict:
-    """Score and accept/reject one teacher sample for a task-table row (needs the row's ``answer``)."""
+def _candidates(row: TaskRow | Mapping[str, Any]) -> list[str]:
+    if isinstance(row, TaskRow):
+        return list(row.candidates)
+    return list(decode_value("candidates", row.get("candidates"), row_id=row.get("prompt_id")))
+
+
+def judge(row: TaskRow | Mapping[str, Any], text: str, settings: FilterSettings) -> Verdict:
+    """Score and accept/reject one teacher sample for a task-table row (a :class:`TaskRow`, or a record with
+    at least ``task, direction, answer`` and ``candidates``)."""
     parsed = parse_response(text, strict=settings.strict_format)
     if not parsed.format_ok:
         return Verdict(0.0, False, None, f"format: {parsed.error}")
-    kind = answer_kind(row["task"], row["direction"])
-    gold = str(row["answer"])
+    task, direction = _field(row, "task"), _field(row, "direction")
+    kind = answer_kind(task, direction)
+    gold = str(_field(row, "answer"))
     if kind == "label":
         cands = _candidates(row)
         label = match_label(parsed.answer, cands or None)
@@ -120,7 +119,7 @@ def judge(row: Mapping[str, Any], text: str, settings: FilterSettings) -> Verdic
     if kind == "genes":
         genes = parse_gene_list(parsed.answer)
         score = rwjs([g.upper() for g in as_gene_list(gold)], genes)
-        threshold = settings.threshold(row["direction"], row["task"])
+        threshold = settings.threshold(direction, task)
         ok = score >= threshold
         return Verdict(score, ok, " ".join(genes), "accepted" if ok else f"rwjs {score:.3f} < {threshold:g}")
     gold_labels = [s.strip() for s in gold.split("|") if s.strip()]
@@ -146,14 +145,13 @@ def link_duals(primal: pd.DataFrame, dual: pd.DataFrame) -> pd.Series:
     """For every dual row, its primal prompt id (by id pattern, else by shared cell ids); '' when none."""
     known = set(primal["prompt_id"])
     by_cells = {}
-    for pid, cells in zip(primal["prompt_id"], primal["cell_ids"]):
-        for cell in json.loads(cells):
+    for pid, cells in zip(primal["prompt_id"], decode_column(primal, "cell_ids")):
+        for cell in cells:
             by_cells.setdefault(cell, pid)
     out = []
-    for pid, cells in zip(dual["prompt_id"], dual["cell_ids"]):
+    for pid, ids in zip(dual["prompt_id"], decode_column(dual, "cell_ids")):
         parent = primal_id_of(pid)
         if parent not in known:
-            ids = json.loads(cells)
             parent = by_cells.get(ids[0], "") if ids else ""
         out.append(parent)
     return pd.Series(out, index=dual.index, dtype=object)

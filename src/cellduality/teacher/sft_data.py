@@ -22,9 +22,9 @@ from typing import Any
 
 import pandas as pd
 
-from cellduality.errors import CellDualityError
 from cellduality.io import atomic_path
 from cellduality.seeding import stable_sample
+from cellduality.tasks.schema import check_columns, decode_column, read_task_frame
 from cellduality.teacher.cache import ResponseCache
 from cellduality.teacher.filtering import FilterSettings, direction_stats, judge, link_duals, score_summary, select
 from cellduality.teacher.providers import TeacherProvider
@@ -41,12 +41,9 @@ REQUIRED = ("prompt_id", "task", "direction", "dataset", "stage", "prompt", "ans
 
 
 def _read_table(table: pd.DataFrame | str | Path) -> pd.DataFrame:
-    frame = pd.read_parquet(table) if isinstance(table, (str, Path)) else table
-    missing = [c for c in REQUIRED if c not in frame.columns]
-    if missing:
-        raise CellDualityError(f"task table {table if not isinstance(table, pd.DataFrame) else ''} lacks "
-                               f"column(s) {missing}; rebuild it with the task_table rule")
-    return frame
+    if isinstance(table, (str, Path)):
+        return read_task_frame(table)
+    return check_columns(table, REQUIRED, "task table")
 
 
 def _samples_frame(rows: pd.DataFrame, samples: Mapping[str, list], settings: FilterSettings,
@@ -72,7 +69,7 @@ def _samples_frame(rows: pd.DataFrame, samples: Mapping[str, list], settings: Fi
 
 
 def _prompts(rows: pd.DataFrame) -> list[tuple[str, list[dict[str, str]]]]:
-    return [(pid, json.loads(prompt)) for pid, prompt in zip(rows["prompt_id"], rows["prompt"])]
+    return list(zip(rows["prompt_id"], decode_column(rows, "prompt")))
 
 
 def build_sft_dataset(

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from cellduality.errors import CellDualityError
+from cellduality.tasks.schema import decode_column, read_task_frame
 
 REWARD_COLUMNS = ("task", "label", "candidates", "hidden_genes", "visible_genes", "reference_sentence",
                   "input_sentence", "metadata", "prompt_id", "dataset")
@@ -25,6 +25,12 @@ def _read(paths: Sequence[str | Path], required: Sequence[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(required))
 
 
+def _read_tasks(paths: Sequence[str | Path], required: Sequence[str]) -> pd.DataFrame:
+    """Task tables, validated by the row schema (missing file / not Parquet / missing column: one-line error)."""
+    frames = [read_task_frame(path) for path in paths]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(required))
+
+
 def sft_dataset(paths: Sequence[str | Path], seed: int = 0):
     """Accepted teacher examples as prompt-completion conversations (TRL trains on the completion only)."""
     from datasets import Dataset
@@ -34,7 +40,8 @@ def sft_dataset(paths: Sequence[str | Path], seed: int = 0):
     if table.empty:
         raise CellDualityError(f"no accepted SFT examples in {', '.join(map(str, paths))}; lower "
                                "filtering.rwjs_threshold or raise teacher.n_samples")
-    records = {"prompt": [json.loads(p) for p in table["prompt"]],
+    records = {"prompt": decode_column(table, "prompt", ", ".join(map(str, paths)),
+                                       "rebuild it with snakemake --forcerun teacher"),
                "completion": [[{"role": "assistant", "content": c}] for c in table["completion"]]}
     return Dataset.from_dict(records).shuffle(seed=seed)
 
@@ -43,21 +50,21 @@ def rl_dataset(paths: Sequence[str | Path], max_prompts: int | None = None, seed
     """RL-stage primal prompts with the columns the reward functions read (labels only for the oracle)."""
     from datasets import Dataset
 
-    table = _read(paths, ("prompt", "stage", "direction", *REWARD_COLUMNS))
+    table = _read_tasks(paths, ("prompt", "stage", "direction", *REWARD_COLUMNS))
     table = table[(table["stage"] == "rl") & (table["direction"] == "primal")]
     if table.empty:
         raise CellDualityError(f"no RL prompts in {', '.join(map(str, paths))}; check task_tables.rl_fraction")
     table = table.sample(frac=1.0, random_state=seed)
     if max_prompts is not None:
         table = table.head(max_prompts)
-    records = {"prompt": [json.loads(p) for p in table["prompt"]]}
+    records = {"prompt": decode_column(table, "prompt", ", ".join(map(str, paths)))}
     records.update({c: table[c].fillna("").astype(str).tolist() for c in REWARD_COLUMNS})
     return Dataset.from_dict(records)
 
 
 def eval_rows(paths: Sequence[str | Path], max_rows: int | None = None) -> pd.DataFrame:
     """Evaluation-stage primal rows (at most ``max_rows`` per split, in table order)."""
-    table = _read(paths, ("prompt", "stage", "direction", "split", "cell_ids", *REWARD_COLUMNS))
+    table = _read_tasks(paths, ("prompt", "stage", "direction", "split", "cell_ids", *REWARD_COLUMNS))
     table = table[(table["stage"] == "eval") & (table["direction"] == "primal")]
     if max_rows is not None:
         table = table.groupby("split", sort=False).head(max_rows)

@@ -19,6 +19,7 @@ from cellduality.io import atomic_path
 from cellduality.tasks.inpainting import InpaintingConfig
 from cellduality.tasks.prompts import Messages, annotation_dual_prompt
 from cellduality.tasks.rewards import inpainting_reward
+from cellduality.tasks.schema import decode_value
 from cellduality.training.datasets import rl_dataset
 from cellduality.training.setup import load_tokenizer
 
@@ -133,8 +134,9 @@ def true_label_wins_for_model(model_path: str, tables: Sequence[str | Path], out
 
     rows = rl_dataset(tables, max_cells, seed=seed)
     examples = [DiagnosticExample(genes=row["input_sentence"].split(), label=row["label"],
-                                  candidates=json.loads(row["candidates"]), prompt_id=row["prompt_id"],
-                                  metadata=json.loads(row["metadata"] or "{}"))
+                                  candidates=decode_value("candidates", row["candidates"], row_id=row["prompt_id"]),
+                                  prompt_id=row["prompt_id"],
+                                  metadata=decode_value("metadata", row["metadata"], row_id=row["prompt_id"]))
                 for row in rows if row["task"] == "annotation" and row["label"]]
     tokenizer = load_tokenizer(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path)

@@ -8,13 +8,13 @@ It is saved with ``save_pretrained`` and loads like any Hugging Face model.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from cellduality.errors import CellDualityError
+from cellduality.tasks.schema import decode_column, read_task_frame
 
 BOS, EOS, PAD, UNK = "<|begin|>", "<|end|>", "<|pad|>", "<|unk|>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
@@ -41,9 +41,9 @@ def gene_vocabulary(sentence_tables: Iterable[str | Path]) -> list[str]:
 def corpus_from_task_tables(task_tables: Iterable[str | Path]) -> Iterator[str]:
     """Prompt and answer texts of the task tables (the text the model will read and write)."""
     for path in task_tables:
-        table = pd.read_parquet(path, columns=["prompt", "answer"])
-        for prompt, answer in zip(table["prompt"], table["answer"]):
-            for message in json.loads(prompt):
+        table = read_task_frame(path, columns=["prompt_id", "prompt", "answer"])
+        for prompt, answer in zip(decode_column(table, "prompt", path), table["answer"]):
+            for message in prompt:
                 yield message["content"]
             if answer:
                 yield answer

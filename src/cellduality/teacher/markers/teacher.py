@@ -39,6 +39,9 @@ LIST_SCALE = 0.2  # log-prior units per unit of temperature when sampling gene l
 PROLIFERATION = ("HALLMARK_E2F_TARGETS", "HALLMARK_G2M_CHECKPOINT", "HALLMARK_MYC_TARGETS_V1")
 FILLER_PROGRAMS = ("HALLMARK_OXIDATIVE_PHOSPHORYLATION", "HALLMARK_MYC_TARGETS_V1")
 SHOW_GENES = 8
+#: prompt handlers (``ParsedPrompt.task``); the task registry names one per task direction (``TaskSpec.teacher``)
+HANDLERS = ("annotation", "inpainting", "generation", "sensitivity", "perturbation", "perturbation_dual",
+            "cellpuzzles")
 
 
 class UnsupportedPrompt(ValueError):
@@ -199,8 +202,18 @@ class MarkersTeacher:
                 temperature: float = 0.7) -> str:
         parsed = parse_prompt(messages)
         noise = _Noise(prompt_id, sample_index)
-        handler = getattr(self, f"_{parsed.task}")
+        handler = self.handler(parsed.task)
         return self._shorten(handler(noise, temperature, **parsed.fields))
+
+    @classmethod
+    def handles(cls, name: str) -> bool:
+        """Whether ``name`` is one of the teacher's prompt handlers (the task registry's ``teacher`` names)."""
+        return name in HANDLERS and callable(getattr(cls, f"_{name}", None))
+
+    def handler(self, name: str):
+        if not self.handles(name):
+            raise UnsupportedPrompt(f"the markers teacher has no handler {name!r}")
+        return getattr(self, f"_{name}")
 
     def _shorten(self, response: str) -> str:
         """Keep the first reasoning line (what the cell shows) and the last ``max_reasoning_lines - 1``
