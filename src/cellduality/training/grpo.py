@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cellduality.errors import CellDualityError
 from cellduality.io import atomic_path
 from cellduality.tasks.rewards import RewardSettings
 from cellduality.training.datasets import rl_dataset
 from cellduality.training.duality import TaskReward, model_dual_generator, policy_dual_generator
+from cellduality.training.settings import GRPOSettings
 from cellduality.training.setup import (
     last_checkpoint,
     load_tokenizer,
@@ -31,23 +31,19 @@ from cellduality.training.setup import (
 log = logging.getLogger(__name__)
 
 
-def grpo_config(cfg: dict[str, Any], checkpoint_dir: str | Path, n_processes: int = 1):
+def grpo_config(cfg: dict[str, Any] | GRPOSettings, checkpoint_dir: str | Path, n_processes: int = 1):
     from trl import GRPOConfig
 
-    g, train_batch, mini_batch = cfg["num_generations"], cfg["train_batch_size"], cfg["mini_batch_size"]
-    if train_batch % g or train_batch % mini_batch or mini_batch % n_processes:
-        raise CellDualityError(
-            f"grpo: train_batch_size ({train_batch}) must be a multiple of num_generations ({g}) and of "
-            f"mini_batch_size ({mini_batch}), which must be a multiple of the number of processes ({n_processes})"
-        )
-    extra = {"use_vllm": True, "vllm_mode": "colocate"} if cfg["use_vllm"] else {}
+    s = cfg if isinstance(cfg, GRPOSettings) else GRPOSettings.from_config(cfg)
+    s.check_processes(n_processes)
+    extra = {"use_vllm": True, "vllm_mode": "colocate"} if s.use_vllm else {}
     return GRPOConfig(
-        output_dir=str(checkpoint_dir), max_steps=cfg["max_steps"], learning_rate=cfg["learning_rate"],
-        num_generations=g, per_device_train_batch_size=mini_batch // n_processes,
-        steps_per_generation=train_batch // mini_batch, max_completion_length=cfg["max_completion_length"],
-        temperature=cfg["temperature"], beta=cfg["beta"], epsilon=cfg["epsilon"], logging_steps=1,
-        save_strategy="steps", save_steps=cfg["save_steps"], save_total_limit=2, report_to="none", seed=cfg["seed"],
-        disable_tqdm=True, **precision_flags(cfg["gradient_checkpointing"]), **extra,
+        output_dir=str(checkpoint_dir), max_steps=s.max_steps, learning_rate=s.learning_rate,
+        num_generations=s.num_generations, per_device_train_batch_size=s.mini_batch_size // n_processes,
+        steps_per_generation=s.train_batch_size // s.mini_batch_size, max_completion_length=s.max_completion_length,
+        temperature=s.temperature, beta=s.beta, epsilon=s.epsilon, logging_steps=1,
+        save_strategy="steps", save_steps=s.save_steps, save_total_limit=2, report_to="none", seed=s.seed,
+        disable_tqdm=True, **precision_flags(s.gradient_checkpointing), **extra,
     )
 
 
@@ -71,15 +67,16 @@ def run_grpo(model_path: str, tables: Sequence[str | Path], out_dir: str | Path,
 
     checkpoint_dir = run_checkpoint_dir(checkpoint_dir, {"grpo": cfg, "rewards": reward_cfg, "lora": lora},
                                         [model_path, *tables])
+    s = GRPOSettings.from_config(cfg)
     settings = RewardSettings(**reward_cfg)
-    dataset = rl_dataset(tables, cfg["max_prompts"], seed=cfg["seed"])
+    dataset = rl_dataset(tables, s.max_prompts, seed=s.seed)
     tokenizer = load_tokenizer(model_path)
     reward = TaskReward(settings)
-    trainer = GRPOTrainer(model=model_path, reward_funcs=[reward], args=grpo_config(cfg, checkpoint_dir, n_processes),
+    trainer = GRPOTrainer(model=model_path, reward_funcs=[reward], args=grpo_config(s, checkpoint_dir, n_processes),
                           train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config(lora))
     if settings.mode == "duality":
-        dual = dict(max_new_tokens=cfg["dual_max_new_tokens"], temperature=cfg["dual_temperature"])
-        if cfg["dual_model"] == "frozen":
+        dual = dict(max_new_tokens=s.dual_max_new_tokens, temperature=s.dual_temperature)
+        if s.dual_model == "frozen":
             frozen = AutoModelForCausalLM.from_pretrained(model_path).to(trainer.accelerator.device).eval()
             reward.dual_generator = model_dual_generator(frozen, tokenizer, **dual)
         else:

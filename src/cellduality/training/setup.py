@@ -8,6 +8,7 @@ from typing import Any
 
 from cellduality.errors import CellDualityError
 from cellduality.io import atomic_path
+from cellduality.training.settings import LoraSettings
 
 
 def load_tokenizer(model_path: str | Path):
@@ -34,13 +35,15 @@ def precision_flags(gradient_checkpointing: bool = False) -> dict[str, Any]:
 
 
 def peft_config(lora: dict[str, Any]):
-    """A peft LoraConfig (DoRA with ``use_dora``) or None when LoRA is disabled."""
-    if not lora.get("enabled"):
+    """A peft LoraConfig (DoRA with ``use_dora``) or None when LoRA is disabled (config ``model.lora``)."""
+    s = LoraSettings.from_config(lora)
+    if not s.enabled:
         return None
     from peft import LoraConfig
 
-    return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], use_dora=lora["use_dora"],
-                      target_modules=lora["target_modules"], task_type="CAUSAL_LM")
+    modules = list(s.target_modules) if isinstance(s.target_modules, tuple) else s.target_modules
+    return LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, use_dora=s.use_dora,
+                      target_modules=modules, task_type="CAUSAL_LM")
 
 
 def run_checkpoint_dir(root: str | Path, settings: dict[str, Any], inputs: list[str | Path]) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cellduality.training.datasets import sft_dataset
+from cellduality.training.settings import SFTSettings
 from cellduality.training.setup import (
     last_checkpoint,
     load_tokenizer,
@@ -26,15 +27,16 @@ def run_sft(model_path: str, data: Sequence[str | Path], out_dir: str | Path, ch
     data and settings) under ``checkpoint_dir``."""
     from trl import SFTConfig, SFTTrainer
 
+    s = SFTSettings.from_config(cfg)
     checkpoint_dir = run_checkpoint_dir(checkpoint_dir, {"sft": cfg, "lora": lora}, [model_path, *data])
-    dataset = sft_dataset(data, seed=cfg["seed"])
+    dataset = sft_dataset(data, seed=s.seed)
     args = SFTConfig(
-        output_dir=str(checkpoint_dir), num_train_epochs=cfg["epochs"], max_steps=cfg["max_steps"],
-        learning_rate=cfg["learning_rate"], per_device_train_batch_size=cfg["per_device_batch_size"],
-        gradient_accumulation_steps=cfg["gradient_accumulation_steps"], max_length=cfg["max_length"],
-        save_strategy="steps", save_steps=cfg["save_steps"], save_total_limit=2, logging_steps=cfg["logging_steps"],
-        report_to="none", seed=cfg["seed"], completion_only_loss=True, disable_tqdm=True,
-        **precision_flags(cfg["gradient_checkpointing"]),
+        output_dir=str(checkpoint_dir), num_train_epochs=s.epochs, max_steps=s.max_steps,
+        learning_rate=s.learning_rate, per_device_train_batch_size=s.per_device_batch_size,
+        gradient_accumulation_steps=s.gradient_accumulation_steps, max_length=s.max_length,
+        save_strategy="steps", save_steps=s.save_steps, save_total_limit=2, logging_steps=s.logging_steps,
+        report_to="none", seed=s.seed, completion_only_loss=True, disable_tqdm=True,
+        **precision_flags(s.gradient_checkpointing),
     )
     tokenizer = load_tokenizer(model_path)
     trainer = SFTTrainer(model=model_path, args=args, train_dataset=dataset, processing_class=tokenizer,
