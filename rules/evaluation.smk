@@ -45,6 +45,7 @@ rule evaluate:
         runtime=60,
     params:
         data=DATA_FILES,
+        embedding=config["evaluation"]["embedding"],
     script:
         "../workflow/scripts/evaluate.py"
 
@@ -67,6 +68,7 @@ rule baselines:
         runtime=60,
     params:
         data=DATA_FILES,
+        embedding=config["evaluation"]["embedding"],
         control_values=config["task_tables"]["control_values"],
     script:
         "../workflow/scripts/baselines.py"

@@ -77,3 +77,10 @@ def test_overrides_merge_deeply(tmp_path):
     path.write_text(yaml.safe_dump({"cell_sentence": {"top_k": 5, "chunk_size": 7}}))
     config = load_config(path, {"cell_sentence": {"top_k": 9}})
     assert config["cell_sentence"]["top_k"] == 9 and config["cell_sentence"]["chunk_size"] == 7
+
+
+def test_scgpt_embedding_needs_a_checkpoint():
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config["evaluation"]["embedding"] = {"method": "scgpt"}
+    with pytest.raises(CellDualityError, match="scgpt_checkpoint is not set"):
+        validate_config(config)

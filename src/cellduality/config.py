@@ -68,6 +68,10 @@ def validate_config(config: dict, schema: Mapping | None = None, source: str = "
     if errors:
         raise CellDualityError(_describe(jsonschema.exceptions.best_match(errors), source))
     _check_datasets(config, source)
+    embedding = config.get("evaluation", {}).get("embedding", {})
+    if embedding.get("method") == "scgpt" and not embedding.get("scgpt_checkpoint"):
+        raise CellDualityError(f"{source}: evaluation.embedding.method is scgpt but evaluation.embedding."
+                               "scgpt_checkpoint is not set; point it at a local scGPT checkpoint folder")
     return config
 
 

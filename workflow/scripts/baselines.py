@@ -10,7 +10,7 @@ from cellduality.snakemake_script import log, run  # noqa: E402
 
 def main(smk=snakemake):  # noqa: F821
     pred = run_baselines(smk.input.predictions, smk.input.tables, smk.params.data, smk.params.control_values)
-    metrics = score_predictions(pred, smk.input.tables, smk.params.data)
+    metrics = score_predictions(pred, smk.input.tables, smk.params.data, embedding=smk.params.embedding)
     with atomic_path(smk.output.predictions) as tmp:
         pred.to_parquet(tmp, index=False)
     with atomic_path(smk.output.metrics) as tmp:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -60,7 +61,7 @@ class ExpressionSpace:
         return self._fits[dataset]
 
 
-def _generative_scores(metric: str, group: pd.DataFrame, space: ExpressionSpace, n_components: int,
+def _generative_scores(metric: str, group: pd.DataFrame, space: ExpressionSpace, embedding: Mapping[str, Any],
                        seed: int) -> dict[str, float]:
     ok = group[~group["prediction"].map(is_missing)]
     scores = {"format_error_rate": 1 - len(ok) / len(group)}
@@ -69,8 +70,10 @@ def _generative_scores(metric: str, group: pd.DataFrame, space: ExpressionSpace,
     fit = space.fit(group["dataset"].iloc[0])
     real = fit.invert(group["reference_sentence"].fillna("").tolist()).X
     generated = fit.invert(ok["prediction"].tolist()).X
-    embedding = make_embedding(real, fit.genes, n_components=n_components, seed=seed)
-    real_e, gen_e = embedding.transform(real), embedding.transform(generated)
+    space_e = make_embedding(real, fit.genes, method=embedding.get("method", "pca"),
+                             n_components=embedding.get("n_components", 50),
+                             scgpt_checkpoint=embedding.get("scgpt_checkpoint"), seed=seed)
+    real_e, gen_e = space_e.transform(real), space_e.transform(generated)
     if metric == "generation":
         scores.update(generation_scores(real_e, group["label"].tolist(), gen_e, ok["label"].tolist(), seed=seed))
     else:
@@ -79,8 +82,10 @@ def _generative_scores(metric: str, group: pd.DataFrame, space: ExpressionSpace,
 
 
 def score_predictions(pred: pd.DataFrame, task_tables: Sequence[str | Path], data: Mapping[str, Mapping[str, str]],
-                      *, n_components: int = 50, seed: int = 0) -> pd.DataFrame:
-    """Metrics of every (model, task, dataset, split) group of ``pred`` (see the module notes)."""
+                      *, embedding: Mapping[str, Any] | None = None, seed: int = 0) -> pd.DataFrame:
+    """Metrics of every (model, task, dataset, split) group of ``pred`` (see the module notes); ``embedding`` is
+    config ``evaluation.embedding`` (method pca|scgpt, n_components, scgpt_checkpoint)."""
+    embedding = embedding or {}
     pred = attach_references(pred, task_tables)
     space = ExpressionSpace(data, seed)
     rows = []
@@ -92,7 +97,7 @@ def score_predictions(pred: pd.DataFrame, task_tables: Sequence[str | Path], dat
         elif metric == "cellpuzzles":
             scores = cellpuzzles_scores(group["label"].tolist(), predictions).as_dict()
         else:
-            scores = _generative_scores(metric, group, space, n_components, seed)
+            scores = _generative_scores(metric, group, space, embedding, seed)
         rows += [(model, task, dataset, split, metric, float(value)) for metric, value in scores.items()]
     return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
 
