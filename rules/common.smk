@@ -156,8 +156,13 @@ def variant_model(wildcards):
     ]
 
 
+# the predict step's settings (variants are the workflow's business, the embedding the scoring's)
 EVAL_SETTINGS = dict(
-    evaluation={k: v for k, v in config["evaluation"].items() if k != "variants"}
+    evaluation={
+        k: v
+        for k, v in config["evaluation"].items()
+        if k not in ("variants", "embedding")
+    }
 )
 
 
