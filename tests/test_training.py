@@ -173,3 +173,18 @@ def test_unloadable_model_is_a_one_line_error(tmp_path):
     with pytest.raises(CellDualityError) as err:
         load_tokenizer(tmp_path / "no-such-model")
     assert "no-such-model: cannot be loaded" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_grpo_objective_settings_reach_trl(tmp_path):
+    """config/paper.yaml's per-sequence objective: loss_type grpo, group-scaled advantages, KL to the SFT model."""
+    import yaml
+
+    from cellduality.errors import CellDualityError
+    from cellduality.training.grpo import grpo_config
+
+    paper = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "paper.yaml").read_text())["grpo"]
+    args = grpo_config({**paper, "variants": None}, tmp_path, n_processes=8)
+    assert (args.loss_type, args.scale_rewards, args.beta) == ("grpo", "group", 0.04)
+    assert args.per_device_train_batch_size == 32 // 8 and args.steps_per_generation == 512 // 32
+    with pytest.raises(CellDualityError, match="multiple of the number of processes"):
+        grpo_config(paper | {"variants": None}, tmp_path, n_processes=3)

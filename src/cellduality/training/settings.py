@@ -70,6 +70,8 @@ class GRPOSettings:
     learning_rate: float = setting("grpo.learning_rate")
     beta: float = setting("grpo.beta")
     epsilon: float = setting("grpo.epsilon")
+    loss_type: str = setting("grpo.loss_type")
+    scale_rewards: str = setting("grpo.scale_rewards")
     temperature: float = setting("grpo.temperature")
     max_completion_length: int = setting("grpo.max_completion_length")
     max_prompts: int | None = setting("grpo.max_prompts")
