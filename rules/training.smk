@@ -57,6 +57,12 @@ rule grpo:
     input:
         model=rules.sft.output[0],
         tables=TASK_TABLES,
+        # the label-signal gate: duality GRPO starts after the SFT model's true-label-wins diagnostic
+        label_signal=lambda wildcards: (
+            rules.true_label_wins.output
+            if wildcards.reward == "duality" and TASKS.get("annotation")
+            else []
+        ),
     output:
         model=directory(f"{RESULTS}/models/grpo_{{reward}}"),
     log:
@@ -75,6 +81,7 @@ rule grpo:
             tables=list(input.tables),
             out=output.model,
             checkpoints=f"{RESULTS}/checkpoints/grpo_{wildcards.reward}",
+            label_signal=input.label_signal[0] if input.label_signal else None,
             **grpo_settings(wildcards),
         ),
     shell:

@@ -34,7 +34,7 @@ def _grpo(spec: dict) -> None:
     from cellduality.training.grpo import run_grpo
 
     run_grpo(spec["model"], spec["tables"], spec["out"], spec["checkpoints"], spec["grpo"], spec["rewards"],
-             spec["lora"], n_processes=int(os.environ.get("WORLD_SIZE", "1")))
+             spec["lora"], n_processes=int(os.environ.get("WORLD_SIZE", "1")), label_signal=spec.get("label_signal"))
 
 
 def _true_label_wins(spec: dict) -> None:

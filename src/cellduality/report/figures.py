@@ -45,15 +45,21 @@ def confusion_figure(matrices: dict[tuple[str, str, str], pd.DataFrame], path: s
     _save(fig, path)
 
 
-def reward_curve_figure(curves: dict[str, str | Path], path: str | Path) -> None:
-    """Mean reward and the (logged, not optimised) oracle reward per GRPO step, one panel per variant."""
+def reward_curve_figure(curves: dict[str, str | Path], path: str | Path, label_signal: dict | None = None) -> None:
+    """Mean reward and the (logged, not optimised) oracle reward per GRPO step, one panel per variant; the SFT
+    model's true-label-wins summary (the label-signal gate) is written beside the duality panel."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, max(len(curves), 1), figsize=(4.5 * max(len(curves), 1), 3.2), squeeze=False)
     for ax, (variant, tsv) in zip(axes[0], sorted(curves.items())):
         curve = pd.read_csv(tsv, sep="\t")
         ax.plot(curve["step"], curve["reward"], marker="o", label="training reward")
         ax.plot(curve["step"], curve["oracle_reward"], marker="s", linestyle="--", label="ground-truth reward")
-        ax.set_title(variant, fontsize=9)
+        title = variant
+        if label_signal and "duality" in variant:
+            verdict = "above" if label_signal["win_rate"] > label_signal["chance_rate"] else "AT/BELOW"
+            title += (f"\nSFT true-label wins {label_signal['win_rate']:.2f} ({verdict} chance "
+                      f"{label_signal['chance_rate']:.2f}, n={label_signal['n_cells']})")
+        ax.set_title(title, fontsize=8)
         ax.set_xlabel("optimizer step")
         ax.set_ylim(-1.05, 1.05)
         ax.legend(fontsize=7)
@@ -103,7 +109,8 @@ def write_report_figures(*, predictions: dict[str, str | Path], curves: dict[str
     pred = pd.concat(frames, ignore_index=True)
     matrices = {k: m for k, m in confusion_matrices(pred).items() if k[1] == "annotation"} or confusion_matrices(pred)
     confusion_figure(matrices, outputs.confusion)
-    reward_curve_figure(curves, outputs.rewards)
+    signal = json.loads(Path(label_signal).read_text())["summary"] if label_signal else None
+    reward_curve_figure(curves, outputs.rewards, signal)
 
     generated = pred[(pred["task"] == "generation") & ~pred["prediction"].map(is_missing)]
     reference = pred[pred["task"] == "generation"].drop_duplicates("prompt_id")
@@ -122,8 +129,6 @@ def write_report_figures(*, predictions: dict[str, str | Path], curves: dict[str
         ax.axis("off")
         _save(fig, outputs.umap)
 
-    rows = []
-    if label_signal:
-        rows.append(json.loads(Path(label_signal).read_text())["summary"])
+    rows = [signal] if signal else []
     with atomic_path(outputs.label_signal) as tmp:
         pd.DataFrame(rows).to_csv(tmp, sep="\t", index=False)

@@ -18,6 +18,7 @@ from cellduality.io import atomic_path
 from cellduality.tasks.rewards import RewardSettings
 from cellduality.training.datasets import rl_dataset
 from cellduality.training.duality import TaskReward, model_dual_generator, policy_dual_generator
+from cellduality.training.label_signal import label_signal_gate
 from cellduality.training.settings import GRPOSettings
 from cellduality.training.setup import (
     last_checkpoint,
@@ -61,8 +62,10 @@ def write_reward_curve(log_history: list[dict[str, Any]], path: str | Path) -> N
 
 
 def run_grpo(model_path: str, tables: Sequence[str | Path], out_dir: str | Path, checkpoint_dir: str | Path,
-             cfg: dict[str, Any], reward_cfg: dict[str, Any], lora: dict[str, Any], n_processes: int = 1) -> Path:
-    """GRPO from ``model_path`` on the RL prompts of ``tables``; resume from ``checkpoint_dir``."""
+             cfg: dict[str, Any], reward_cfg: dict[str, Any], lora: dict[str, Any], n_processes: int = 1,
+             label_signal: str | Path | None = None) -> Path:
+    """GRPO from ``model_path`` on the RL prompts of ``tables``; resume from ``checkpoint_dir``. With the duality
+    reward, ``label_signal`` (the SFT model's true-label-wins JSON) is checked first: a warning when at chance."""
     from transformers import AutoModelForCausalLM
     from trl import GRPOTrainer
 
@@ -70,6 +73,8 @@ def run_grpo(model_path: str, tables: Sequence[str | Path], out_dir: str | Path,
                                         [model_path, *tables])
     s = GRPOSettings.from_config(cfg)
     settings = RewardSettings(**reward_cfg)
+    if settings.mode == "duality":
+        label_signal_gate(label_signal)
     dataset = rl_dataset(tables, s.max_prompts, seed=s.seed)
     tokenizer = load_tokenizer(model_path)
     reward = TaskReward(settings)

@@ -11,6 +11,8 @@ on the RL cells (the cells the reward is used on).
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,8 @@ from cellduality.tasks.rewards import inpainting_reward
 from cellduality.tasks.schema import decode_value
 from cellduality.training.datasets import rl_dataset
 from cellduality.training.setup import load_tokenizer
+
+log = logging.getLogger(__name__)
 
 Generate = Callable[[list[Messages]], Sequence[str]]
 
@@ -151,3 +155,21 @@ def true_label_wins_for_model(model_path: str, tables: Sequence[str | Path], out
 
 def _chance(examples: Sequence[DiagnosticExample]) -> float:
     return sum(1 / len(set(ex.candidates)) for ex in examples) / len(examples) if examples else 0.0
+
+
+def label_signal_gate(path: str | Path | None) -> dict | None:
+    """Read the SFT model's "true label wins" summary before duality GRPO; warn (not fail) when its win rate is
+    at or below chance, because then the duality reward cannot prefer the right label. Returns the summary."""
+    if not path or not Path(path).is_file():
+        return None
+    summary = json.loads(Path(path).read_text())["summary"]
+    rate, chance, n = summary["win_rate"], summary["chance_rate"], summary["n_cells"]
+    if rate <= chance:
+        message = (f"label-signal gate: the SFT model's true-label win rate is {rate:.3f} on {n} cells, at or below "
+                   f"chance {chance:.3f}, so the duality reward carries no label signal and GRPO+duality is not "
+                   "expected to improve annotation (train SFT longer or on more dual examples)")
+        log.warning("%s", message)
+        print(f"cellduality warning: {message}", file=sys.__stderr__, flush=True)
+    else:
+        log.info("label-signal gate: true-label win rate %.3f on %d cells vs chance %.3f", rate, n, chance)
+    return summary
