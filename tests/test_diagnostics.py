@@ -90,3 +90,19 @@ def test_errors() -> None:
         true_label_wins(examples(), lambda prompts: ["x"], CONFIG)
     empty = true_label_wins([], marker_generator, CONFIG)
     assert empty.n_cells == 0 and empty.win_rate == 0.0
+
+
+def test_label_signal_gate_warns_at_chance_only(tmp_path, capfd):
+    import json
+
+    from cellduality.training.label_signal import label_signal_gate
+
+    path = tmp_path / "wins.json"
+    summary = {"n_cells": 120, "wins": 12, "win_rate": 0.1, "chance_rate": 0.1}
+    path.write_text(json.dumps({"summary": summary, "per_cell": []}))
+    assert label_signal_gate(path) == summary
+    assert "at or below chance 0.100" in capfd.readouterr().err
+    path.write_text(json.dumps({"summary": {**summary, "wins": 40, "win_rate": 0.33}, "per_cell": []}))
+    assert label_signal_gate(path)["win_rate"] == 0.33
+    assert "cellduality warning" not in capfd.readouterr().err
+    assert label_signal_gate(None) is None
