@@ -116,16 +116,29 @@ def spec(**fields):
 BUILD_SETTINGS = dict(embedded=config["model"]["embedded"])
 
 
-SFT_SETTINGS = dict(
-    sft=config["sft"],
-    lora=config["model"]["lora"],
-    accelerate_config=config["training"]["accelerate_config"],
-)
+REPLICATES = list(range(config["training"]["replicates"]))
+
+
+def replicate_seed(section, wildcards):
+    """A section's config with replicate r's seed (seed + r)."""
+    return {**config[section], "seed": config[section]["seed"] + int(wildcards.rep)}
+
+
+def sft_settings(wildcards):
+    return dict(
+        sft=replicate_seed("sft", wildcards),
+        lora=config["model"]["lora"],
+        accelerate_config=config["training"]["accelerate_config"],
+    )
 
 
 def grpo_settings(wildcards):
     return dict(
-        grpo={k: v for k, v in config["grpo"].items() if k != "variants"},
+        grpo={
+            k: v
+            for k, v in replicate_seed("grpo", wildcards).items()
+            if k != "variants"
+        },
         rewards={**config["rewards"], "mode": wildcards.reward},
         lora=config["model"]["lora"],
         accelerate_config=config["training"]["accelerate_config"],
@@ -146,13 +159,26 @@ LABEL_SIGNAL_SETTINGS = dict(
 
 # ---------------------------------------------------------------- evaluation (rules/evaluation.smk)
 def variant_model(wildcards):
-    """Model directory of an evaluated variant (nothing to build for a hub/base model path)."""
+    """Model directory of an evaluated variant and replicate (nothing to build for a hub/base model path)."""
     if wildcards.variant == "base":
         return [BASE_MODEL] if EMBEDDED else []
     if wildcards.variant == "sft":
-        return [rules.sft.output[0]]
+        return [rules.sft.output[0].format(rep=wildcards.rep)]
+    reward = wildcards.variant.removeprefix("grpo_")
+    return [rules.grpo.output.model.format(reward=reward, rep=wildcards.rep)]
+
+
+def variant_replicates(variant):
+    """Replicates of an evaluated variant: the untrained base model has one."""
+    return [0] if variant == "base" else REPLICATES
+
+
+def evaluated(pattern):
+    """``pattern`` (with {variant} and {rep}) for every evaluated variant and replicate."""
     return [
-        rules.grpo.output.model.format(reward=wildcards.variant.removeprefix("grpo_"))
+        pattern.format(variant=v, rep=r)
+        for v in EVALUATED
+        for r in variant_replicates(v)
     ]
 
 

@@ -6,9 +6,9 @@ rule predict:
         model=variant_model,
         tables=TASK_TABLES,
     output:
-        f"{RESULTS}/eval/{{variant}}/predictions.parquet",
+        f"{RESULTS}/eval/{{variant}}/rep{{rep}}/predictions.parquet",
     log:
-        f"{LOGS}/predict/{{variant}}.log",
+        f"{LOGS}/predict/{{variant}}/rep{{rep}}.log",
     wildcard_constraints:
         variant="base|sft|grpo_duality|grpo_oracle",
     conda:
@@ -33,9 +33,9 @@ rule evaluate:
         **EVAL_INPUTS,
         predictions=rules.predict.output[0],
     output:
-        f"{RESULTS}/eval/{{variant}}/metrics.tsv",
+        f"{RESULTS}/eval/{{variant}}/rep{{rep}}/metrics.tsv",
     log:
-        f"{LOGS}/evaluate/{{variant}}.log",
+        f"{LOGS}/evaluate/{{variant}}/rep{{rep}}.log",
     wildcard_constraints:
         variant="base|sft|grpo_duality|grpo_oracle",
     conda:
@@ -54,7 +54,7 @@ rule baselines:
     input:
         **EVAL_INPUTS,
         predictions=rules.predict.output[0].format(
-            variant=config["evaluation"]["variants"][0]
+            variant=config["evaluation"]["variants"][0], rep=0
         ),
     output:
         predictions=f"{RESULTS}/eval/baselines/predictions.parquet",
@@ -76,7 +76,7 @@ rule baselines:
 
 rule report_tables:
     input:
-        metrics=expand(rules.evaluate.output[0], variant=EVALUATED),
+        metrics=evaluated(rules.evaluate.output[0]),
         baselines=rules.baselines.output.metrics,
     output:
         results=report(
@@ -104,9 +104,14 @@ rule report_tables:
 rule report_figures:
     input:
         **EVAL_INPUTS,
-        predictions=expand(rules.predict.output[0], variant=EVALUATED),
-        curves=expand(f"{RESULTS}/models/{{variant}}", variant=GRPO_VARIANTS),
-        label_signal=rules.true_label_wins.output if TASKS.get("annotation") else [],
+        # figures show replicate 0; the label-signal table lists every replicate
+        predictions=expand(rules.predict.output[0], variant=EVALUATED, rep=0),
+        curves=expand(f"{RESULTS}/models/{{variant}}/rep0", variant=GRPO_VARIANTS),
+        label_signal=(
+            expand(rules.true_label_wins.output, rep=REPLICATES)
+            if TASKS.get("annotation")
+            else []
+        ),
     output:
         confusion=report(
             f"{RESULTS}/report/confusion_matrices.png",

@@ -1,4 +1,9 @@
-# Training stage: base model -> SFT on teacher data -> GRPO (duality and ground-truth variants).
+# Training stage: base model -> SFT on teacher data -> GRPO (duality and ground-truth variants), each trained
+# model once per replicate ({rep}: seeds + rep).
+
+
+wildcard_constraints:
+    rep=r"\d+",
 
 
 rule build_model:
@@ -32,22 +37,22 @@ rule sft:
         model=[BASE_MODEL] if EMBEDDED else [],
         data=SFT_DATA,
     output:
-        directory(f"{RESULTS}/models/sft"),
+        directory(f"{RESULTS}/models/sft/rep{{rep}}"),
     log:
-        f"{LOGS}/sft.log",
+        f"{LOGS}/sft/rep{{rep}}.log",
     conda:
         "../envs/training.yaml"
     threads: 2
     resources:
         **TRAINING_RESOURCES,
     params:
-        settings={**SFT_SETTINGS, "model": BASE_MODEL},
+        settings=lambda wildcards: {**sft_settings(wildcards), "model": BASE_MODEL},
         spec=lambda wildcards, input, output: spec(
             model=BASE_MODEL,
             data=list(input.data),
             out=output[0],
-            checkpoints=f"{RESULTS}/checkpoints/sft",
-            **SFT_SETTINGS,
+            checkpoints=f"{RESULTS}/checkpoints/sft/rep{wildcards.rep}",
+            **sft_settings(wildcards),
         ),
     shell:
         "python -m cellduality.cli sft --spec {params.spec:q} --log {log}"
@@ -55,7 +60,7 @@ rule sft:
 
 rule grpo:
     input:
-        model=rules.sft.output[0],
+        model=rules.sft.output[0],  # the SFT model of the same replicate
         tables=TASK_TABLES,
         # the label-signal gate: duality GRPO starts after the SFT model's true-label-wins diagnostic
         label_signal=lambda wildcards: (
@@ -64,9 +69,9 @@ rule grpo:
             else []
         ),
     output:
-        model=directory(f"{RESULTS}/models/grpo_{{reward}}"),
+        model=directory(f"{RESULTS}/models/grpo_{{reward}}/rep{{rep}}"),
     log:
-        f"{LOGS}/grpo_{{reward}}.log",
+        f"{LOGS}/grpo_{{reward}}/rep{{rep}}.log",
     wildcard_constraints:
         reward="duality|oracle",
     conda:
@@ -80,7 +85,7 @@ rule grpo:
             model=input.model,
             tables=list(input.tables),
             out=output.model,
-            checkpoints=f"{RESULTS}/checkpoints/grpo_{wildcards.reward}",
+            checkpoints=f"{RESULTS}/checkpoints/grpo_{wildcards.reward}/rep{wildcards.rep}",
             label_signal=input.label_signal[0] if input.label_signal else None,
             **grpo_settings(wildcards),
         ),
@@ -96,9 +101,9 @@ rule true_label_wins:
             for name in TASKS.get("annotation", [])
         ],
     output:
-        f"{RESULTS}/diagnostics/true_label_wins.json",
+        f"{RESULTS}/diagnostics/true_label_wins/rep{{rep}}.json",
     log:
-        f"{LOGS}/true_label_wins.log",
+        f"{LOGS}/true_label_wins/rep{{rep}}.log",
     conda:
         "../envs/training.yaml"
     threads: 2
@@ -118,5 +123,11 @@ rule true_label_wins:
 
 rule training:
     input:
-        expand(rules.grpo.output.model, reward=config["grpo"]["variants"]),
-        rules.true_label_wins.output if TASKS.get("annotation") else [],
+        expand(
+            rules.grpo.output.model, reward=config["grpo"]["variants"], rep=REPLICATES
+        ),
+        (
+            expand(rules.true_label_wins.output, rep=REPLICATES)
+            if TASKS.get("annotation")
+            else []
+        ),

@@ -130,7 +130,7 @@ def test_pipeline_reaches_the_report(data_run):
     assert (sft["value"] < 1).any(), "the SFT model never produced a well-formed answer"
     for name in ("confusion_matrices.png", "reward_curves.png", "umap_generated_vs_real.png", "tables.html"):
         assert (results / "report" / name).stat().st_size > 1000
-    curve = pd.read_csv(results / "models" / "grpo_duality" / "reward_curve.tsv", sep="\t")
+    curve = pd.read_csv(results / "models" / "grpo_duality" / "rep0" / "reward_curve.tsv", sep="\t")
     assert len(curve) == config["grpo"]["max_steps"] and curve["reward"].between(-1, 1).all()
     signal = pd.read_csv(results / "report" / "true_label_wins.tsv", sep="\t")
     assert signal["n_cells"].iloc[0] == config["diagnostics"]["true_label_wins_cells"]

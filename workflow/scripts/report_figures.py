@@ -11,7 +11,7 @@ def main(smk=snakemake):  # noqa: F821
     write_report_figures(
         predictions=dict(zip(smk.params.variants, smk.input.predictions)),
         curves={v: Path(d) / "reward_curve.tsv" for v, d in zip(smk.params.grpo_variants, smk.input.curves)},
-        label_signal=smk.input.label_signal[0] if smk.input.label_signal else None,
+        label_signal=list(smk.input.label_signal),
         data=smk.params.data,
         outputs=smk.output,
     )

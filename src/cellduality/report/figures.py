@@ -93,8 +93,9 @@ def umap_figure(real: np.ndarray, real_labels: Sequence[str], generated: dict[st
 
 
 def write_report_figures(*, predictions: dict[str, str | Path], curves: dict[str, str | Path],
-                         label_signal: str | Path | None, data: dict[str, dict[str, str]], outputs) -> None:
-    """All report figures and the label-signal table (``outputs``: confusion, rewards, umap, label_signal)."""
+                         label_signal: Sequence[str | Path], data: dict[str, dict[str, str]], outputs) -> None:
+    """All report figures and the label-signal table (``outputs``: confusion, rewards, umap, label_signal);
+    ``label_signal`` holds one true-label-wins JSON per replicate (the first is drawn beside the reward curves)."""
     import json
 
     from cellduality.evaluation.classification_metrics import is_missing
@@ -109,7 +110,8 @@ def write_report_figures(*, predictions: dict[str, str | Path], curves: dict[str
     pred = pd.concat(frames, ignore_index=True)
     matrices = {k: m for k, m in confusion_matrices(pred).items() if k[1] == "annotation"} or confusion_matrices(pred)
     confusion_figure(matrices, outputs.confusion)
-    signal = json.loads(Path(label_signal).read_text())["summary"] if label_signal else None
+    signals = [{"replicate": i, **json.loads(Path(p).read_text())["summary"]} for i, p in enumerate(label_signal)]
+    signal = signals[0] if signals else None
     reward_curve_figure(curves, outputs.rewards, signal)
 
     generated = pred[(pred["task"] == "generation") & ~pred["prediction"].map(is_missing)]
@@ -129,6 +131,6 @@ def write_report_figures(*, predictions: dict[str, str | Path], curves: dict[str
         ax.axis("off")
         _save(fig, outputs.umap)
 
-    rows = [signal] if signal else []
+    rows = signals
     with atomic_path(outputs.label_signal) as tmp:
         pd.DataFrame(rows).to_csv(tmp, sep="\t", index=False)
