@@ -1,7 +1,10 @@
 """The embedded base model: a tiny Llama-architecture causal LM with a tokenizer trained locally.
 
 The tokenizer is a byte-level BPE trained on the prompt/answer text of the task tables, plus every gene
-symbol of the cell-sentence tables as a whole-word token, plus the reasoning tags (``<think>`` ...) as
+symbol of the cell-sentence tables as a whole-word token, plus every answer label of the task tables (cell
+types, sensitivity classes, drugs: the candidates of label and assignment answers) as one token, so a tiny
+model answers a classification prompt by choosing one token instead of spelling ``CD14+ Monocyte`` in
+pieces, plus the reasoning tags (``<think>`` ...) as
 ordinary (non-special) tokens so that GRPO, which decodes with ``skip_special_tokens``, keeps them.
 It is saved with ``save_pretrained`` and loads like any Hugging Face model.
 """
@@ -38,6 +41,22 @@ def gene_vocabulary(sentence_tables: Iterable[str | Path]) -> list[str]:
     return sorted(genes)
 
 
+def label_vocabulary(task_tables: Iterable[str | Path]) -> list[str]:
+    """Sorted union of the labels and candidates of the task tables' label and assignment answers."""
+    from cellduality.tasks.registry import get_task
+
+    labels: set[str] = set()
+    for path in task_tables:
+        table = read_task_frame(path, columns=["prompt_id", "task", "direction", "label", "candidates"])
+        kinds = {(t, d): get_task(t).kind(d) for t, d in set(zip(table["task"], table["direction"]))}
+        keep = [kinds[(t, d)] in ("label", "assignment") for t, d in zip(table["task"], table["direction"])]
+        for candidates in decode_column(table[keep], "candidates", path):
+            labels.update(str(c) for c in candidates)
+        single = [kinds[(t, d)] == "label" for t, d in zip(table["task"], table["direction"])]
+        labels.update(str(label) for label in table.loc[single, "label"] if label)  # not joined assignments
+    return sorted(label for label in labels if label.strip())
+
+
 def corpus_from_task_tables(task_tables: Iterable[str | Path]) -> Iterator[str]:
     """Prompt and answer texts of the task tables (the text the model will read and write)."""
     for path in task_tables:
@@ -49,8 +68,9 @@ def corpus_from_task_tables(task_tables: Iterable[str | Path]) -> Iterator[str]:
                 yield answer
 
 
-def train_tokenizer(corpus: Iterable[str], genes: Sequence[str], vocab_size: int = 2000):
-    """A fast BPE tokenizer with whole-gene tokens and the chat template."""
+def train_tokenizer(corpus: Iterable[str], genes: Sequence[str], vocab_size: int = 2000,
+                    labels: Sequence[str] = ()):
+    """A fast BPE tokenizer with whole-gene and whole-label tokens and the chat template."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -65,6 +85,8 @@ def train_tokenizer(corpus: Iterable[str], genes: Sequence[str], vocab_size: int
     # space-led form needs no word-boundary check on the left, the bare form (after "\n", ", ") does
     tokenizer.add_tokens([AddedToken(f" {g}", normalized=False) for g in genes])
     tokenizer.add_tokens([AddedToken(g, single_word=True, normalized=False) for g in genes])
+    tokenizer.add_tokens([AddedToken(label, single_word=True, normalized=False) for label in labels])
+    tokenizer.add_tokens([AddedToken(f" {label}", normalized=False) for label in labels])
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD,
                                    unk_token=UNK, additional_special_tokens=list(ROLE_TOKENS))
     fast.chat_template = CHAT_TEMPLATE
@@ -83,7 +105,8 @@ def build_tiny_model(sentence_tables: Sequence[str | Path], task_tables: Sequenc
     if not task_tables:
         raise CellDualityError("model.embedded: no task tables to train the tokenizer on; assign datasets under tasks:")
     genes = gene_vocabulary(sentence_tables)
-    tokenizer = train_tokenizer(corpus_from_task_tables(task_tables), genes, vocab_size)
+    tokenizer = train_tokenizer(corpus_from_task_tables(task_tables), genes, vocab_size,
+                                label_vocabulary(task_tables))
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
                          num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
                          max_position_embeddings=max_position_embeddings, tie_word_embeddings=True,
