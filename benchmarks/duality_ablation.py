@@ -1,0 +1,176 @@
+"""Duality-reward ablation: from one SFT model, GRPO on annotation with several reward settings, over seeds.
+
+    python benchmarks/duality_ablation.py [--results results] [--config config/config.yaml] [--seeds 0 1 2]
+        [--settings duality,duality_h50,duality_top,duality_markers,duality_frozen,oracle]
+        [--tlw-cells 100] [--out results/ablation]
+
+Needs a finished embedded run (``snakemake --cores 2``): its cell-sentence table, annotation task table settings
+and SFT model (``models/sft/rep0``). Every setting trains GRPO (the config's ``grpo`` section, annotation RL
+prompts only, seed = each ``--seeds`` value) from that SFT model, then measures
+- annotation accuracy and format-error rate on ALL test cells (greedy, the eval prompts), and
+- "true label wins" of the trained model on ``--tlw-cells`` RL cells (does the duality reward still prefer the
+  right label?).
+``sft`` (no GRPO) is measured once (greedy decoding of one model: no seed variation). Settings:
+``duality`` (the config's inpainting), ``duality_h50`` (hidden_fraction 0.5), ``duality_top`` / ``duality_markers``
+(strategy top / markers: the shipped immune marker genes), ``duality_frozen`` (dual answers by the frozen SFT
+model instead of the policy), ``oracle`` (ground-truth reward: the upper bound).
+Prints a table and writes ``ablation.tsv`` (one row per run), ``ablation.md`` (mean ± std per setting) and
+``ablation.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from cellduality.evaluation.predict import predict  # noqa: E402
+from cellduality.tasks.tables import TaskTableParams, write_task_tables  # noqa: E402
+from cellduality.teacher.markers.knowledge import Knowledge  # noqa: E402
+from cellduality.training.grpo import run_grpo  # noqa: E402
+from cellduality.training.label_signal import true_label_wins_for_model  # noqa: E402
+
+SETTINGS = {
+    "duality": {"mode": "duality"},
+    "duality_h50": {"mode": "duality", "hidden_fraction": 0.5},
+    "duality_top": {"mode": "duality", "strategy": "top"},
+    "duality_markers": {"mode": "duality", "strategy": "markers"},
+    "duality_frozen": {"mode": "duality", "dual_model": "frozen"},
+    "oracle": {"mode": "oracle"},
+}
+
+
+def marker_genes() -> list[str]:
+    knowledge = Knowledge.load()
+    return sorted({g for profile in knowledge.types.values() for g in profile.markers})
+
+
+def table_for(setting: dict, config: dict, cells: Path, out: Path) -> tuple[Path, dict]:
+    """The annotation task table with this setting's inpainting masks (RL rows differ; eval prompts do not)."""
+    inpainting = {**config["inpainting"], **{k: setting[k] for k in ("hidden_fraction", "strategy") if k in setting}}
+    if inpainting["strategy"] == "markers" and not inpainting.get("markers"):
+        inpainting["markers"] = marker_genes()
+    name = f"h{inpainting['hidden_fraction']}_{inpainting['strategy']}"
+    path = out / "tables" / f"{name}.parquet"
+    if not path.exists():
+        params = TaskTableParams.from_config({**config, "inpainting": inpainting})
+        write_task_tables(cells, path, dataclasses.replace(params, tasks=("annotation",)))
+    return path, inpainting
+
+
+def measure(model: Path, table: Path, inpainting: dict, config: dict, run_dir: Path, tlw_cells: int) -> dict:
+    pred = predict(str(model), [table], run_dir / "predictions.parquet", max_prompts_per_table=None,
+                   max_new_tokens=config["evaluation"]["max_new_tokens"], batch_size=64)
+    test = pred[pred["split"] == "test"]
+    wins = true_label_wins_for_model(str(model), [table], run_dir / "true_label_wins.json", max_cells=tlw_cells,
+                                     hidden_fraction=inpainting["hidden_fraction"], strategy=inpainting["strategy"],
+                                     markers=inpainting.get("markers"), seed=config["task_tables"]["seed"],
+                                     max_new_tokens=config["grpo"]["dual_max_new_tokens"])
+    return {"n_test": len(test), "accuracy": float((test["prediction"] == test["label"]).mean()),
+            "format_error_rate": float(1 - test["format_ok"].mean()), "tlw_win_rate": wins["win_rate"],
+            "tlw_chance": wins["chance_rate"], "tlw_cells": wins["n_cells"]}
+
+
+def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+    g = runs.groupby("setting", sort=False)
+    out = pd.DataFrame({"n_seeds": g["seed"].count(), "accuracy_mean": g["accuracy"].mean(),
+                        "accuracy_std": g["accuracy"].std(ddof=1).fillna(0.0),
+                        "format_error_mean": g["format_error_rate"].mean(),
+                        "tlw_mean": g["tlw_win_rate"].mean(), "tlw_std": g["tlw_win_rate"].std(ddof=1).fillna(0.0),
+                        "tlw_chance": g["tlw_chance"].mean(), "grpo_s_mean": g["grpo_s"].mean()})
+    sft = out.loc["sft", "accuracy_mean"] if "sft" in out.index else float("nan")
+    out["delta_vs_sft_points"] = 100 * (out["accuracy_mean"] - sft)
+    return out.reset_index()
+
+
+def markdown(summary: pd.DataFrame) -> str:
+    lines = ["| setting | seeds | annotation accuracy (mean ± std) | Δ vs SFT (points) | format errors | "
+             "true-label wins (mean ± std; chance) | GRPO s/run |", "|---|---|---|---|---|---|---|"]
+    for r in summary.itertuples():
+        lines.append(f"| {r.setting} | {r.n_seeds} | {r.accuracy_mean:.3f} ± {r.accuracy_std:.3f} | "
+                     f"{r.delta_vs_sft_points:+.1f} | {r.format_error_mean:.1%} | {r.tlw_mean:.3f} ± {r.tlw_std:.3f}; "
+                     f"{r.tlw_chance:.3f} | {r.grpo_s_mean:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    x = range(len(summary))
+    axes[0].bar(x, summary["accuracy_mean"], yerr=summary["accuracy_std"], capsize=3)
+    axes[0].set_ylabel("annotation accuracy (test)")
+    axes[1].bar(x, summary["tlw_mean"], yerr=summary["tlw_std"], capsize=3)
+    axes[1].plot(list(x), summary["tlw_chance"], "k--", label="chance")
+    axes[1].set_ylabel("true-label win rate")
+    axes[1].legend(fontsize=7)
+    for ax in axes:
+        ax.set_xticks(list(x), summary["setting"], rotation=30, ha="right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--config", type=Path, default=Path("config/config.yaml"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--tlw-cells", type=int, default=100)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    from cellduality.config import load_config
+
+    config = load_config(args.config)
+    out = args.out or args.results / "ablation"
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = config["tasks"]["annotation"][0]
+    cells = args.results / "cell_sentences" / f"{dataset}.parquet"
+    sft = args.results / "models" / "sft" / "rep0"
+    runs_path = out / "ablation.tsv"
+    done = pd.read_csv(runs_path, sep="\t") if runs_path.exists() else pd.DataFrame()
+    rows = done.to_dict("records")
+    have = {(r["setting"], int(r["seed"])) for r in rows}
+
+    def record(row: dict) -> None:
+        rows.append(row)
+        pd.DataFrame(rows).to_csv(runs_path, sep="\t", index=False)  # every finished run is kept
+        print(json.dumps(row), flush=True)
+
+    base_table, base_inpainting = table_for({}, config, cells, out)
+    if ("sft", 0) not in have:
+        record({"setting": "sft", "seed": 0, "grpo_s": 0.0,
+                **measure(sft, base_table, base_inpainting, config, out / "sft", args.tlw_cells)})
+    for name in args.settings.split(","):
+        setting = SETTINGS[name]
+        table, inpainting = table_for(setting, config, cells, out)
+        for seed in args.seeds:
+            if (name, seed) in have:
+                continue
+            run_dir = out / name / f"seed{seed}"
+            grpo = {k: v for k, v in config["grpo"].items() if k != "variants"}
+            grpo.update(seed=seed, dual_model=setting.get("dual_model", grpo["dual_model"]))
+            start = time.perf_counter()
+            run_grpo(str(sft), [table], run_dir / "model", run_dir / "checkpoints", grpo,
+                     {**config["rewards"], "mode": setting["mode"]}, config["model"]["lora"])
+            seconds = time.perf_counter() - start
+            record({"setting": name, "seed": seed, "grpo_s": round(seconds, 1),
+                    **measure(run_dir / "model", table, inpainting, config, run_dir, args.tlw_cells)})
+    summary = summarize(pd.DataFrame(rows))
+    (out / "ablation.md").write_text(markdown(summary))
+    plot(summary, out / "ablation.png")
+    print(markdown(summary))
+
+
+if __name__ == "__main__":
+    main()
