@@ -194,3 +194,23 @@ def test_write_sft_dataset_outputs(tmp_path):
     frame = pd.read_parquet(tmp_path / "sft" / "generation" / "d.parquet")
     assert set(frame["provider"]) == {"markers"} and frame["prompt"].map(json.loads).map(len).eq(2).all()
     assert {"primal", "filtering", "usage", "overall"} <= set(saved)
+
+
+def test_data_duals_cover_every_primal_prompt_without_asking_the_teacher():
+    table = build_task_tables(identity_cells(), TaskTableParams(tasks=("annotation",), rl_fraction=0.0))
+    only_nk_wrong = table[table["label"] == "CD56+ NK"]
+
+    class AlwaysB(ScriptedProvider):
+        async def generate(self, request, params):
+            assert ":primal:" in request.prompt_id  # duals never reach the teacher
+            return [Completion(format_answer("r", "CD19+ B"), 1, 1) for _ in request.sample_indices]
+
+    settings = TeacherSettings(n_samples=2, progress=False, dual_answers="data")
+    out, stats = build_sft_dataset(only_nk_wrong, settings, FilterSettings(), provider_factory=AlwaysB)
+    dual = out[out["direction"] == "dual"]
+    table_duals = only_nk_wrong[only_nk_wrong["direction"] == "dual"]
+    # every primal prompt's dual is an example, even though no primal sample was accepted
+    assert not out.loc[out["direction"] == "primal", "accepted"].any()
+    assert len(dual) == len(table_duals) == 4 and dual["accepted"].all()
+    assert dual["completion"].tolist() == [format_answer("", a) for a in table_duals["answer"]]
+    assert stats["dual"]["dual_answers"] == "data" and stats["dual"]["from_primal_prompts"] == 4

@@ -56,7 +56,7 @@ DEFAULT_MODELS = {"markers": "markers-v1", "openai": "gpt-4o", "gemini": "gemini
 DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "gemini": "GEMINI_API_KEY"}
 # settings that change what ends up in the SFT outputs (the rule's params); the rest are operational
 OUTPUT_KEYS = ("provider", "model", "n_samples", "temperature", "max_tokens", "top_p", "seed", "price_in",
-               "price_out", "batch_discount", "max_prompts", "max_reasoning_lines")
+               "price_out", "batch_discount", "max_prompts", "max_reasoning_lines", "dual_answers")
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,7 @@ class TeacherSettings:
     max_prompts: int | None = setting("teacher.max_prompts")
     progress: bool = setting("teacher.progress")
     max_reasoning_lines: int | None = setting("teacher.max_reasoning_lines")
+    dual_answers: str = setting("teacher.dual_answers")
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:

@@ -4,7 +4,10 @@
    seed) get ``n_samples`` teacher samples each, judged by :mod:`cellduality.teacher.filtering`.
 2. The dual prompts of the primal prompts with at least one accepted sample — the (y*, x_k) -> x_u rows of
    the task table — get ``n_samples`` each and are judged the same way (categorical duals exactly,
-   gene-list duals by RWJS).
+   gene-list duals by RWJS). With ``teacher.dual_answers: data`` the teacher is not asked for duals: every
+   dual row of the primal prompts sent to the teacher becomes one SFT example whose answer is the row's known
+   answer (the hidden genes, the label or the drug: the task table knows them) with empty reasoning, so the
+   dual tasks the duality reward relies on are learned from as many examples as the primal tasks.
 3. One Parquet row per received sample (accepted or not) and a ``.stats.json`` with acceptance rates per
    direction, tokens and cost are written atomically.
 
@@ -24,6 +27,7 @@ import pandas as pd
 
 from cellduality.io import atomic_path
 from cellduality.seeding import stable_sample
+from cellduality.tasks.prompts import format_answer
 from cellduality.tasks.schema import check_columns, decode_column, read_task_frame
 from cellduality.teacher.cache import ResponseCache
 from cellduality.teacher.filtering import FilterSettings, direction_stats, judge, link_duals, score_summary, select
@@ -66,6 +70,23 @@ def _samples_frame(rows: pd.DataFrame, samples: Mapping[str, list], settings: Fi
     if not frame.empty:
         frame["accepted"] = select(frame, settings)
     return frame
+
+
+def _data_duals(rows: pd.DataFrame, parents: Mapping[str, str]) -> pd.DataFrame:
+    """``teacher.dual_answers: data``: one accepted example per dual row, answered from the task table."""
+    if not len(rows):
+        return pd.DataFrame(columns=list(SFT_COLUMNS))
+    answers = rows["answer"].to_numpy()
+    frame = pd.DataFrame({
+        "prompt_id": rows["prompt_id"].to_numpy(), "task": rows["task"].to_numpy(),
+        "direction": rows["direction"].to_numpy(), "dataset": rows["dataset"].to_numpy(),
+        "stage": rows["stage"].to_numpy(), "primal_prompt_id": [parents.get(p, p) for p in rows["prompt_id"]],
+        "sample_index": 0, "prompt": rows["prompt"].to_numpy(), "completion": [format_answer("", a) for a in answers],
+        "answer": answers, "parsed_answer": answers, "score": 1.0, "passed": True, "accepted": True,
+        "reason": "answer from the task table", "finish_reason": "data", "tokens_in": 0.0, "tokens_out": 0.0,
+        "cached": False, "provider": "data", "model": "task-table",
+    })
+    return frame[list(SFT_COLUMNS)]
 
 
 def _prompts(rows: pd.DataFrame) -> list[tuple[str, list[dict[str, str]]]]:
@@ -112,11 +133,15 @@ def build_sft_dataset(
             return _samples_frame(part, samples, filtering, prov, parents)
 
         primal_samples = run(primal, f"teacher {label} primal".strip())
-        accepted_ids: set[str] = set()
-        if len(primal_samples):
-            accepted_ids = set(primal_samples.loc[primal_samples["accepted"], "prompt_id"])
-        eligible = dual[[parents.get(pid, "") in accepted_ids for pid in dual["prompt_id"]]] if len(dual) else dual
-        dual_samples = run(eligible, f"teacher {label} dual".strip())
+        if teacher.dual_answers == "data":
+            parent_ids = set(primal["prompt_id"])
+        else:
+            parent_ids = set(primal_samples.loc[primal_samples["accepted"], "prompt_id"]) if len(primal_samples) else set()
+        eligible = dual[[parents.get(pid, "") in parent_ids for pid in dual["prompt_id"]]] if len(dual) else dual
+        if teacher.dual_answers == "data":
+            dual_samples = _data_duals(eligible, parents)
+        else:
+            dual_samples = run(eligible, f"teacher {label} dual".strip())
     finally:
         if cache is not None:
             cache.close()
@@ -141,8 +166,9 @@ def _stats(out: pd.DataFrame, primal: pd.DataFrame, dual: pd.DataFrame, eligible
                       "strict_format": filtering.strict_format, "dedupe": filtering.dedupe,
                       "max_accepted_per_prompt": filtering.max_accepted_per_prompt},
         "primal": direction_stats(by_dir["primal"], len(primal), n),
-        "dual": direction_stats(by_dir["dual"], len(eligible), n)
-        | {"dual_prompts_in_table": len(dual), "from_accepted_primal_prompts": len(eligible)},
+        "dual": direction_stats(by_dir["dual"], len(eligible), 1 if teacher.dual_answers == "data" else n)
+        | {"dual_prompts_in_table": len(dual), "dual_answers": teacher.dual_answers,
+           ("from_primal_prompts" if teacher.dual_answers == "data" else "from_accepted_primal_prompts"): len(eligible)},
     }
     for d in ("primal", "dual"):
         stats[d]["score_quantiles"] = score_summary(by_dir[d]["score"].tolist()) if len(by_dir[d]) else {}

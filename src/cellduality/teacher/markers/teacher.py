@@ -217,11 +217,16 @@ class MarkersTeacher:
 
     def _shorten(self, response: str) -> str:
         """Keep the first reasoning line (what the cell shows) and the last ``max_reasoning_lines - 1``
-        (the conclusion): brief chains of thought that a small model can learn in a short SFT."""
+        (the conclusion): brief chains of thought that a small model can learn in a short SFT. 0 keeps no
+        reasoning (an empty ``<think></think>``: answer-only SFT in the response format); None keeps it all."""
         n = self.max_reasoning_lines
+        if n is None:
+            return response
         parsed = parse_response(response)
+        if n == 0:
+            return P.format_answer("", parsed.answer)
         lines = parsed.think.strip().splitlines()
-        if not n or len(lines) <= n:
+        if len(lines) <= n:
             return response
         return P.format_answer("\n".join(lines[:1] + (lines[-(n - 1):] if n > 1 else [])), parsed.answer)
 
@@ -584,7 +589,7 @@ class MarkersProvider(TeacherProvider):
         teacher = MarkersTeacher(knowledge, max_reasoning_lines)
         # the model name carries the knowledge digest: edited resource files never reuse stale cached answers
         name = f"{model}+{teacher.kb.digest}" if teacher.kb.digest else model
-        super().__init__(f"{name}+lines{max_reasoning_lines}" if max_reasoning_lines else name)
+        super().__init__(name if max_reasoning_lines is None else f"{name}+lines{max_reasoning_lines}")
         self.teacher = teacher
 
     async def generate(self, request: TeacherRequest, params: GenerationParams) -> list[Completion]:
