@@ -36,3 +36,13 @@ def make_task_row(**fields):
     defaults = dict(prompt_id="t:primal:sft:d:c1", task="annotation", direction="primal", dataset="d",
                     split="train", stage="sft")
     return TaskRow(**{**defaults, **fields})
+
+
+def ci_config() -> dict:
+    """The workflow tests' config: config/config.yaml with tests/ci_config.yaml deep-merged over it."""
+    import yaml
+
+    from cellduality.config import deep_merge
+
+    base = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    return deep_merge(base, yaml.safe_load((ROOT / "tests" / "ci_config.yaml").read_text()))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import ci_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +31,7 @@ def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
 
 
 def write_config(workdir: Path, **changes) -> dict:
-    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config = ci_config()
     for dotted, value in changes.items():
         section, key = dotted.split("__")
         config[section][key] = value
@@ -126,8 +127,10 @@ def test_pipeline_reaches_the_report(data_run):
     config = yaml.safe_load((data_run / "config.yaml").read_text())
     assert set(metrics["model"]) >= {*config["evaluation"]["variants"], "logreg", "knn"}
     assert set(metrics["task"]) == {t for t, names in config["tasks"].items() if names}
-    sft = metrics[(metrics.model == "sft") & (metrics.metric == "format_error_rate")]
-    assert (sft["value"] < 1).any(), "the SFT model never produced a well-formed answer"
+    errors = metrics[metrics.metric == "format_error_rate"].pivot_table(index=["task", "dataset", "split"],
+                                                                         columns="model", values="value")
+    # SFT teaches the answer format: fewer format errors than the untrained base model on at least one task
+    assert (errors["sft"] < errors["base"]).any(), errors[["base", "sft"]]
     for name in ("confusion_matrices.png", "reward_curves.png", "umap_generated_vs_real.png", "tables.html"):
         assert (results / "report" / name).stat().st_size > 1000
     curve = pd.read_csv(results / "models" / "grpo_duality" / "rep0" / "reward_curve.tsv", sep="\t")
