@@ -172,3 +172,13 @@ def test_slurm_profile_parses_and_plans_the_data_stage(tmp_path):
     result = snakemake(tmp_path, "-n", "data", "--profile", str(ROOT / "profiles" / "slurm"), "--sdm", "env-modules")
     n = len(yaml.safe_load((tmp_path / "config.yaml").read_text())["datasets"])
     assert planned_jobs(result) == {"download": n, "preprocess": n, "cell_sentences": n, "data": 1}
+
+
+def test_deterministic_stages_match_the_golden_digests(data_run):
+    """Cell sentences, task tables and SFT data are byte-for-byte what they were when tests/golden_digests.json
+    was written (refactors must not change behaviour; see tests/golden_digests.py to update it on purpose)."""
+    import json
+
+    from golden_digests import GOLDEN, digests
+
+    assert digests(data_run / "results") == json.loads(GOLDEN.read_text())

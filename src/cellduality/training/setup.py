@@ -26,7 +26,7 @@ def load_tokenizer(model_path: str | Path):
 
 
 def precision_flags(gradient_checkpointing: bool = False) -> dict[str, Any]:
-    """bf16 and gradient checkpointing only on a GPU that supports them (both off on CPU, per SPEC)."""
+    """bf16 and gradient checkpointing only on a GPU that supports them (both off on CPU)."""
     import torch
 
     if torch.cuda.is_available():
