@@ -2,7 +2,7 @@
 
     python benchmarks/duality_ablation.py [--results results] [--config config/config.yaml] [--seeds 0 1 2]
         [--settings duality,duality_h50,duality_top,duality_markers,duality_frozen,oracle]
-        [--tlw-cells 100] [--out results/ablation]
+        [--tlw-cells 100] [--grpo '{"max_steps": 40}'] [--out results/ablation]
 
 Needs a finished embedded run (``snakemake --cores 2``): its cell-sentence table, annotation task table settings
 and SFT model (``models/sft/rep0``). Every setting trains GRPO (the config's ``grpo`` section, annotation RL
@@ -128,6 +128,7 @@ def main() -> None:
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--tlw-cells", type=int, default=100)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--grpo", default="{}", help='JSON overriding config grpo settings, e.g. \'{"max_steps": 40}\'')
     args = parser.parse_args()
     from cellduality.config import load_config
 
@@ -159,6 +160,7 @@ def main() -> None:
                 continue
             run_dir = out / name / f"seed{seed}"
             grpo = {k: v for k, v in config["grpo"].items() if k != "variants"}
+            grpo.update(json.loads(args.grpo))
             grpo.update(seed=seed, dual_model=setting.get("dual_model", grpo["dual_model"]))
             start = time.perf_counter()
             run_grpo(str(sft), [table], run_dir / "model", run_dir / "checkpoints", grpo,
