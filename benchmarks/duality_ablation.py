@@ -65,17 +65,19 @@ def table_for(setting: dict, config: dict, cells: Path, out: Path) -> tuple[Path
     return path, inpainting
 
 
-def measure(model: Path, table: Path, inpainting: dict, config: dict, run_dir: Path, tlw_cells: int) -> dict:
+def measure(model: Path, table: Path, inpainting: dict, config: dict, run_dir: Path, tlw_cells: int | None) -> dict:
     pred = predict(str(model), [table], run_dir / "predictions.parquet", max_prompts_per_table=None,
                    max_new_tokens=config["evaluation"]["max_new_tokens"], batch_size=64)
     test = pred[pred["split"] == "test"]
+    scores = {"n_test": len(test), "accuracy": float((test["prediction"] == test["label"]).mean()),
+              "format_error_rate": float(1 - test["format_ok"].mean())}
+    if not tlw_cells:
+        return scores | {"tlw_win_rate": float("nan"), "tlw_chance": float("nan"), "tlw_cells": 0}
     wins = true_label_wins_for_model(str(model), [table], run_dir / "true_label_wins.json", max_cells=tlw_cells,
                                      hidden_fraction=inpainting["hidden_fraction"], strategy=inpainting["strategy"],
                                      markers=inpainting.get("markers"), seed=config["task_tables"]["seed"],
                                      max_new_tokens=config["grpo"]["dual_max_new_tokens"])
-    return {"n_test": len(test), "accuracy": float((test["prediction"] == test["label"]).mean()),
-            "format_error_rate": float(1 - test["format_ok"].mean()), "tlw_win_rate": wins["win_rate"],
-            "tlw_chance": wins["chance_rate"], "tlw_cells": wins["n_cells"]}
+    return scores | {"tlw_win_rate": wins["win_rate"], "tlw_chance": wins["chance_rate"], "tlw_cells": wins["n_cells"]}
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
@@ -83,7 +85,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({"n_seeds": g["seed"].count(), "accuracy_mean": g["accuracy"].mean(),
                         "accuracy_std": g["accuracy"].std(ddof=1).fillna(0.0),
                         "format_error_mean": g["format_error_rate"].mean(),
-                        "tlw_mean": g["tlw_win_rate"].mean(), "tlw_std": g["tlw_win_rate"].std(ddof=1).fillna(0.0),
+                        "tlw_mean": g["tlw_win_rate"].mean(), "tlw_n": g["tlw_win_rate"].count(),
                         "tlw_chance": g["tlw_chance"].mean(), "grpo_s_mean": g["grpo_s"].mean()})
     sft = out.loc["sft", "accuracy_mean"] if "sft" in out.index else float("nan")
     out["delta_vs_sft_points"] = 100 * (out["accuracy_mean"] - sft)
@@ -92,10 +94,10 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
 
 def markdown(summary: pd.DataFrame) -> str:
     lines = ["| setting | seeds | annotation accuracy (mean ± std) | Δ vs SFT (points) | format errors | "
-             "true-label wins (mean ± std; chance) | GRPO s/run |", "|---|---|---|---|---|---|---|"]
+             "true-label wins (runs measured; chance) | GRPO s/run |", "|---|---|---|---|---|---|---|"]
     for r in summary.itertuples():
         lines.append(f"| {r.setting} | {r.n_seeds} | {r.accuracy_mean:.3f} ± {r.accuracy_std:.3f} | "
-                     f"{r.delta_vs_sft_points:+.1f} | {r.format_error_mean:.1%} | {r.tlw_mean:.3f} ± {r.tlw_std:.3f}; "
+                     f"{r.delta_vs_sft_points:+.1f} | {r.format_error_mean:.1%} | {r.tlw_mean:.3f} ({r.tlw_n}); "
                      f"{r.tlw_chance:.3f} | {r.grpo_s_mean:.0f} |")
     return "\n".join(lines) + "\n"
 
@@ -110,7 +112,7 @@ def plot(summary: pd.DataFrame, path: Path) -> None:
     x = range(len(summary))
     axes[0].bar(x, summary["accuracy_mean"], yerr=summary["accuracy_std"], capsize=3)
     axes[0].set_ylabel("annotation accuracy (test)")
-    axes[1].bar(x, summary["tlw_mean"], yerr=summary["tlw_std"], capsize=3)
+    axes[1].bar(x, summary["tlw_mean"])
     axes[1].plot(list(x), summary["tlw_chance"], "k--", label="chance")
     axes[1].set_ylabel("true-label win rate")
     axes[1].legend(fontsize=7)
@@ -127,6 +129,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--tlw-cells", type=int, default=100)
+    parser.add_argument("--tlw-seeds", type=int, nargs="*", default=[0],
+                        help="seeds whose trained model also gets the true-label-wins diagnostic (it costs "
+                             "cells x candidates generations)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--grpo", default="{}", help='JSON overriding config grpo settings, e.g. \'{"max_steps": 40}\'')
     args = parser.parse_args()
@@ -167,7 +172,8 @@ def main() -> None:
                      {**config["rewards"], "mode": setting["mode"]}, config["model"]["lora"])
             seconds = time.perf_counter() - start
             record({"setting": name, "seed": seed, "grpo_s": round(seconds, 1),
-                    **measure(run_dir / "model", table, inpainting, config, run_dir, args.tlw_cells)})
+                    **measure(run_dir / "model", table, inpainting, config, run_dir,
+                              args.tlw_cells if seed in args.tlw_seeds else None)})
     summary = summarize(pd.DataFrame(rows))
     (out / "ablation.md").write_text(markdown(summary))
     plot(summary, out / "ablation.png")
