@@ -188,3 +188,18 @@ def test_grpo_objective_settings_reach_trl(tmp_path):
     assert args.per_device_train_batch_size == 32 // 8 and args.steps_per_generation == 512 // 32
     with pytest.raises(CellDualityError, match="multiple of the number of processes"):
         grpo_config(paper | {"variants": None}, tmp_path, n_processes=3)
+
+
+def test_generation_keeps_answer_items_distinct():
+    """UniqueAnswerItems bans an item token (either spelling) the reply already holds, and nothing else."""
+    import torch
+
+    from cellduality.training.generation import UniqueAnswerItems
+
+    groups = {5: 0, 6: 0, 7: 1}  # tokens 5 and 6 spell one item (bare and space-led), 7 another
+    proc = UniqueAnswerItems(groups, prompt_length=2)
+    ids = torch.tensor([[1, 5, 6, 9], [1, 7, 2, 3]])  # row 0's prompt holds item 0: prompts do not count
+    scores = proc(ids, torch.zeros(2, 10))
+    assert torch.isinf(scores[0, [5, 6]]).all() and not torch.isinf(scores[0, 7])  # generated 6 -> both spellings
+    assert not torch.isinf(scores[1]).any()  # row 1 generated only non-item tokens
+    assert torch.equal(proc(ids[:, :2], torch.zeros(2, 10)), torch.zeros(2, 10))  # nothing generated yet

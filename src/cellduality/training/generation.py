@@ -1,4 +1,12 @@
-"""Batched chat generation with a causal LM (used for dual rewards, diagnostics and evaluation)."""
+"""Batched chat generation with a causal LM (used for dual rewards, diagnostics and evaluation).
+
+Answers list distinct items: a cell sentence names each gene once, a CellPuzzles assignment uses each cell type
+once. With a tokenizer that knows its whole-item tokens (the embedded tokenizer records every gene and label
+token under ``answer_items``, see :mod:`cellduality.training.tiny_model`), :class:`UniqueAnswerItems` forbids
+generating an item token that the reply already contains (either spelling: ``CD74`` or `` CD74``), so a small
+model cannot loop on one gene. Tokenizers without ``answer_items`` (Hugging Face models, whose genes span
+several tokens) decode unconstrained.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +15,62 @@ from collections.abc import Sequence
 Messages = list[dict[str, str]]
 
 
+def answer_item_groups(tokenizer) -> dict[int, int]:
+    """``token id -> item index`` for the tokenizer's whole-item tokens (both spellings of an item share it)."""
+    items = tokenizer.init_kwargs.get("answer_items") or []
+    vocab = tokenizer.get_vocab()
+    groups: dict[str, int] = {}
+    out: dict[int, int] = {}
+    for text in items:
+        if text in vocab:
+            out[vocab[text]] = groups.setdefault(text.strip(), len(groups))
+    return out
+
+
+class UniqueAnswerItems:
+    """Logits processor: an item token already generated in this reply (after ``prompt_length``) is banned."""
+
+    def __init__(self, groups: dict[int, int], prompt_length: int) -> None:
+        import torch
+
+        self.prompt_length = prompt_length
+        self.n_groups = max(groups.values(), default=-1) + 1
+        size = max(groups, default=0) + 1
+        self.canon = torch.full((size,), -1, dtype=torch.long)
+        for token, group in groups.items():
+            self.canon[token] = group
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        generated = input_ids[:, self.prompt_length:]
+        if generated.shape[1] == 0 or self.n_groups == 0:
+            return scores
+        canon = self.canon.to(scores.device)
+        ids = generated.clamp(max=len(canon) - 1)
+        groups = torch.where(generated < len(canon), canon[ids], torch.full_like(ids, -1))
+        seen = torch.zeros(scores.shape[0], self.n_groups + 1, dtype=torch.bool, device=scores.device)
+        seen.scatter_(1, torch.where(groups >= 0, groups, self.n_groups), True)
+        vocab_groups = torch.full((scores.shape[1],), self.n_groups, dtype=torch.long, device=scores.device)
+        n = min(len(canon), scores.shape[1])
+        vocab_groups[:n] = torch.where(canon[:n] >= 0, canon[:n], self.n_groups)
+        banned = seen[:, vocab_groups] & (vocab_groups < self.n_groups)
+        return scores.masked_fill(banned, float("-inf"))
+
+
 def generate_chat(model, tokenizer, conversations: Sequence[Messages], *, max_new_tokens: int = 256,
-                  temperature: float = 0.0, top_p: float = 1.0, batch_size: int = 16) -> list[str]:
-    """Generate one assistant reply per conversation (greedy when ``temperature`` is 0)."""
+                  temperature: float = 0.0, top_p: float = 1.0, batch_size: int = 16,
+                  unique_items: bool = True) -> list[str]:
+    """Generate one assistant reply per conversation (greedy when ``temperature`` is 0); ``unique_items``
+    applies :class:`UniqueAnswerItems` when the tokenizer records its answer items."""
     import torch
+    from transformers import LogitsProcessorList
 
     was_training = model.training
     model.eval()
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
+    groups = answer_item_groups(tokenizer) if unique_items else {}
     replies: list[str] = []
     try:
         for start in range(0, len(conversations), batch_size):
@@ -24,6 +79,9 @@ def generate_chat(model, tokenizer, conversations: Sequence[Messages], *, max_ne
             batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
                 {"do_sample": False}
+            if groups:
+                sampling["logits_processor"] = LogitsProcessorList(
+                    [UniqueAnswerItems(groups, batch["input_ids"].shape[1])])
             with torch.no_grad():
                 out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                                      **sampling)

@@ -89,6 +89,9 @@ def train_tokenizer(corpus: Iterable[str], genes: Sequence[str], vocab_size: int
     tokenizer.add_tokens([AddedToken(f" {label}", normalized=False) for label in labels])
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD,
                                    unk_token=UNK, additional_special_tokens=list(ROLE_TOKENS))
+    # whole-item tokens, saved in tokenizer_config.json: generation keeps answer items distinct
+    # (cellduality.training.generation.UniqueAnswerItems)
+    fast.init_kwargs["answer_items"] = [*genes, *(f" {g}" for g in genes), *labels, *(f" {x}" for x in labels)]
     fast.chat_template = CHAT_TEMPLATE
     fast.padding_side = "left"
     return fast
