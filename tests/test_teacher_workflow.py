@@ -24,7 +24,7 @@ def test_teacher_rule_with_an_api_teacher(tmp_path):
     with FakeLLMServer(latency_s=0.01) as server:
         server.faults[:] = [Fault("429", retry_after_ms=20), Fault("500")]
         config["teacher"].update(provider="openai", base_url=server.url + "/v1", api_key_env="WF_TEACHER_KEY",
-                                 max_prompts=12, n_samples=2, backoff_s=0.01)
+                                 max_prompts=12, n_samples=2, backoff_s=0.01, dual_answers="teacher")
         (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
         cmd = [sys.executable, "-m", "snakemake", "sft_data", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path),
                "--configfile", str(tmp_path / "config.yaml"), "--cores", "2", "--resources", "teacher_api=1"]
