@@ -31,14 +31,21 @@ class UniqueAnswerItems:
     """Logits processor: an item token already generated in this reply (after ``prompt_length``) is banned."""
 
     def __init__(self, groups: dict[int, int], prompt_length: int) -> None:
-        import torch
-
+        self.groups = groups
         self.prompt_length = prompt_length
         self.n_groups = max(groups.values(), default=-1) + 1
-        size = max(groups, default=0) + 1
-        self.canon = torch.full((size,), -1, dtype=torch.long)
-        for token, group in groups.items():
-            self.canon[token] = group
+        self._vocab_groups = None  # token id -> item index (n_groups = no item), built once per vocabulary size
+
+    def _group_of(self, vocab_size: int, device):
+        import torch
+
+        if self._vocab_groups is None or len(self._vocab_groups) != vocab_size:
+            table = torch.full((vocab_size,), self.n_groups, dtype=torch.long)
+            for token, group in self.groups.items():
+                if token < vocab_size:
+                    table[token] = group
+            self._vocab_groups = table.to(device)
+        return self._vocab_groups
 
     def __call__(self, input_ids, scores):
         import torch
@@ -46,15 +53,10 @@ class UniqueAnswerItems:
         generated = input_ids[:, self.prompt_length:]
         if generated.shape[1] == 0 or self.n_groups == 0:
             return scores
-        canon = self.canon.to(scores.device)
-        ids = generated.clamp(max=len(canon) - 1)
-        groups = torch.where(generated < len(canon), canon[ids], torch.full_like(ids, -1))
+        group_of = self._group_of(scores.shape[1], scores.device)
         seen = torch.zeros(scores.shape[0], self.n_groups + 1, dtype=torch.bool, device=scores.device)
-        seen.scatter_(1, torch.where(groups >= 0, groups, self.n_groups), True)
-        vocab_groups = torch.full((scores.shape[1],), self.n_groups, dtype=torch.long, device=scores.device)
-        n = min(len(canon), scores.shape[1])
-        vocab_groups[:n] = torch.where(canon[:n] >= 0, canon[:n], self.n_groups)
-        banned = seen[:, vocab_groups] & (vocab_groups < self.n_groups)
+        seen.scatter_(1, group_of[generated.clamp(max=scores.shape[1] - 1)], True)
+        banned = seen[:, group_of] & (group_of < self.n_groups)
         return scores.masked_fill(banned, float("-inf"))
 
 
