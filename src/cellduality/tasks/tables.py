@@ -17,13 +17,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from cellduality.config import setting
+from cellduality.config import setting, settings_from_config
 from cellduality.errors import CellDualityError
 from cellduality.io import atomic_path
 from cellduality.seeding import stable_sample, stable_uniform
@@ -74,15 +74,11 @@ class TaskTableParams:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TaskTableParams:
         """Build from a flat mapping of field names (unknown keys are an error)."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise CellDualityError(f"unknown task-table setting(s) {unknown}; known: {sorted(names)}")
         kwargs = dict(values)
         for key in ("tasks", "markers", "control_values"):
             if kwargs.get(key) is not None:
                 kwargs[key] = tuple(kwargs[key])
-        return cls(**kwargs)
+        return settings_from_config(cls, kwargs, "task-table")
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TaskTableParams:
