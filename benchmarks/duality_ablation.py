@@ -74,8 +74,7 @@ def measure(model: Path, table: Path, inpainting: dict, config: dict, run_dir: P
     if not tlw_cells:
         return scores | {"tlw_win_rate": float("nan"), "tlw_chance": float("nan"), "tlw_cells": 0}
     wins = true_label_wins_for_model(str(model), [table], run_dir / "true_label_wins.json", max_cells=tlw_cells,
-                                     hidden_fraction=inpainting["hidden_fraction"], strategy=inpainting["strategy"],
-                                     markers=inpainting.get("markers"), seed=config["task_tables"]["seed"],
+                                     seed=config["task_tables"]["seed"],
                                      max_new_tokens=config["grpo"]["dual_max_new_tokens"])
     return scores | {"tlw_win_rate": wins["win_rate"], "tlw_chance": wins["chance_rate"], "tlw_cells": wins["n_cells"]}
 

@@ -148,9 +148,6 @@ def grpo_settings(wildcards):
 LABEL_SIGNAL_SETTINGS = dict(
     diagnostic=dict(
         max_cells=config["diagnostics"]["true_label_wins_cells"],
-        hidden_fraction=config["inpainting"]["hidden_fraction"],
-        strategy=config["inpainting"]["strategy"],
-        markers=config["inpainting"]["markers"],
         seed=config["task_tables"]["seed"],
         max_new_tokens=config["grpo"]["dual_max_new_tokens"],
     )

@@ -14,6 +14,7 @@ localrules:
 rule teacher:
     input:
         table=rules.task_table.output[0],
+        cells=rules.cell_sentences.output.table,
         knowledge=teacher_knowledge,
     output:
         sft=f"{RESULTS}/sft/{{task}}/{{dataset}}.parquet",
@@ -32,6 +33,7 @@ rule teacher:
         # read from the config by the script, so tuning them does not rerun the job
         teacher=output_params(config["teacher"]),
         filtering=config["filtering"],
+        task_tables={k: config["task_tables"][k] for k in ("seed", "rl_fraction")},
         dataset=dataset_params("species"),
     script:
         "../workflow/scripts/teacher.py"

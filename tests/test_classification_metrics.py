@@ -21,18 +21,36 @@ PRED = ["a", "a", "b", "b", None, "d"]
 
 def test_accuracy_f1_and_format_errors_by_hand():
     # a: TP 2, FP 0, FN 1 -> P 1, R 2/3, F1 0.8; b: TP 1, FP 1, FN 1 -> F1 0.5; c: never predicted -> F1 0;
-    # "d" (not a true label) adds no class; the format error (None) is a miss for b.
+    # "d" (predicted, never true) is a class with F1 0; the format error (None) is a miss for b, no class.
     assert accuracy(TRUE, PRED) == pytest.approx(3 / 6)
-    assert macro_f1(TRUE, PRED) == pytest.approx((0.8 + 0.5 + 0.0) / 3)
+    assert macro_f1(TRUE, PRED) == pytest.approx((0.8 + 0.5 + 0.0 + 0.0) / 4)
     assert format_error_rate(PRED) == pytest.approx(1 / 6)
     scores = classification_scores(TRUE, PRED)
-    assert scores.as_dict() == pytest.approx({"accuracy": 0.5, "macro_f1": 1.3 / 3, "format_error_rate": 1 / 6, "n": 6})
+    assert scores.as_dict() == pytest.approx({"accuracy": 0.5, "macro_f1": 1.3 / 4, "format_error_rate": 1 / 6, "n": 6})
+
+
+def test_macro_f1_is_scikit_learns_over_truth_and_well_formed_predictions():
+    from sklearn.metrics import f1_score
+
+    true, pred = ["A", "A", "B", "C"], ["A", None, "B", "D"]
+    assert macro_f1(true, pred) == pytest.approx(0.41666666, abs=1e-6)  # not 0.556 (truth-only labels)
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        true = [str(x) for x in rng.choice(["x", "y", "z", "w"], size=25)]
+        pred = [None if rng.random() < 0.2 else str(rng.choice(["x", "y", "z", "v"])) for _ in true]
+        well_formed = [(t, p) for t, p in zip(true, pred) if p is not None]
+        # scikit-learn with format errors as a placeholder that is scored but not averaged over
+        placeholder = ["<none>" if p is None else p for p in pred]
+        labels = sorted(set(true) | {p for _, p in well_formed})
+        expected = f1_score(true, placeholder, labels=labels, average="macro", zero_division=0)
+        assert macro_f1(true, pred) == pytest.approx(expected)
+        assert macro_f1(true, pred) == pytest.approx(_reference_macro_f1(true, pred))
 
 
 def _reference_macro_f1(true, pred):
-    """Independent plain-Python macro-F1 over the true label set."""
+    """Independent plain-Python macro-F1 over the labels of truth and well-formed predictions."""
     f1s = []
-    for label in sorted(set(true)):
+    for label in sorted(set(true) | {p for p in pred if p is not None}):
         tp = sum(t == label and p == label for t, p in zip(true, pred))
         fp = sum(t != label and p == label for t, p in zip(true, pred))
         fn = sum(t == label and p != label for t, p in zip(true, pred))

@@ -197,3 +197,46 @@ def test_puzzle_explicit_n_and_synonyms() -> None:
     res = parse_cellpuzzles_answer("NK | plasmablast", ["NK cell", "plasmablast"], 2, {"NK": "NK cell"})
     assert res.labels == ("NK cell", "plasmablast")
     assert not parse_cellpuzzles_answer("NK cell | plasmablast", ["NK cell", "plasmablast"], 3).format_ok
+
+
+ADVERSARIAL = {
+    "lt + spaces": "<" + " " * 1_000_000 + "x",
+    "lt + newlines + slash": "<" + "\n" * 500_000 + "/" + "\t" * 500_000,
+    "many lt": "< " * 500_000,
+    "unclosed think": "<think>" + "a <" * 330_000,
+    "nested tags": "<think>" * 70_000 + "<answer>" * 60_000,
+    "closing tags": "</ answer  >" * 80_000,
+    "long answer": "<think></think>\n<answer>" + "CD3D, " * 160_000 + "</answer>",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL))
+def test_parsing_is_linear_on_adversarial_megabyte_inputs(name: str) -> None:
+    import time
+
+    text = ADVERSARIAL[name]
+    assert len(text) >= 900_000
+    start = time.perf_counter()
+    for strict in (False, True):
+        parsed = parse_response(text, strict=strict)
+        if parsed.format_ok:
+            parse_gene_list(parsed.answer)
+            parse_cellpuzzles_answer(parsed.answer, ["A", "B"])
+    assert time.perf_counter() - start < 0.4  # two parses (tolerant and strict), 0.2 s each
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from(["<", "/", " ", "\n", "think", "answer", ">", "x", "<think>", "</answer>"]),
+                min_size=1, max_size=60), st.integers(min_value=1, max_value=20_000))
+def test_parsing_time_does_not_grow_with_repeats(pieces: list[str], repeat: int) -> None:
+    import time
+
+    text = "".join(pieces) * repeat
+    start = time.perf_counter()
+    parse_response(text)
+    assert time.perf_counter() - start < 0.2
+
+
+def test_invisible_characters_do_not_break_a_match() -> None:
+    assert match_label("CD19+ B\u200b", ["CD19+ B", "CD56+ NK"]) == "CD19+ B"
+    assert match_label("\ufeffCD56+\u200d NK", ["CD19+ B", "CD56+ NK"]) == "CD56+ NK"

@@ -28,9 +28,11 @@ UNIQUE = st.lists(GENES, max_size=10, unique=True)
         (["A", "B", "C", "D"], ["D", "C", "B", "A"], Fraction(7, 18)),
         # extra gene in candidate: min = 1 + 1/2, max = 1 + 1/2 + 1/3
         (["A", "B"], ["A", "B", "X"], Fraction(9, 11)),
-        # duplicate in candidate counts once at its first rank; B keeps position 3:
-        # min = 1 + 1/3, max = 1 + 1/2
-        (["A", "B"], ["A", "A", "B"], Fraction(8, 9)),
+        # duplicates are removed before ranking (first occurrence kept): B moves up to rank 2
+        (["A", "B"], ["A", "A", "B"], Fraction(1)),
+        (["A", "B"], ["A", "B", "B"], Fraction(1)),
+        # a repeat of a reference gene cannot stand in for a missing one: min = 1, max = 1 + 1/2
+        (["A", "B"], ["A", "A", "A"], Fraction(2, 3)),
         (["A"], ["B"], Fraction(0)),
         (["A", "B"], [], Fraction(0)),
         ([], [], Fraction(0)),
@@ -47,7 +49,16 @@ def test_sentences_are_split_on_whitespace() -> None:
 
 
 def test_rank_weights_first_occurrence() -> None:
-    assert rank_weights(["A", "B", "A", "C"]) == {"A": 1.0, "B": 0.5, "C": 0.25}
+    assert rank_weights(["A", "B", "A", "C"]) == {"A": 1.0, "B": 0.5, "C": 1 / 3}
+
+
+@settings(max_examples=200, deadline=None)
+@given(LISTS, LISTS)
+def test_duplicates_never_change_the_score(a: list[str], b: list[str]) -> None:
+    """One rule everywhere: a list scores like its de-duplicated self, so padding with repeats is free."""
+    dedup = list(dict.fromkeys(b))
+    assert rwjs(a, b) == pytest.approx(rwjs(a, dedup), abs=1e-12)
+    assert rwjs(a, b + b) == pytest.approx(rwjs(a, dedup), abs=1e-12)
 
 
 def test_case_sensitive_exact_strings() -> None:

@@ -5,9 +5,10 @@ Input convention (the ``prediction`` column of the predictions table): ``y_true`
 (malformed response or an answer that is not an allowed label). A format error is always wrong.
 
 - accuracy: correct / all (format errors in the denominator);
-- macro-F1: unweighted mean over the *true* label set (labels occurring in ``y_true``) of per-label F1; a
-  predicted label outside that set only costs recall of the true label (it adds no class), a label never
-  predicted has precision 0 and F1 0 (``zero_division=0``);
+- macro-F1: scikit-learn's ``f1_score(average="macro", zero_division=0)`` over the labels of the truth and
+  of the well-formed predictions (the convention of the baselines the paper cites): a predicted label absent
+  from the truth is a class of its own with F1 0; a format error counts as wrong for its true label but is
+  not a label itself;
 - format-error rate: share of ``None`` predictions;
 - CellPuzzles (Cell-o1): a batch of N cells with gold assignment ``a | b | …`` and a predicted assignment
   (``None`` when invalid: bad format, wrong length, a non-candidate or a repeated type). Batch-level
@@ -59,11 +60,12 @@ def accuracy(y_true: Sequence[str], y_pred: Sequence[str | None]) -> float:
 
 
 def macro_f1(y_true: Sequence[str], y_pred: Sequence[str | None]) -> float:
-    """Macro-F1 over the true label set; format errors count as wrong (NaN for no examples)."""
+    """Macro-F1 over the labels of truth and well-formed predictions; a format error is wrong but no label
+    (NaN for no examples)."""
     true, pred = _as_arrays(y_true, y_pred)
     if not len(true):
         return float("nan")
-    labels = sorted(set(true))
+    labels = sorted(set(true) | {p for p in pred if p != _MISSING})
     return float(f1_score(true, pred, labels=labels, average="macro", zero_division=0))
 
 

@@ -1,6 +1,8 @@
 """Robust parsing of ``<think>…</think><answer>…</answer>`` responses and of their answers.
 
-Nothing here raises on model output: malformed input yields a result with ``format_ok=False`` and an error.
+Nothing here raises on model output: malformed input yields a result with ``format_ok=False`` and an error,
+and every function runs in time linear in its input (no regex backtracking), so a sampled rollout or an API
+answer of any length cannot stall rewards, filtering or evaluation.
 Tolerant mode (default) accepts tag case and whitespace variations and leading text before ``<think>``;
 text after ``</answer>``, missing/duplicated/unclosed tags (truncated output) and an empty answer are
 format errors. ``strict=True`` applies Cell-o1's released check: exactly one of each tag and the whole
@@ -14,7 +16,8 @@ import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-_TAG = re.compile(r"<\s*(/?)\s*(think|answer)\s*>", re.IGNORECASE)
+# possessive quantifiers: "<" + a long whitespace run is scanned once, not split every way (linear time)
+_TAG = re.compile(r"<\s*+(/?+)\s*+(think|answer)\s*+>", re.IGNORECASE)
 _STRICT = re.compile(r"^<think>(.*?)</think>\n<answer>(.*?)</answer>$", re.DOTALL)
 _STRICT_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 
@@ -82,8 +85,10 @@ _LABEL_DROP = re.compile(r"[.,;:!?'\"`()\[\]{}*]")
 
 
 def normalize_label(text: str) -> str:
-    """Case-folded label with punctuation dropped ('+' kept) and ``_ - /`` and whitespace as one space."""
+    """Case-folded label with punctuation and invisible format characters (zero-width space, BOM) dropped
+    ('+' kept) and ``_ - /`` and whitespace as one space."""
     text = unicodedata.normalize("NFKC", str(text)).casefold()
+    text = "".join(c for c in text if unicodedata.category(c) != "Cf")  # zero-width spaces, BOM, joiners
     text = _LABEL_DROP.sub(" ", text)
     return " ".join(_LABEL_SPACE.sub(" ", text).split())
 

@@ -197,10 +197,22 @@ def perturbation_rows(ctx: BuildContext, recs: list[dict[str, Any]], stage: str,
 
 # ---------------------------------------------------------------- CellPuzzles
 
-def cellpuzzles_batches(recs: Sequence[Mapping[str, Any]], n: int, seed: int, stage: str) -> list[list[int]]:
+def cellpuzzles_batches(recs: Sequence[Mapping[str, Any]], n: int, seed: int, stage: str,
+                        rounds: int = 1) -> list[list[int]]:
     """Batches of ``n`` record indices with ``n`` distinct cell types: same donor where possible, else the
-    same dataset; each cell is used at most once; deterministic by seed."""
+    same dataset; each cell is used at most once per round; deterministic by seed. Round r > 0 reshuffles
+    the cells into new batches (a batch of the same cells as an earlier one is skipped)."""
+    batches: list[list[int]] = []
+    seen: set[frozenset[int]] = set()
+    for r in range(rounds):
+        for batch in _puzzle_round(recs, n, seed, stage if r == 0 else f"{stage}:round{r}"):
+            if frozenset(batch) not in seen:
+                seen.add(frozenset(batch))
+                batches.append(batch)
+    return batches
 
+
+def _puzzle_round(recs: Sequence[Mapping[str, Any]], n: int, seed: int, stage: str) -> list[list[int]]:
     def fill(pool: Sequence[int], key: str, batches: list[list[int]]) -> list[int]:
         by_type: dict[str, list[int]] = defaultdict(list)
         for i in pool:
@@ -240,7 +252,8 @@ def cellpuzzles_rows(ctx: BuildContext, recs: list[dict[str, Any]], stage: str, 
     (spec,) = specs
     params, out = ctx.params, ctx.out
     masker = params.inpainting(stage)
-    for batch in cellpuzzles_batches(recs, params.cellpuzzles_n, params.seed, stage):
+    rounds = 1 if stage == "eval" else params.cellpuzzles_rounds  # each test cell is evaluated once
+    for batch in cellpuzzles_batches(recs, params.cellpuzzles_n, params.seed, stage, rounds):
         cells = [recs[i] for i in batch]
         ids = [c["cell_id"] for c in cells]
         ds = cells[0]["dataset"]

@@ -3,9 +3,11 @@
 w(g, x) = 1 / rank(g, x) (1-based position in x) if g is in x, else 0;
 RWJS(a, b) = sum_{g in A|B} min(w(g,a), w(g,b)) / sum_{g in A|B} max(w(g,a), w(g,b)).
 
-Conventions: two empty lists score 0; a gene repeated in a list counts once, at its first position, and its
-later copies still occupy their positions (so padding a list with repeats pushes later genes down). Genes are
-compared as given (exact strings); normalise case before calling (``parsing.parse_gene_list`` upper-cases).
+Conventions: two empty lists score 0. Duplicates are removed before ranking (first occurrence kept): a
+repeated gene counts once and its later copies take no position, so ``rwjs(["A","B"], ["A","B","B"])`` and
+``rwjs(["A","B"], ["A","A","B"])`` are both 1.0 and repeats neither help nor pad. The rewards and the teacher
+filters score through this function, so the rule is the same everywhere. Genes are compared as given (exact
+strings); normalise case before calling (``parsing.parse_gene_list`` upper-cases).
 """
 
 from __future__ import annotations
@@ -23,12 +25,9 @@ def as_gene_list(genes: str | Iterable[str] | None) -> list[str]:
 
 
 def rank_weights(genes: str | Iterable[str]) -> dict[str, float]:
-    """Gene -> 1/rank at its first occurrence (1-based)."""
-    weights: dict[str, float] = {}
-    for pos, gene in enumerate(as_gene_list(genes), start=1):
-        if gene not in weights:
-            weights[gene] = 1.0 / pos
-    return weights
+    """Gene -> 1/rank (1-based) in the list with duplicates removed (first occurrence kept)."""
+    unique = dict.fromkeys(as_gene_list(genes))
+    return {gene: 1.0 / pos for pos, gene in enumerate(unique, start=1)}
 
 
 def rwjs(reference: str | Iterable[str], candidate: str | Iterable[str]) -> float:

@@ -16,14 +16,15 @@ cell (``condition`` in ``control_values``) sharing its ``dataset`` and ``pair_id
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from cellduality.config import setting, settings_from_config
+from cellduality.data.label_profiles import label_profiles
 from cellduality.errors import CellDualityError
 from cellduality.io import atomic_path
 from cellduality.seeding import stable_sample, stable_uniform
@@ -37,8 +38,9 @@ REQUIRED_COLUMNS = ("cell_id", "dataset", "split", "sentence")
 SPLITS = ("train", "test", "ood")
 STAGES = ("sft", "rl", "eval")
 OUTPUT_COLUMNS = ROW_COLUMNS
+DATA_MARKERS = "data"  # inpainting.markers: learn the marker set from the SFT cells
 __all__ = ["OUTPUT_COLUMNS", "REQUIRED_COLUMNS", "SPLITS", "STAGES", "TaskTableParams", "available_tasks",
-           "build_task_tables", "cellpuzzles_batches", "write_task_tables"]
+           "build_task_tables", "cellpuzzles_batches", "cells_of_stage", "data_markers", "write_task_tables"]
 
 
 @dataclass(frozen=True)
@@ -49,13 +51,14 @@ class TaskTableParams:
     top_k: int | None = None
     hidden_fraction: float = setting("inpainting.hidden_fraction")
     strategy: str = setting("inpainting.strategy")
-    markers: tuple[str, ...] | None = setting("inpainting.markers")
+    markers: tuple[str, ...] | str | None = setting("inpainting.markers")  # "data": derived per table
     seed: int = setting("task_tables.seed")
     rl_fraction: float = setting("task_tables.rl_fraction")
     max_cells_sft: int | None = setting("task_tables.max_cells_sft")
     max_cells_rl: int | None = setting("task_tables.max_cells_rl")
     max_cells_eval: int | None = setting("task_tables.max_cells_eval")
     cellpuzzles_n: int = setting("cellpuzzles.batch_size")
+    cellpuzzles_rounds: int = setting("cellpuzzles.train_rounds")
     annotation_candidates: bool = setting("task_tables.annotation_candidates")
     control_values: tuple[str, ...] = setting("task_tables.control_values")
 
@@ -67,6 +70,8 @@ class TaskTableParams:
             raise CellDualityError(f"task_tables.rl_fraction must be in [0, 1]; got {self.rl_fraction}")
         if self.cellpuzzles_n < 2:
             raise CellDualityError(f"cellpuzzles.batch_size must be at least 2; got {self.cellpuzzles_n}")
+        if self.cellpuzzles_rounds < 1:
+            raise CellDualityError(f"cellpuzzles.train_rounds must be at least 1; got {self.cellpuzzles_rounds}")
         if self.top_k is not None and self.top_k < 1:
             raise CellDualityError(f"cell_sentence.top_k must be positive; got {self.top_k}")
         self.inpainting("sft")  # validates fraction / strategy / markers
@@ -76,25 +81,29 @@ class TaskTableParams:
         """Build from a flat mapping of field names (unknown keys are an error)."""
         kwargs = dict(values)
         for key in ("tasks", "markers", "control_values"):
-            if kwargs.get(key) is not None:
+            if kwargs.get(key) is not None and kwargs[key] != DATA_MARKERS:
                 kwargs[key] = tuple(kwargs[key])
         return settings_from_config(cls, kwargs, "task-table")
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TaskTableParams:
         """Build from the pipeline config: ``task_tables.*``, ``inpainting.{hidden_fraction,strategy,markers}``,
-        ``cellpuzzles.batch_size`` and ``cell_sentence.top_k`` (absent sections keep the defaults)."""
+        ``cellpuzzles.{batch_size,train_rounds}`` and ``cell_sentence.top_k`` (absent sections keep the defaults)."""
         values: dict[str, Any] = dict(config.get("task_tables") or {})
         inpainting = config.get("inpainting") or {}
         values.update({k: inpainting[k] for k in ("hidden_fraction", "strategy", "markers") if k in inpainting})
-        if "batch_size" in (config.get("cellpuzzles") or {}):
-            values["cellpuzzles_n"] = config["cellpuzzles"]["batch_size"]
+        puzzles = config.get("cellpuzzles") or {}
+        for key, name in (("batch_size", "cellpuzzles_n"), ("train_rounds", "cellpuzzles_rounds")):
+            if key in puzzles:
+                values[name] = puzzles[key]
         if "top_k" in (config.get("cell_sentence") or {}):
             values.setdefault("top_k", config["cell_sentence"]["top_k"])
         return cls.from_dict(values)
 
     def inpainting(self, stage: str) -> InpaintingConfig:
         """Mask settings; the salt differs per stage and seed, so RL masks are fresh."""
+        if self.markers == DATA_MARKERS:  # resolved by build_task_tables; checked here with a stand-in set
+            return InpaintingConfig(self.hidden_fraction, self.strategy, f"{self.seed}:{stage}", frozenset())
         markers = None if self.markers is None else frozenset(self.markers)
         return InpaintingConfig(self.hidden_fraction, self.strategy, f"{self.seed}:{stage}", markers)
 
@@ -142,11 +151,28 @@ def _metadata(row: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k in CONTEXT_KEYS if (v := _value(row, k)) is not None}
 
 
+def data_markers(records: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """``inpainting.markers: data``: every cell type's discriminating genes among the SFT-stage cells
+    (:meth:`cellduality.data.label_profiles.DataProfiles.marker_union`): one gene set for all cells and
+    stages, learned from training cells only, so a mask built from it reveals no cell's label."""
+    sft = [r for r in records if r["stage"] == "sft" and r.get("cell_type")]
+    profiles = label_profiles([r["genes"] for r in sft], [r["cell_type"] for r in sft])
+    return tuple(sorted(profiles.marker_union()))
+
+
 def _stage_of(row: Mapping[str, Any], params: TaskTableParams) -> str:
     if row["split"] != "train":
         return "eval"
     u = stable_uniform("rl-cells", params.seed, row["dataset"], row["cell_id"])
     return "rl" if u < params.rl_fraction else "sft"
+
+
+def cells_of_stage(cells: pd.DataFrame, stage: str, params: TaskTableParams | None = None) -> pd.DataFrame:
+    """The rows of a cell-sentence table whose cells the task tables put in ``stage`` (sft, rl or eval)."""
+    params = params or TaskTableParams()
+    table = _validate(cells)
+    keep = [_stage_of(row, params) == stage for row in table[["dataset", "cell_id", "split"]].to_dict("records")]
+    return table[keep]
 
 
 def _limit(records: list[dict[str, Any]], stage: str, params: TaskTableParams) -> list[dict[str, Any]]:
@@ -195,6 +221,8 @@ def build_task_tables(cells: pd.DataFrame, params: TaskTableParams | None = None
         rec.update({k: _text(row, k) for k in label_keys})
         rec["stage"] = _stage_of(rec, params)
         records.append(rec)
+    if params.markers == DATA_MARKERS:
+        params = replace(params, markers=data_markers(records))
     builders: dict[Any, list] = {}
     for spec in TASK_REGISTRY.values():
         if spec.name in tasks:

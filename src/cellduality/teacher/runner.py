@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from cellduality.config import setting, settings_from_config
+from cellduality.data.label_profiles import DataProfiles
 from cellduality.errors import CellDualityError
 from cellduality.teacher.cache import CachedResponse, ResponseCache, cache_key, prompt_hash
 from cellduality.teacher.openai_batch import run_batch
@@ -56,7 +57,7 @@ DEFAULT_MODELS = {"markers": "markers-v1", "openai": "gpt-4o", "gemini": "gemini
 DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "gemini": "GEMINI_API_KEY"}
 # settings that change what ends up in the SFT outputs (the rule's params); the rest are operational
 OUTPUT_KEYS = ("provider", "model", "n_samples", "temperature", "max_tokens", "top_p", "seed", "price_in",
-               "price_out", "batch_discount", "max_prompts", "max_reasoning_lines", "dual_answers")
+               "price_out", "batch_discount", "max_prompts", "max_reasoning_lines", "knowledge", "dual_answers")
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class TeacherSettings:
     max_prompts: int | None = setting("teacher.max_prompts")
     progress: bool = setting("teacher.progress")
     max_reasoning_lines: int | None = setting("teacher.max_reasoning_lines")
+    knowledge: str = setting("teacher.knowledge")
     dual_answers: str = setting("teacher.dual_answers")
 
     def __post_init__(self) -> None:
@@ -139,14 +141,17 @@ def api_key(settings: TeacherSettings, env: Mapping[str, str] | None = None) -> 
 
 
 def make_provider(settings: TeacherSettings, env: Mapping[str, str] | None = None,
-                  species: str = "human") -> TeacherProvider:
-    """The configured provider (the API key is read from the environment here, and only here)."""
+                  species: str = "human", data: DataProfiles | None = None) -> TeacherProvider:
+    """The configured provider (the API key is read from the environment here, and only here); the markers
+    teacher also learns ``data`` (the training cells' label profiles) per ``teacher.knowledge``."""
     if settings.provider == "markers":
         from cellduality.teacher.markers.knowledge import Knowledge
         from cellduality.teacher.markers.teacher import MarkersProvider
 
-        return MarkersProvider(settings.model_name, Knowledge.load(species=species),
-                               max_reasoning_lines=settings.max_reasoning_lines)
+        knowledge = Knowledge.load(species=species)
+        if data is not None:
+            knowledge = knowledge.with_data(data, settings.knowledge)
+        return MarkersProvider(settings.model_name, knowledge, max_reasoning_lines=settings.max_reasoning_lines)
     key = api_key(settings, env)
     if settings.provider == "openai":
         return OpenAIProvider(settings.model_name, key, settings.base_url, settings.timeout_s,

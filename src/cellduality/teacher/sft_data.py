@@ -25,10 +25,12 @@ from typing import Any
 
 import pandas as pd
 
+from cellduality.data.label_profiles import DataProfiles, label_profiles
 from cellduality.io import atomic_path
 from cellduality.seeding import stable_sample
 from cellduality.tasks.prompts import format_answer
 from cellduality.tasks.schema import check_columns, decode_column, read_task_frame
+from cellduality.tasks.tables import TaskTableParams, cells_of_stage
 from cellduality.teacher.cache import ResponseCache
 from cellduality.teacher.filtering import FilterSettings, direction_stats, judge, link_duals, score_summary, select
 from cellduality.teacher.providers import TeacherProvider
@@ -42,6 +44,16 @@ SFT_COLUMNS = (
     "tokens_in", "tokens_out", "cached", "provider", "model",
 )
 REQUIRED = ("prompt_id", "task", "direction", "dataset", "stage", "prompt", "answer", "candidates", "cell_ids")
+
+
+def sft_cell_profiles(cells: pd.DataFrame | str | Path, params: TaskTableParams | None = None,
+                      label_column: str = "cell_type") -> DataProfiles:
+    """Label profiles (:mod:`cellduality.data.label_profiles`) of the cells the task tables put in the SFT
+    stage: the teacher learns from the training cells it writes SFT data for, never from RL or test cells."""
+    frame = pd.read_parquet(cells) if isinstance(cells, (str, Path)) else cells
+    sft = cells_of_stage(frame, "sft", params)
+    labels = sft[label_column] if label_column in sft.columns else [""] * len(sft)
+    return label_profiles(sft["sentence"], labels)
 
 
 def _read_table(table: pd.DataFrame | str | Path) -> pd.DataFrame:
@@ -104,8 +116,10 @@ def build_sft_dataset(
     species: str = "human",
     stage: str = "sft",
     label: str = "",
+    data: DataProfiles | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """SFT samples and statistics for one task table (see module docstring)."""
+    """SFT samples and statistics for one task table (see module docstring); ``data`` (the SFT cells' label
+    profiles) informs the markers teacher."""
     table = _read_table(task_table)
     rows = table[table["stage"] == stage]
     primal = rows[rows["direction"] == "primal"]
@@ -124,7 +138,7 @@ def build_sft_dataset(
         def run(part: pd.DataFrame, desc: str) -> pd.DataFrame:
             if not len(part):
                 return pd.DataFrame(columns=list(SFT_COLUMNS))
-            prov = provider_factory() if provider_factory else make_provider(teacher, env, species)
+            prov = provider_factory() if provider_factory else make_provider(teacher, env, species, data)
             names.update(provider=prov.name, model=prov.model)
             runner = TeacherRunner(prov, teacher, cache, secrets)
             samples = runner.run(_prompts(part), desc)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cellduality.io import atomic_path
-from cellduality.tasks.inpainting import InpaintingConfig
+from cellduality.tasks.inpainting import InpaintingConfig, InpaintingMask
 from cellduality.tasks.prompts import Messages, annotation_dual_prompt
 from cellduality.tasks.rewards import inpainting_reward
 from cellduality.tasks.schema import decode_value
@@ -39,6 +39,7 @@ class DiagnosticExample:
     candidates: Sequence[str]
     prompt_id: str
     metadata: Mapping[str, object] | None = None
+    mask: InpaintingMask | None = None  # the RL row's own mask (what the duality reward uses); None: config's
 
 
 @dataclass
@@ -87,7 +88,7 @@ def true_label_wins(
     for i, ex in enumerate(examples):
         if ex.label not in ex.candidates:
             raise ValueError(f"example {ex.prompt_id!r}: true label {ex.label!r} is not among its candidates")
-        mask = config.mask(ex.genes, ex.prompt_id)
+        mask = ex.mask or config.mask(ex.genes, ex.prompt_id)
         masks.append(mask)
         for cand in dict.fromkeys(ex.candidates):
             jobs.append((i, cand, annotation_dual_prompt(mask.visible, cand, mask.n_hidden, ex.metadata)))
@@ -129,9 +130,9 @@ def true_label_wins(
 
 
 def true_label_wins_for_model(model_path: str, tables: Sequence[str | Path], out: str | Path, *, max_cells: int,
-                              hidden_fraction: float, strategy: str, markers: Sequence[str] | None, seed: int,
-                              max_new_tokens: int, batch_size: int = 32) -> dict:
-    """Measure on the RL cells (the cells the reward is used on) and write a JSON summary."""
+                              seed: int, max_new_tokens: int, batch_size: int = 32) -> dict:
+    """Measure on the RL cells (the cells the reward is used on), each with the inpainting mask its task-table
+    row holds (the mask the duality reward uses), and write a JSON summary."""
     from transformers import AutoModelForCausalLM
 
     from cellduality.training.duality import model_dual_generator
@@ -140,17 +141,23 @@ def true_label_wins_for_model(model_path: str, tables: Sequence[str | Path], out
     examples = [DiagnosticExample(genes=row["input_sentence"].split(), label=row["label"],
                                   candidates=decode_value("candidates", row["candidates"], row_id=row["prompt_id"]),
                                   prompt_id=row["prompt_id"],
-                                  metadata=decode_value("metadata", row["metadata"], row_id=row["prompt_id"]))
+                                  metadata=decode_value("metadata", row["metadata"], row_id=row["prompt_id"]),
+                                  mask=_row_mask(row))
                 for row in rows if row["task"] == "annotation" and row["label"]]
     tokenizer = load_tokenizer(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path)
-    config = InpaintingConfig(hidden_fraction, strategy, f"{seed}:rl", frozenset(markers) if markers else None)
     report = true_label_wins(examples, model_dual_generator(model, tokenizer, max_new_tokens, batch_size=batch_size),
-                             config, batch_size=batch_size)
+                             batch_size=batch_size)
     summary = {"model": str(model_path), "chance_rate": _chance(examples), **report.summary()}
     with atomic_path(out) as tmp:
         tmp.write_text(json.dumps({"summary": summary, "per_cell": report.per_cell}, indent=1))
     return summary
+
+
+def _row_mask(row: Mapping[str, object]) -> InpaintingMask | None:
+    hidden = decode_value("hidden_genes", row["hidden_genes"], row_id=row["prompt_id"])
+    visible = decode_value("visible_genes", row["visible_genes"], row_id=row["prompt_id"])
+    return InpaintingMask(tuple(visible), tuple(hidden), ()) if hidden else None
 
 
 def _chance(examples: Sequence[DiagnosticExample]) -> float:

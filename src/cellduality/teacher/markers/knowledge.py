@@ -9,6 +9,12 @@ Sources (all shipped under ``resources/``, see their READMEs for licences):
 - ``teacher/drug_knowledge.yaml`` — mechanism and target programmes of common anti-cancer drugs;
 - ``drug_programs.yaml`` (optional) — drug -> {description, up: [HALLMARK_...], down: [...]}, merged over it.
 
+:meth:`Knowledge.with_data` adds what the labelled training cells themselves show
+(:mod:`cellduality.data.label_profiles`): one data type per label (its discriminating genes as one marker
+group, its consensus genes as typical genes), used for labels the shipped tables do not map (``data`` mode:
+for every label), the data's abundant genes ahead of the shipped ``common_high``, and the measured gene
+vocabulary, outside which the teacher never proposes a gene.
+
 Evidence is rank-aware: a gene at rank r of a K-gene cell sentence counts ``1 - 0.5 (r-1)/(K-1)`` (1 at the
 top, 0.5 at the bottom). A marker group of weight w with P positive genes adds ``w * that / sqrt(P)`` per
 gene found (negative markers subtract the same way); a typical gene adds ``TYPICAL_WEIGHT * that /
@@ -28,12 +34,15 @@ from typing import Any
 
 import yaml
 
+from cellduality.data.label_profiles import DataProfiles
 from cellduality.errors import CellDualityError
 from cellduality.io import RESOURCES
 from cellduality.tasks.parsing import normalize_label
 
 TYPICAL_WEIGHT = 0.5
 HALLMARK_GMT = "gene_sets/h.all.v7.5.1.symbols.gmt"
+DATA_TYPE_PREFIX = "data: "  # marker-table type names of labels learned from the training cells
+KNOWLEDGE_MODES = ("shipped", "data", "both")
 DRUG_PROGRAMS = "drug_programs.yaml"
 
 
@@ -222,7 +231,42 @@ class Knowledge:
         self.common_high = tuple(dict.fromkeys(g.upper() for g in common_high))
         self.programs = {k: tuple(v) for k, v in programs.items()}
         self.drugs = dict(drugs)
+        self.vocabulary: frozenset[str] | None = None  # measured genes (None: any gene)
         self._rankings: dict[tuple[str, ...], list[ProgramActivity]] = {}
+
+    def with_data(self, data: DataProfiles, mode: str = "both") -> Knowledge:
+        """A copy that also knows the training cells' labels (see the module docstring). ``mode``: ``both``
+        (a label the shipped tables map may also be explained by its data type: the better-scoring one
+        counts), ``data`` (data types only for every label in the data) or ``shipped`` (labels and common
+        genes unchanged; only the vocabulary is applied)."""
+        if mode not in KNOWLEDGE_MODES:
+            raise CellDualityError(f"teacher.knowledge must be one of {', '.join(KNOWLEDGE_MODES)}; got {mode!r}")
+        kb = Knowledge.__new__(Knowledge)
+        kb.__dict__.update(self.__dict__)
+        kb.types, kb.label_map, kb._rankings = dict(self.types), dict(self.label_map), {}
+        kb.vocabulary = frozenset(data.vocabulary)
+        digest = hashlib.sha256(f"{self.digest}|{mode}|{data.digest_text()}".encode()).hexdigest()[:12]
+        kb.digest = digest
+        if mode != "shipped":
+            for profile in data.labels.values():
+                name = DATA_TYPE_PREFIX + profile.label
+                markers = ", ".join(profile.markers[:4]) or "no distinctive genes"
+                kb.types[name] = CellTypeProfile(
+                    name, None, (MarkerGroup(1.0, profile.markers, ()),), profile.typical[:16],
+                    f"a cell type of the training data ({profile.n_cells} cells; distinguished by {markers})")
+                key = normalize_label(profile.label)
+                shipped = self.resolve(profile.label) if mode == "both" else None
+                kb.label_map[key] = (tuple(c + (name,) for c in shipped) if shipped else ((name,),))
+            kb.common_high = tuple(dict.fromkeys((*data.common, *self.common_high)))
+        kb._by_norm = {normalize_label(n): n for n in kb.types}
+        kb.common_high = tuple(g for g in kb.common_high if g in kb.vocabulary)
+        return kb
+
+    def measured(self, weights: Iterable[tuple[str, float]]) -> list[tuple[str, float]]:
+        """``(gene, weight)`` pairs of measured genes only (all of them when no vocabulary is known)."""
+        if self.vocabulary is None:
+            return list(weights)
+        return [(g, w) for g, w in weights if g.upper() in self.vocabulary]
 
     def _components(self, label: str, value: Sequence[Any]) -> tuple[tuple[str, ...], ...]:
         comps = []
@@ -290,7 +334,8 @@ class Knowledge:
                          else " or ".join(self.types[n].description for n in comp) for comp in comps)
 
     def expected_genes(self, label: str) -> list[tuple[str, float]]:
-        """Genes a cell of ``label`` typically expresses with a prior weight (typical > markers), best first."""
+        """Measured genes a cell of ``label`` typically expresses with a prior weight (typical > markers), best
+        first."""
         weights: dict[str, float] = {}
         for comp in self.resolve(label) or ():
             for name in comp:
@@ -300,7 +345,7 @@ class Knowledge:
                     for i, gene in enumerate(genes):
                         w = share * scale * (1.0 - 0.5 * i / max(len(genes), 1))
                         weights[gene] = max(weights.get(gene, 0.0), w)
-        return sorted(weights.items(), key=lambda kv: -kv[1])
+        return sorted(self.measured(weights.items()), key=lambda kv: -kv[1])
 
     def common_genes(self) -> list[tuple[str, float]]:
         """``common_high`` genes with a prior weight decreasing from 1.0 to 0.4."""

@@ -350,7 +350,8 @@ class MarkersTeacher:
                          f"{_names([g for g, _ in common], 8)}.")
         for g, w in common:
             pool[g] = max(pool.get(g, 0.0), (0.9 if immune or not pool else 0.3) * w)
-        chosen = noise.order(sorted(pool.items(), key=lambda kv: -kv[1]), n_hidden, temperature, "inpaint")
+        chosen = noise.order(sorted(self.kb.measured(pool.items()), key=lambda kv: -kv[1]), n_hidden, temperature,
+                             "inpaint")
         chosen.sort(key=lambda g: -pool[g])  # highest expected abundance first
         think.append(noise.pick([f"I pick the {n_hidden} most likely and order them by expected abundance.",
                                  f"The {n_hidden} best candidates, most abundant first, are my reconstruction.",
@@ -410,7 +411,8 @@ class MarkersTeacher:
         for program in FILLER_PROGRAMS:
             for i, g in enumerate(self.kb.programs.get(program, ())):
                 pool.setdefault(g, 0.2 * (1 - i / 400))
-        genes = noise.order(sorted(pool.items(), key=lambda kv: -kv[1]), n_genes, temperature, "generate")
+        genes = noise.order(sorted(self.kb.measured(pool.items()), key=lambda kv: -kv[1]), n_genes, temperature,
+                            "generate")
         think.append(noise.pick([f"I interleave lineage genes with abundant transcripts by expected expression and "
                                  f"list {len(genes)} genes.",
                                  f"Ordering these by expected expression gives the {len(genes)} genes below.",
@@ -486,7 +488,8 @@ class MarkersTeacher:
             think.append(f"Genes of induced programmes already expressed move up: {_names(raised)}.")
         if lowered:
             think.append(f"Genes of repressed programmes move down or drop out: {_names(lowered)}.")
-        new_pool = [(g, 1.0) for p in (info.up if info else ()) for g in self.kb.programs.get(p, ()) if g not in score]
+        new_pool = self.kb.measured((g, 1.0) for p in (info.up if info else ()) for g in self.kb.programs.get(p, ())
+                                    if g not in score)
         n_new = max(1, round(0.15 * n_genes)) if new_pool else 0
         new = noise.order(new_pool, n_new, max(temperature, 0.5), "perturb-new") if n_new else []
         for i, g in enumerate(new):

@@ -1,0 +1,110 @@
+"""Marker knowledge learned from the training cells: label profiles, the markers teacher's data mode, the
+``inpainting.markers: data`` mask set and extra CellPuzzles rounds."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from cellduality.data.label_profiles import label_profiles
+from cellduality.errors import CellDualityError
+from cellduality.tasks import prompts as P
+from cellduality.tasks.parsing import parse_response
+from cellduality.tasks.tables import TaskTableParams, build_task_tables, cells_of_stage, data_markers
+from cellduality.teacher.markers.knowledge import Knowledge
+from cellduality.teacher.markers.teacher import MarkersTeacher
+from cellduality.teacher.sft_data import sft_cell_profiles
+
+# two made-up tissue cell types the shipped immune tables know nothing about
+ASTRO = "GFAP AQP4 SLC1A3 ALDOC ACTB FTL TMSB4X".split()
+NEURON = "SNAP25 SYT1 STMN2 GAP43 ACTB FTL TMSB4X".split()
+
+
+def brain_cells(n: int = 40) -> pd.DataFrame:
+    rows = []
+    for i in range(n):
+        genes = ASTRO if i % 2 else NEURON
+        rows.append({"cell_id": f"c{i:03d}", "dataset": "brain", "split": "train" if i < n - 8 else "test",
+                     "sentence": " ".join(genes[i % 3:] + genes[: i % 3]), "n_genes": len(genes),
+                     "cell_type": "Astrocyte X" if i % 2 else "Neuron Y"})
+    return pd.DataFrame(rows)
+
+
+def test_profiles_find_discriminating_and_typical_genes():
+    profiles = label_profiles([ASTRO, NEURON, ASTRO, " ".join(NEURON), ASTRO], ["A", "N", "A", "N", float("nan")])
+    assert set(profiles.labels) == {"A", "N"}  # an empty label counts for common genes and vocabulary only
+    a = profiles.labels["A"]
+    assert a.n_cells == 2 and set(a.markers) == {"GFAP", "AQP4", "SLC1A3", "ALDOC"}
+    assert a.typical[0] == "GFAP" and "SNAP25" not in a.typical  # absent genes are not typical
+    assert set(profiles.labels["N"].markers) == {"SNAP25", "SYT1", "STMN2", "GAP43"}
+    assert profiles.vocabulary == frozenset(ASTRO + NEURON)
+    assert {"ACTB", "FTL"} <= set(profiles.common[:3]) and "TMSB4X" in profiles.common  # in every cell
+    assert profiles.marker_union() == frozenset(ASTRO[:4] + NEURON[:4])
+    with pytest.raises(CellDualityError, match="2 sentences but 1 labels"):
+        label_profiles([ASTRO, NEURON], ["A"])
+
+
+def test_teacher_learns_unknown_labels_and_writes_only_measured_genes():
+    cells = brain_cells()
+    data = sft_cell_profiles(cells)
+    assert set(data.labels) == {"Astrocyte X", "Neuron Y"}
+    shipped = MarkersTeacher(Knowledge.load())
+    taught = MarkersTeacher(Knowledge.load().with_data(data, "data"))
+    msgs = P.annotation_prompt(ASTRO, {}, ["Neuron Y", "Astrocyte X"])
+    full = taught.respond(msgs, "p", 0, 0.0)
+    assert parse_response(full).answer == "Astrocyte X"
+    assert "no marker reference" not in full and "no marker reference" in shipped.respond(msgs, "p", 0, 0.0)
+    vocabulary = set(ASTRO + NEURON)
+    for index in range(5):
+        gen = parse_response(taught.respond(P.generation_prompt("Neuron Y", 6, {}), "g", index, 0.7)).answer.split()
+        assert gen and set(gen) <= vocabulary and len(set(gen) & set(NEURON[:4])) >= 2
+        hidden = parse_response(taught.respond(P.annotation_dual_prompt(ASTRO[4:], "Astrocyte X", 3, {}), "d",
+                                               index, 0.7)).answer.split()
+        assert set(hidden) <= vocabulary and not set(hidden) & set(ASTRO[4:])
+    # the knowledge digest names the data, so response caches never mix teachers of different cells
+    other = sft_cell_profiles(brain_cells(20))
+    assert Knowledge.load().with_data(data).digest != Knowledge.load().with_data(other).digest
+    with pytest.raises(CellDualityError, match="teacher.knowledge"):
+        Knowledge.load().with_data(data, "everything")
+
+
+def test_teacher_profiles_use_sft_cells_only():
+    cells = brain_cells()
+    params = TaskTableParams(rl_fraction=0.5)
+    sft = cells_of_stage(cells, "sft", params)
+    assert 0 < len(sft) < (cells["split"] == "train").sum() and set(sft["split"]) == {"train"}
+    relabelled = cells.copy()
+    outside = ~relabelled["cell_id"].isin(sft["cell_id"])
+    relabelled.loc[outside, "cell_type"] = "Secret"  # RL and test labels never reach the teacher
+    assert sft_cell_profiles(relabelled, params) == sft_cell_profiles(cells, params)
+
+
+def test_data_marker_mask_is_one_set_learned_from_sft_cells():
+    cells = brain_cells()
+    params = TaskTableParams(tasks=("annotation",), strategy="markers", markers="data", hidden_fraction=0.3)
+    table = build_task_tables(cells, params)
+    marker_set = set(ASTRO[:4] + NEURON[:4])
+    for row in table[table["direction"] == "primal"].itertuples():
+        hidden = json.loads(row.hidden_genes)
+        assert hidden and set(hidden) <= marker_set  # 2 hidden of 7: always marker genes, whatever the label
+    records = [{"stage": "sft", "genes": ASTRO, "cell_type": "A"}, {"stage": "rl", "genes": NEURON, "cell_type": "N"}]
+    assert set(data_markers(records)) == set(ASTRO)  # RL cells' labels are not used
+    assert TaskTableParams.from_dict({"markers": "data", "strategy": "markers"}).markers == "data"
+
+
+def test_cellpuzzles_train_rounds_add_puzzles_but_test_cells_form_one_pass():
+    cells = brain_cells(80)
+    one = build_task_tables(cells, TaskTableParams(tasks=("cellpuzzles",), cellpuzzles_n=2))
+    four = build_task_tables(cells, TaskTableParams(tasks=("cellpuzzles",), cellpuzzles_n=2, cellpuzzles_rounds=4))
+    primal = lambda t, stage: t[(t["direction"] == "primal") & (t["stage"] == stage)]  # noqa: E731
+    for stage in ("sft", "rl"):
+        assert len(primal(four, stage)) > 2 * len(primal(one, stage))
+        assert primal(four, stage)["prompt_id"].is_unique
+        batches = [frozenset(json.loads(ids)) for ids in primal(four, stage)["cell_ids"]]
+        assert len(set(batches)) == len(batches)
+    assert primal(four, "eval").reset_index(drop=True).equals(primal(one, "eval").reset_index(drop=True))
+    assert set(primal(one, "sft")["prompt_id"]) <= set(primal(four, "sft")["prompt_id"])  # round 0 unchanged
+    with pytest.raises(CellDualityError, match="train_rounds"):
+        TaskTableParams(cellpuzzles_rounds=0)
