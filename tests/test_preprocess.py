@@ -146,3 +146,25 @@ def test_missing_or_corrupt_input_file(tmp_path):
     junk.write_text("not hdf5")
     with pytest.raises(CellDualityError, match="junk.h5ad is not a readable h5ad file"):
         preprocess_file(junk, tmp_path / "o.h5ad", tmp_path / "q.json", DS, PARAMS, "d")
+
+
+def test_missing_labels_are_dropped_with_a_count_or_fail(counts_adata, caplog):
+    labels = counts_adata.obs["celltype"].astype(object).to_numpy()
+    labels[[1, 4]] = np.nan
+    labels[7] = " "
+    counts_adata.obs["celltype"] = pd.Categorical(labels)
+    with caplog.at_level("WARNING"):
+        out, report = run(counts_adata)
+    assert out.n_obs == counts_adata.n_obs - 3 and not {"cell1", "cell4", "cell7"} & set(out.obs_names)
+    assert report.dropped["cells_missing_cell_type"] == 3
+    assert "dropping 3 of" in caplog.text and "'celltype'" in caplog.text
+    with pytest.raises(CellDualityError, match="3 of .* cells have no value in obs column 'celltype'.*missing_labels"):
+        run(counts_adata, params={**PARAMS, "missing_labels": "error"})
+    counts_adata.obs["celltype"] = pd.Categorical([np.nan] * counts_adata.n_obs, categories=["T"])
+    with pytest.raises(CellDualityError, match="every cell lacks a label"):
+        run(counts_adata)
+
+
+def test_qc_that_removes_every_gene_fails_here_with_the_setting(counts_adata):
+    with pytest.raises(CellDualityError, match="no genes pass QC \\(preprocess.min_cells=10000"):
+        run(counts_adata, params={**PARAMS, "min_cells": 10_000})

@@ -247,3 +247,24 @@ def test_write_parquet_roundtrip(tmp_path) -> None:
     out = tmp_path / "sub" / "tasks.parquet"
     written = write_task_tables(cells, out, TaskTableParams(tasks=("annotation",)))
     pd.testing.assert_frame_equal(pd.read_parquet(out), written)
+
+
+def test_configured_tasks_fail_early_with_one_line(tmp_path) -> None:
+    from cellduality.tasks.tables import check_task_inputs
+
+    identity = identity_table()
+
+    one_type = identity.assign(cell_type="Tcell")
+    with pytest.raises(CellDualityError, match="annotation needs at least 2 cell_type classes .* found 1 \\(Tcell\\)"):
+        write_task_tables(one_type, tmp_path / "t.parquet", TaskTableParams(tasks=("annotation",)),
+                          required=["annotation"])
+    assert not (tmp_path / "t.parquet").exists()
+    check_task_inputs(one_type, ["generation"])  # one type is enough to generate cells of it
+    with pytest.raises(CellDualityError, match="task sensitivity needs column\\(s\\) \\['drug', 'sensitivity'\\]"):
+        check_task_inputs(identity, ["sensitivity"])
+    with pytest.raises(CellDualityError, match="no cell has a cell_type"):
+        check_task_inputs(identity.assign(cell_type=None), ["annotation"])
+    no_test = identity[identity["split"] == "train"]
+    with pytest.raises(CellDualityError, match="task annotation has no eval prompts"):
+        write_task_tables(no_test, tmp_path / "t.parquet", TaskTableParams(tasks=("annotation",)),
+                          required=["annotation"])

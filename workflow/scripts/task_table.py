@@ -11,11 +11,10 @@ def main(smk=snakemake):  # noqa: F821
     p = smk.params.tables
     config = {"task_tables": {**p["task_tables"], "tasks": [smk.wildcards.task]}, "inpainting": p["inpainting"],
               "cellpuzzles": p["cellpuzzles"], "cell_sentence": {"top_k": p["top_k"]}}
-    table = write_task_tables(smk.input[0], smk.output[0], TaskTableParams.from_config(config))
+    table = write_task_tables(smk.input[0], smk.output[0], TaskTableParams.from_config(config),
+                              required=[smk.wildcards.task])
     counts = table.groupby(["stage", "direction"]).size().to_dict()
     log.info("wrote %s: %d prompts %s", smk.output[0], len(table), counts)
-    if table.empty:
-        log.warning("no prompts built for task %s from %s (missing label columns?)", smk.wildcards.task, smk.input[0])
 
 
 run(snakemake, main)  # noqa: F821

@@ -7,6 +7,7 @@ symbols as var_names (human), and canonical obs columns (cell_type, drug, ..., t
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ import scipy.sparse as sp
 
 from cellduality.errors import CellDualityError
 from cellduality.io import atomic_path
+
+log = logging.getLogger("cellduality.preprocess")
 
 SPLIT_GROUP = "split_group"  # obs column that keeps related rows in one split
 ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}")
@@ -174,6 +177,35 @@ def _obs_columns(adata: ad.AnnData, ds: dict, where: str, name_: str = "<name>")
     return obs
 
 
+def _missing(values: pd.Series) -> np.ndarray:
+    text = values.astype("string")
+    return (text.isna() | (text.str.strip() == "") | text.str.lower().isin(["nan", "none", "<na>"])).to_numpy(bool)
+
+
+def _missing_labels(X, obs: pd.DataFrame, ds: dict, policy: str, report: PreprocessReport, where: str,
+                    name_: str):
+    """``preprocess.missing_labels``: cells with an empty or NaN value in a ``labels`` column are dropped
+    (``drop``: counted per column in the QC summary and logged as a warning) or fail the step (``error``)."""
+    drop = np.zeros(len(obs), dtype=bool)
+    for canonical in ds.get("labels", {}):
+        missing = _missing(obs[canonical])
+        if not missing.any():
+            continue
+        n, column = int(missing.sum()), ds["labels"][canonical]
+        if policy == "error":
+            raise CellDualityError(f"{where}: {n} of {len(obs)} cells have no value in obs column '{column}' "
+                                   f"(datasets.{name_}.labels.{canonical}); fill them, or set "
+                                   "preprocess.missing_labels: drop")
+        report.dropped[f"cells_missing_{canonical}"] = n
+        log.warning("%s: dropping %d of %d cells without a value in obs column '%s' (labels.%s); "
+                    "preprocess.missing_labels: error makes this a failure", where, n, len(obs), column, canonical)
+        drop |= missing
+    if drop.all():
+        raise CellDualityError(f"{where}: every cell lacks a label in datasets.{name_}.labels; check the obs columns")
+    keep = np.flatnonzero(~drop)
+    return X[keep], obs.iloc[keep]
+
+
 def preprocess(adata: ad.AnnData, ds: dict, params: dict, dataset: str, where: str) -> tuple[ad.AnnData, PreprocessReport]:
     """Return the analysis-ready AnnData and a QC report (pure function; no I/O)."""
     if adata.n_obs == 0 or adata.n_vars == 0:
@@ -209,6 +241,10 @@ def preprocess(adata: ad.AnnData, ds: dict, params: dict, dataset: str, where: s
     X, symbols = X[:, gene_keep], symbols[gene_keep]
     if X.shape[0] == 0:
         raise CellDualityError(f"{where}: no cells pass QC (preprocess.min_genes={params.get('min_genes')}); lower it")
+    if X.shape[1] == 0:
+        raise CellDualityError(f"{where}: no genes pass QC (preprocess.min_cells={params.get('min_cells')}: a gene "
+                               f"must be expressed in that many of the {X.shape[0]} cells left); lower it")
+    X, obs = _missing_labels(X, obs, ds, params.get("missing_labels", "drop"), report, where, dataset)
 
     if kind == "counts":
         totals = np.asarray(X.sum(axis=1)).ravel()

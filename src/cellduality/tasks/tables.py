@@ -40,7 +40,8 @@ STAGES = ("sft", "rl", "eval")
 OUTPUT_COLUMNS = ROW_COLUMNS
 DATA_MARKERS = "data"  # inpainting.markers: learn the marker set from the SFT cells
 __all__ = ["OUTPUT_COLUMNS", "REQUIRED_COLUMNS", "SPLITS", "STAGES", "TaskTableParams", "available_tasks",
-           "build_task_tables", "cellpuzzles_batches", "cells_of_stage", "data_markers", "write_task_tables"]
+           "build_task_tables", "cellpuzzles_batches", "cells_of_stage", "check_task_inputs", "check_task_prompts",
+           "data_markers", "write_task_tables"]
 
 
 @dataclass(frozen=True)
@@ -235,11 +236,50 @@ def build_task_tables(cells: pd.DataFrame, params: TaskTableParams | None = None
     return pd.DataFrame(ctx.out.rows, columns=list(OUTPUT_COLUMNS))
 
 
-def write_task_tables(cells: pd.DataFrame | str | Path, path: str | Path,
-                      params: TaskTableParams | None = None) -> pd.DataFrame:
-    """Build the tables from a DataFrame or Parquet path and write them to ``path`` as Parquet."""
+def check_task_inputs(cells: pd.DataFrame, tasks: Iterable[str], source: object = "cell-sentence table") -> None:
+    """Fail early, in one line, where a configured task cannot be built or learned from these cells: a label
+    column it needs is missing or empty, or a classification task's training cells hold fewer than two
+    classes (nothing to classify; the baselines would fail only at the end of the run)."""
+    for task in tasks:
+        spec = get_task(task)
+        missing = [c for c in spec.columns if c not in cells.columns]
+        if missing:
+            raise CellDualityError(f"{source}: task {task} needs column(s) {missing}, which the dataset does not map; "
+                                   f"add them under datasets.<name>.labels or remove the dataset from tasks.{task}")
+        labelled = cells[[is_present(v) for v in cells[spec.label_column]]]
+        if labelled.empty:
+            raise CellDualityError(f"{source}: task {task}: no cell has a {spec.label_column}; check the dataset's "
+                                   f"labels mapping or remove it from tasks.{task}")
+        if spec.metric in ("classification", "cellpuzzles"):
+            classes = sorted(set(labelled.loc[labelled["split"] == "train", spec.label_column].astype(str)))
+            if len(classes) < 2:
+                raise CellDualityError(f"{source}: task {task} needs at least 2 {spec.label_column} classes among "
+                                       f"the training cells, found {len(classes)} ({', '.join(classes) or 'none'}); "
+                                       f"use a dataset with several classes or remove it from tasks.{task}")
+
+
+def check_task_prompts(table: pd.DataFrame, tasks: Iterable[str], source: object = "task table") -> None:
+    """Every configured task has SFT and evaluation prompts (else one line saying why there are none)."""
+    for task in tasks:
+        rows = table[(table["task"] == task) & (table["direction"] == "primal")]
+        for stage, split in (("sft", "train"), ("eval", "test")):
+            if not (rows["stage"] == stage).any():
+                raise CellDualityError(f"{source}: task {task} has no {stage} prompts (too few labelled cells in "
+                                       f"the {split} split); add cells or lower task_tables.rl_fraction / "
+                                       "splits.test_fraction")
+
+
+def write_task_tables(cells: pd.DataFrame | str | Path, path: str | Path, params: TaskTableParams | None = None,
+                      *, required: Iterable[str] = ()) -> pd.DataFrame:
+    """Build the tables from a DataFrame or Parquet path and write them to ``path`` as Parquet. The
+    ``required`` tasks (the configured ones) must be buildable and yield prompts: otherwise one line, and no
+    file (:func:`check_task_inputs`, :func:`check_task_prompts`)."""
     frame = pd.read_parquet(cells) if isinstance(cells, (str, Path)) else cells
+    source = cells if isinstance(cells, (str, Path)) else "cell-sentence table"
+    required = tuple(required)
+    check_task_inputs(frame, required, source)
     result = build_task_tables(frame, params)
+    check_task_prompts(result, required, source)
     with atomic_path(path) as tmp:
         result.to_parquet(tmp, index=False)
     return result
