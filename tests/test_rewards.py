@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+import re
+
 import pytest
 
 from cellduality.errors import CellDualityError
@@ -80,7 +83,7 @@ CANDS = ["plasmablast", "NK cell", "naive B cell"]
         ("plasmablast | NK cell | naive B cell", 0.0, 0.0),
         ("NK cell | naive B cell", -1.0, -1.0),  # wrong length
         ("NK cell | NK cell | plasmablast", -1.0, -1.0),  # duplicate
-        ("NK cell | T cell | plasmablast", -1.0, -1.0),  # not a candidate
+        ("NK cell | T cell | plasmablast", -1.0, (2 / 3 + 0) / 2),  # not a candidate: released just scores it
     ],
 )
 def test_cellpuzzles_reward_variants(answer: str, paper: float, released: float) -> None:
@@ -114,3 +117,48 @@ def test_reward_settings_validation() -> None:
         R.RewardSettings(cellpuzzles="batch")
     with pytest.raises(CellDualityError, match="mode"):
         R.RewardSettings(mode="both")
+
+
+def _cell_o1_reference(solution: str, ground_truth: str) -> float:
+    """Independent restatement of Cell-o1's released compute_score (ncbi-nlp/cell-o1), for agreement tests."""
+    lines = solution.splitlines()
+    cand = ""
+    for line in lines:
+        if "<answer>" in line:
+            cand = line.split("<answer>", 1)[1].strip()
+            if cand.endswith("</answer>"):
+                cand = cand.replace("</answer>", "").strip()
+            break
+    if not cand:
+        cand = next((line.strip() for line in lines if "|" in line), "")
+    if any(solution.count(t) != 1 for t in ("<think>", "</think>", "<answer>", "</answer>")):
+        return -1
+    if not re.match(r"^<think>.*?</think>\n<answer>.*?</answer>$", solution, re.DOTALL) or "|" not in cand:
+        return -1
+    gold = [x.strip() for x in ground_truth.split("|") if x.strip()]
+    items = [x.strip() for x in cand.split("|") if x.strip()]
+    if not gold or len(gold) != len(items) or len(set(items)) != len(items):
+        return -1
+    right = sum(items[i].lower() == gold[i].lower() for i in range(len(gold)))
+    return (right / len(gold) + (right == len(gold))) / 2
+
+
+def test_released_variant_agrees_with_cell_o1_on_random_cases() -> None:
+    rng = random.Random(0)
+    labels = ["NK cell", "naive B cell", "plasmablast", "CD4-positive T cell", "CD4_positive T cell", "nk CELL"]
+    shapes = ["<think>{t}</think>\n<answer>{a}</answer>", "<think>{t}</think><answer>{a}</answer>",
+              "x<think>{t}</think>\n<answer>{a}</answer>", "<think>{t}</think>\n<answer>\n{a}\n</answer>",
+              "<think>{t}</think>\n<answer>{a}</answer>\n", "<think>{t}</think>\n\n<answer>{a}</answer>",
+              "<think>{t}</think>\n<answer>{a}</answer><answer>x</answer>", "{a}"]
+    for _ in range(20_000):
+        gold = rng.sample(labels[:4], 3)
+        items = [rng.choice(labels) if rng.random() < 0.3 else g for g in rng.sample(gold, 3)]
+        if rng.random() < 0.1:
+            items = items[:2]
+        sep = rng.choice([" | ", "|", " |", " | \n"])
+        answer = sep.join(items)
+        think = rng.choice(["r", "a | b", "", "line1\nline2"])
+        text = rng.choice(shapes).format(t=think, a=answer)
+        expected = _cell_o1_reference(text, " | ".join(gold))
+        assert R.cellpuzzles_reward(text, gold, None, "released") == pytest.approx(expected), text
+        assert R.released_cellpuzzles_score(text, " | ".join(gold)) == pytest.approx(expected)

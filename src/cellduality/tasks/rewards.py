@@ -11,6 +11,7 @@ malformed dual response reconstructs nothing (RWJS 0, label mismatch 0).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ from cellduality.tasks.rwjs import as_gene_list, rwjs
 
 DEFAULT_FORMAT_PENALTY = schema_default("rewards.format_penalty")
 CELLPUZZLES_VARIANTS = ("paper", "released")
+_RELEASED_FORMAT = re.compile(r"^<think>.*?</think>\n<answer>.*?</answer>$", re.DOTALL)  # tags checked once first
 REWARD_MODES = ("duality", "oracle")
 
 
@@ -208,11 +210,18 @@ def cellpuzzles_reward(
     """Oracle CellPuzzles reward: ``paper`` 1/0 for the whole batch; ``released`` (partial + exact) / 2.
 
     ``gold`` is the per-cell labels (or the ' | '-joined string); ``candidates`` defaults to the gold set.
+    ``paper`` judges the answer with this project's parser (tolerant unless ``strict``; candidates and
+    synonyms matched after normalisation). ``released`` is :func:`released_cellpuzzles_score` on the raw
+    response text: Cell-o1's released validity rules, whatever ``candidates``, ``synonyms`` and ``strict``.
     """
     if variant not in CELLPUZZLES_VARIANTS:
         raise ValueError(
             f"CellPuzzles reward variant must be one of {', '.join(CELLPUZZLES_VARIANTS)}; got {variant!r}"
         )
+    if variant == "released":
+        if not isinstance(response, str):
+            raise TypeError("the released CellPuzzles score needs the raw response text, not a parsed response")
+        return released_cellpuzzles_score(response, gold, format_penalty)
     gold_labels = [s.strip() for s in gold.split("|") if s.strip()] if isinstance(gold, str) else list(gold)
     assigned = puzzle_assignment(response, candidates or gold_labels, len(gold_labels), synonyms, strict)
     if assigned is None:
@@ -222,3 +231,44 @@ def cellpuzzles_reward(
     if variant == "paper":
         return exact
     return (correct / len(gold_labels) + exact) / 2.0
+
+
+def _released_answer(text: str) -> str:
+    """The candidate answer as Cell-o1's scorer reads it: the rest of the first line holding ``<answer>``
+    (a trailing ``</answer>`` removed), else the first line holding ``|``, else empty."""
+    lines = text.splitlines()
+    for line in lines:
+        if "<answer>" in line:
+            answer = line.split("<answer>", 1)[1].strip()
+            if answer.endswith("</answer>"):
+                answer = answer.replace("</answer>", "").strip()
+            if answer:
+                return answer
+            break
+    return next((line.strip() for line in lines if "|" in line), "")
+
+
+def released_cellpuzzles_score(response: str, gold: Sequence[str] | str,
+                               format_penalty: float = DEFAULT_FORMAT_PENALTY) -> float:
+    """Cell-o1's released CellPuzzles reward (``verl/workers/reward_function/compute_score.py`` of
+    ncbi-nlp/cell-o1), rule for rule, with ``format_penalty`` where it gives -1:
+
+    - format: each of ``<think>``, ``</think>``, ``<answer>``, ``</answer>`` exactly once, the whole text
+      ``<think>…</think>\n<answer>…</answer>`` (a newline between the blocks, nothing before or after), and
+      the answer read from one line (:func:`_released_answer`) contains ``|``;
+    - the answer's ``|``-separated items (stripped, empty ones dropped) are as many as the gold labels and
+      all distinct; otherwise ``format_penalty``;
+    - a position is right when its item equals the gold label ignoring case only (no other normalisation; an
+      item outside the candidates is simply wrong): score = (right / N + [all right]) / 2.
+    """
+    text = str(response)
+    answer = _released_answer(text)
+    tags_once = all(text.count(tag) == 1 for tag in ("<think>", "</think>", "<answer>", "</answer>"))
+    if not tags_once or _RELEASED_FORMAT.match(text) is None or "|" not in answer:
+        return float(format_penalty)
+    gold_items = [g.strip() for g in (gold.split("|") if isinstance(gold, str) else gold) if g.strip()]
+    items = [a.strip() for a in answer.split("|") if a.strip()]
+    if not gold_items or len(items) != len(gold_items) or len(set(items)) != len(items):
+        return float(format_penalty)
+    right = sum(a.lower() == g.lower() for a, g in zip(items, gold_items))
+    return (right / len(gold_items) + (1.0 if right == len(gold_items) else 0.0)) / 2.0

@@ -111,5 +111,6 @@ def generation_oracle(r: Rollout, settings: rewards.RewardSettings) -> float:
 
 
 def cellpuzzles_oracle(r: Rollout, settings: rewards.RewardSettings) -> float:
-    return rewards.cellpuzzles_reward(r.parsed, r.label, r.candidates, settings.cellpuzzles, None,
+    response = r.response if settings.cellpuzzles == "released" else r.parsed  # released: Cell-o1's own rules
+    return rewards.cellpuzzles_reward(response, r.label, r.candidates, settings.cellpuzzles, None,
                                       settings.format_penalty, settings.strict_format)
