@@ -25,7 +25,7 @@ rule predict:
             **EVAL_SETTINGS,
         ),
     shell:
-        "python -m cellduality.cli predict --spec {params.spec:q} --log {log}"
+        "python -m cellduality.cli predict --spec {params.spec:q} --log {log:q}"
 
 
 rule evaluate:

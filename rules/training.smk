@@ -29,7 +29,7 @@ rule build_model:
             **BUILD_SETTINGS,
         ),
     shell:
-        "python -m cellduality.cli build-model --spec {params.spec:q} --log {log}"
+        "python -m cellduality.cli build-model --spec {params.spec:q} --log {log:q}"
 
 
 rule sft:
@@ -55,7 +55,7 @@ rule sft:
             **sft_settings(wildcards),
         ),
     shell:
-        "python -m cellduality.cli sft --spec {params.spec:q} --log {log}"
+        "python -m cellduality.cli sft --spec {params.spec:q} --log {log:q}"
 
 
 rule grpo:
@@ -90,7 +90,7 @@ rule grpo:
             **grpo_settings(wildcards),
         ),
     shell:
-        "python -m cellduality.cli grpo --spec {params.spec:q} --log {log}"
+        "python -m cellduality.cli grpo --spec {params.spec:q} --log {log:q}"
 
 
 rule true_label_wins:
@@ -118,7 +118,7 @@ rule true_label_wins:
             **LABEL_SIGNAL_SETTINGS,
         ),
     shell:
-        "python -m cellduality.cli true-label-wins --spec {params.spec:q} --log {log}"
+        "python -m cellduality.cli true-label-wins --spec {params.spec:q} --log {log:q}"
 
 
 rule training:

@@ -32,6 +32,7 @@ def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
 
 def write_config(workdir: Path, **changes) -> dict:
     config = ci_config()
+    config["results_dir"] = str(workdir / "results")  # absolute, with a space: every shell rule must quote it
     for dotted, value in changes.items():
         section, key = dotted.split("__")
         config[section][key] = value
@@ -41,7 +42,7 @@ def write_config(workdir: Path, **changes) -> dict:
 
 @pytest.fixture(scope="module")
 def data_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("wf")
+    workdir = tmp_path_factory.mktemp("wf with space")
     write_config(workdir)
     result = snakemake(workdir)  # the default target: the full embedded pipeline, as README's main command
     assert result.returncode == 0, result.stderr[-3000:]

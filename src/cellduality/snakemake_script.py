@@ -1,13 +1,16 @@
 """The one harness for rule scripts (``workflow/scripts``) and console commands (``cellduality.cli``).
 
 Logging and the terminal output of a step go to its log file; bad input (:class:`CellDualityError`) ends with
-one line ``cellduality error in <step>: ...`` on the terminal and in the log, exit status 1; any other
-exception is a bug: its traceback goes to the log and a one-line pointer to the terminal.
+one line ``cellduality error in <step>: ...`` on the terminal and in the log, exit status 1, and so does a
+full disk, an exceeded quota or a permission error (the line names the cause and the file; the traceback is
+in the log); any other exception is a bug: its traceback goes to the log and a one-line pointer to the
+terminal.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -18,6 +21,29 @@ from pathlib import Path
 from cellduality.errors import CellDualityError
 
 log = logging.getLogger("cellduality")
+
+
+_OS_REASONS = {
+    errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+}
+_OS_FIXES = {
+    errno.ENOSPC: "free space there or point results_dir to a larger disk",
+    errno.EDQUOT: "free space there or point results_dir to a folder with more quota",
+    errno.EACCES: "check the permissions of the file and its folder",
+    errno.EPERM: "check the permissions of the file and its folder",
+    errno.EROFS: "point results_dir to a writable folder",
+}
+
+
+def os_error_reason(err: OSError) -> str | None:
+    """One line naming the cause and the file of an environment failure (disk full, quota, permissions);
+    None for other OS errors (those are bugs: their traceback goes to the log)."""
+    if err.errno not in _OS_REASONS:
+        return None
+    where = f" writing {err.filename}" if err.filename else ""
+    return f"{_OS_REASONS[err.errno]}{where}; {_OS_FIXES[err.errno]} (partial outputs were not kept)"
 
 
 def harness(step: str, log_file: str | Path | None, main: Callable[[], object]) -> None:
@@ -38,6 +64,18 @@ def harness(step: str, log_file: str | Path | None, main: Callable[[], object]) 
                 main()
             except CellDualityError as err:
                 line = f"cellduality error in {step}: {err}"
+                print(line, file=stream)
+                if log_path:
+                    print(line, file=terminal)
+                raise SystemExit(1) from None
+            except OSError as err:
+                traceback.print_exc(file=stream)
+                reason = os_error_reason(err)
+                if reason is None:
+                    print(f"cellduality: unexpected failure in {step}; "
+                          f"{f'traceback in {log_path}' if log_path else 'traceback above'}", file=terminal)
+                    raise SystemExit(1) from None
+                line = f"cellduality error in {step}: {reason}"
                 print(line, file=stream)
                 if log_path:
                     print(line, file=terminal)

@@ -3,7 +3,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821
 
-from cellduality.data.download import fetch, sha256_of  # noqa: E402
+from cellduality.data.download import DownloadLimits, fetch, sha256_of  # noqa: E402
 from cellduality.io import atomic_path  # noqa: E402
 from cellduality.snakemake_script import log, run  # noqa: E402
 
@@ -11,7 +11,7 @@ from cellduality.snakemake_script import log, run  # noqa: E402
 def main(smk=snakemake):  # noqa: F821
     ds, opts = smk.params.dataset, smk.params.download
     name = smk.wildcards.dataset
-    out = fetch(ds["source"], smk.output.h5ad, ds["sha256"], timeout_s=opts["timeout_s"], retries=opts["retries"],
+    out = fetch(ds["source"], smk.output.h5ad, ds["sha256"], limits=DownloadLimits.from_config(opts),
                 field=f"datasets.{name}.source")
     digest = sha256_of(out)
     with atomic_path(smk.output.sha256) as tmp:

@@ -7,14 +7,15 @@ import shutil
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
+from cellduality.config import setting, settings_from_config
 from cellduality.data.builtin import BUILTIN_LOADERS
 from cellduality.errors import CellDualityError
 from cellduality.io import atomic_path
 
 CHUNK = 1 << 20
-
 
 
 def sha256_of(path: str | Path) -> str:
@@ -25,8 +26,23 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def fetch(source: str, dest: str | Path, sha256: str | None = None, *, timeout_s: float = 600,
-          retries: int = 3, field: str = "source") -> Path:
+@dataclass(frozen=True)
+class DownloadLimits:
+    """Config ``download.*``: when a download gives up (meanings and defaults in config/schema.yaml)."""
+
+    timeout_s: float = setting("download.timeout_s")
+    stall_s: float = setting("download.stall_s")
+    min_bytes: int = setting("download.stall_min_bytes")
+    deadline_s: float = setting("download.deadline_s")
+    retries: int = setting("download.retries")
+
+    @classmethod
+    def from_config(cls, values: dict) -> DownloadLimits:
+        return settings_from_config(cls, {k: v for k, v in values.items() if k != "require_checksum"}, "download")
+
+
+def fetch(source: str, dest: str | Path, sha256: str | None = None, *, limits: DownloadLimits | None = None,
+          field: str = "source") -> Path:
     """Materialize ``source`` as ``dest`` atomically; verify ``sha256`` when given."""
     dest = Path(dest)
     with atomic_path(dest) as tmp:
@@ -38,7 +54,7 @@ def fetch(source: str, dest: str | Path, sha256: str | None = None, *, timeout_s
                 )
             BUILTIN_LOADERS[name]().write_h5ad(tmp)
         elif source.startswith(("http://", "https://", "ftp://")):
-            _download(source, tmp, timeout_s=timeout_s, retries=retries, field=field)
+            _download(source, tmp, limits or DownloadLimits(), field=field)
         else:
             path = Path(source.removeprefix("file://")).expanduser()
             if not path.is_file():
@@ -54,18 +70,52 @@ def fetch(source: str, dest: str | Path, sha256: str | None = None, *, timeout_s
     return dest
 
 
-def _download(url: str, tmp: Path, *, timeout_s: float, retries: int, field: str) -> None:
-    for attempt in range(retries + 1):
+class _Stalled(Exception):
+    pass
+
+
+def _copy(response, out, limits: DownloadLimits, deadline: float) -> None:
+    """Copy the body; stop when less than ``min_bytes`` arrived in the last ``stall_s`` seconds (a server that
+    trickles) or the overall deadline passes. A server that sends nothing hits the socket timeout."""
+    window_start, window_bytes = time.monotonic(), 0
+    read = getattr(response, "read1", response.read)  # read1: whatever has arrived, so the checks run often
+    while block := read(CHUNK):
+        out.write(block)
+        now = time.monotonic()
+        window_bytes += len(block)
+        if now > deadline:
+            raise _Stalled(f"the overall deadline of {limits.deadline_s:.0f} s (download.deadline_s) passed")
+        if now - window_start >= limits.stall_s:
+            if window_bytes < limits.min_bytes:
+                raise _Stalled(f"less than {limits.min_bytes} bytes arrived in {limits.stall_s:.0f} s "
+                               "(download.stall_s / stall_min_bytes)")
+            window_start, window_bytes = now, 0
+
+
+def _download(url: str, tmp: Path, limits: DownloadLimits, *, field: str) -> None:
+    deadline = time.monotonic() + limits.deadline_s
+    reason = "no attempt"
+    for attempt in range(limits.retries + 1):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            reason = f"the overall deadline of {limits.deadline_s:.0f} s (download.deadline_s) passed"
+            break
         try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as response, open(tmp, "wb") as out:
-                shutil.copyfileobj(response, out, CHUNK)
+            with urllib.request.urlopen(url, timeout=min(limits.timeout_s, remaining)) as response, \
+                    open(tmp, "wb") as out:
+                _copy(response, out, limits, deadline)
             return
         except urllib.error.HTTPError as err:
             if err.code < 500 and err.code != 429:
                 raise CellDualityError(f"{field}: download of {url} failed with HTTP {err.code}; check the URL") from None
             reason = f"HTTP {err.code}"
+        except _Stalled as err:
+            reason = str(err)
         except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
             reason = str(getattr(err, "reason", err))
-        if attempt < retries:
-            time.sleep(min(2**attempt, 30))
-    raise CellDualityError(f"{field}: download of {url} failed after {retries + 1} attempts ({reason}); check the network")
+            if isinstance(err, TimeoutError) or "timed out" in reason:
+                reason = f"no response for {limits.timeout_s:.0f} s (download.timeout_s)"
+        if attempt < limits.retries:
+            time.sleep(min(2**attempt, 30, max(deadline - time.monotonic(), 0)))
+    raise CellDualityError(f"{field}: download of {url} failed after {attempt + 1} attempt(s) ({reason}); check the "
+                           "network or the server, or raise the download.* limits")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from cellduality.errors import CellDualityError
 from cellduality.io import atomic_path
 from cellduality.training.settings import LoraSettings
+
+log = logging.getLogger(__name__)
 
 
 def load_tokenizer(model_path: str | Path):
@@ -70,12 +73,40 @@ def run_checkpoint_dir(root: str | Path, settings: dict[str, Any], inputs: list[
     return run_dir
 
 
-def last_checkpoint(checkpoint_dir: str | Path) -> str | None:
-    """The newest ``checkpoint-N`` folder to resume from (None for a fresh start)."""
-    from transformers.trainer_utils import get_last_checkpoint
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin",
+                "model.safetensors.index.json", "pytorch_model.bin.index.json")
 
+
+def checkpoint_problem(folder: str | Path) -> str | None:
+    """Why a ``checkpoint-N`` folder cannot be resumed from (None when it is complete): the Trainer writes
+    ``trainer_state.json`` after the weights, optimizer and RNG state, so a crash during saving leaves it
+    missing or unreadable."""
+    folder = Path(folder)
+    state = folder / "trainer_state.json"
+    if not state.is_file():
+        return "no trainer_state.json (saving was interrupted)"
+    try:
+        json.loads(state.read_text())
+    except (OSError, ValueError):
+        return "trainer_state.json is unreadable"
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        return "no model weights"
+    return None
+
+
+def last_checkpoint(checkpoint_dir: str | Path) -> str | None:
+    """The newest complete ``checkpoint-N`` folder to resume from (None for a fresh start). Incomplete
+    folders (a crash while saving) are skipped with a warning naming them, never resumed from."""
     path = Path(checkpoint_dir)
-    return get_last_checkpoint(str(path)) if path.is_dir() else None
+    if not path.is_dir():
+        return None
+    folders = [p for p in path.glob("checkpoint-*") if p.is_dir() and p.name.removeprefix("checkpoint-").isdigit()]
+    for folder in sorted(folders, key=lambda p: int(p.name.removeprefix("checkpoint-")), reverse=True):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return str(folder)
+        log.warning("skipping incomplete checkpoint %s: %s", folder, problem)
+    return None
 
 
 def save_final(trainer, out_dir: str | Path) -> None:
