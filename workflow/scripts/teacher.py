@@ -4,9 +4,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821
 
 from cellduality.snakemake_script import run  # noqa: E402
+from cellduality.tasks.tables import TaskTableParams  # noqa: E402
 from cellduality.teacher.filtering import FilterSettings  # noqa: E402
 from cellduality.teacher.runner import TeacherSettings, default_cache_path  # noqa: E402
-from cellduality.tasks.tables import TaskTableParams  # noqa: E402
 from cellduality.teacher.sft_data import sft_cell_profiles, write_sft_dataset  # noqa: E402
 
 
