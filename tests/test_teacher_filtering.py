@@ -214,3 +214,27 @@ def test_data_duals_cover_every_primal_prompt_without_asking_the_teacher():
     assert len(dual) == len(table_duals) == 4 and dual["accepted"].all()
     assert dual["completion"].tolist() == [format_answer("", a) for a in table_duals["answer"]]
     assert stats["dual"]["dual_answers"] == "data" and stats["dual"]["from_primal_prompts"] == 4
+
+
+def test_teacher_plus_data_duals_fill_in_where_the_teacher_fails():
+    table = build_task_tables(identity_cells(), TaskTableParams(tasks=("annotation",), rl_fraction=0.0))
+    nk = table[table["label"] == "CD56+ NK"]
+    table_duals = nk[nk["direction"] == "dual"]
+    good = set(table_duals["prompt_id"][:2])
+    answers = dict(zip(table_duals["prompt_id"], table_duals["answer"]))
+
+    class HalfRight(ScriptedProvider):
+        async def generate(self, request, params):
+            if ":primal:" in request.prompt_id:
+                return [Completion(format_answer("r", "CD19+ B"), 1, 1) for _ in request.sample_indices]
+            text = answers[request.prompt_id] if request.prompt_id in good else "ZZZ1 ZZZ2"
+            return [Completion(format_answer("thinking", text), 1, 1) for _ in request.sample_indices]
+
+    settings = TeacherSettings(n_samples=2, progress=False, dual_answers="teacher+data")
+    out, stats = build_sft_dataset(nk, settings, FilterSettings(), provider_factory=HalfRight)
+    accepted = out[(out["direction"] == "dual") & out["accepted"]]
+    # every dual prompt has one example: the teacher's where it passed the filter, the data answer elsewhere
+    assert sorted(accepted["prompt_id"]) == sorted(table_duals["prompt_id"])
+    by_source = accepted.groupby("provider")["prompt_id"].apply(set).to_dict()
+    assert by_source["data"] == set(table_duals["prompt_id"]) - good and by_source["scripted"] == good
+    assert stats["dual"]["answered_from_data"] == 2 and stats["dual"]["from_primal_prompts"] == 4

@@ -100,6 +100,15 @@ def test_second_dry_run_has_nothing_to_do(data_run):
     assert planned_jobs(snakemake(data_run, "-n")) == {}
 
 
+def test_configfile_with_equals_sign_takes_a_target(data_run):
+    """`--configfile=x.yaml TARGET` (the README's form): with a space, Snakemake's --configfile would swallow
+    TARGET as a second config file."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(data_run), "-n",
+           f"--configfile={data_run / 'config.yaml'}", str(data_run / "results" / "report" / "tables.md")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert planned_jobs(result) == {}
+
+
 def test_param_change_reruns_only_dependants(data_run):
     config = write_config(data_run, inpainting__hidden_fraction=0.5)
     n_datasets = len(config["datasets"])

@@ -4,7 +4,8 @@
    seed) get ``n_samples`` teacher samples each, judged by :mod:`cellduality.teacher.filtering`.
 2. The dual prompts of the primal prompts with at least one accepted sample — the (y*, x_k) -> x_u rows of
    the task table — get ``n_samples`` each and are judged the same way (categorical duals exactly,
-   gene-list duals by RWJS). With ``teacher.dual_answers: data`` the teacher is not asked for duals: every
+   gene-list duals by RWJS). With ``teacher.dual_answers: teacher+data`` the dual prompts of every primal
+   prompt sent to the teacher are asked, and those without an accepted sample get the data answer (below). With ``teacher.dual_answers: data`` the teacher is not asked for duals: every
    dual row of the primal prompts sent to the teacher becomes one SFT example whose answer is the row's known
    answer (the hidden genes, the label or the drug: the task table knows them) with empty reasoning, so the
    dual tasks the duality reward relies on are learned from as many examples as the primal tasks.
@@ -147,15 +148,20 @@ def build_sft_dataset(
             return _samples_frame(part, samples, filtering, prov, parents)
 
         primal_samples = run(primal, f"teacher {label} primal".strip())
-        if teacher.dual_answers == "data":
-            parent_ids = set(primal["prompt_id"])
-        else:
+        if teacher.dual_answers == "teacher":
             parent_ids = set(primal_samples.loc[primal_samples["accepted"], "prompt_id"]) if len(primal_samples) else set()
+        else:
+            parent_ids = set(primal["prompt_id"])
         eligible = dual[[parents.get(pid, "") in parent_ids for pid in dual["prompt_id"]]] if len(dual) else dual
         if teacher.dual_answers == "data":
             dual_samples = _data_duals(eligible, parents)
         else:
             dual_samples = run(eligible, f"teacher {label} dual".strip())
+        if teacher.dual_answers == "teacher+data":
+            answered = set(dual_samples.loc[dual_samples["accepted"], "prompt_id"]) if len(dual_samples) else set()
+            fallback = _data_duals(eligible[~eligible["prompt_id"].isin(answered)], parents)
+            dual_samples = pd.concat([f for f in (dual_samples, fallback) if len(f)], ignore_index=True) \
+                if len(fallback) else dual_samples
     finally:
         if cache is not None:
             cache.close()
@@ -182,7 +188,9 @@ def _stats(out: pd.DataFrame, primal: pd.DataFrame, dual: pd.DataFrame, eligible
         "primal": direction_stats(by_dir["primal"], len(primal), n),
         "dual": direction_stats(by_dir["dual"], len(eligible), 1 if teacher.dual_answers == "data" else n)
         | {"dual_prompts_in_table": len(dual), "dual_answers": teacher.dual_answers,
-           ("from_primal_prompts" if teacher.dual_answers == "data" else "from_accepted_primal_prompts"): len(eligible)},
+           ("from_accepted_primal_prompts" if teacher.dual_answers == "teacher" else "from_primal_prompts"):
+           len(eligible),
+           "answered_from_data": int((by_dir["dual"]["provider"] == "data").sum()) if len(by_dir["dual"]) else 0},
     }
     for d in ("primal", "dual"):
         stats[d]["score_quantiles"] = score_summary(by_dir[d]["score"].tolist()) if len(by_dir[d]) else {}
