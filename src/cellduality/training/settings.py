@@ -43,6 +43,7 @@ class SFTSettings:
     max_length: int = setting("sft.max_length")
     save_steps: int = setting("sft.save_steps")
     logging_steps: int = setting("sft.logging_steps")
+    group_by_length: bool = setting("sft.group_by_length")
     gradient_checkpointing: bool = setting("sft.gradient_checkpointing")
     seed: int = setting("sft.seed")
 

@@ -36,6 +36,7 @@ def run_sft(model_path: str, data: Sequence[str | Path], out_dir: str | Path, ch
         gradient_accumulation_steps=s.gradient_accumulation_steps, max_length=s.max_length,
         save_strategy="steps", save_steps=s.save_steps, save_total_limit=2, logging_steps=s.logging_steps,
         report_to="none", seed=s.seed, completion_only_loss=True, disable_tqdm=True,
+        train_sampling_strategy="group_by_length" if s.group_by_length else "random",
         **precision_flags(s.gradient_checkpointing),
     )
     tokenizer = load_tokenizer(model_path)
