@@ -168,3 +168,25 @@ def test_missing_labels_are_dropped_with_a_count_or_fail(counts_adata, caplog):
 def test_qc_that_removes_every_gene_fails_here_with_the_setting(counts_adata):
     with pytest.raises(CellDualityError, match="no genes pass QC \\(preprocess.min_cells=10000"):
         run(counts_adata, params={**PARAMS, "min_cells": 10_000})
+
+
+def test_declared_expression_kinds(counts_adata, caplog):
+    X = counts_adata.X.toarray().astype(np.float32)
+    tpm = counts_adata.copy()
+    tpm.X = sp.csr_matrix(X * 137.5)  # TPM-like: normalized, not logged, non-integer
+    with caplog.at_level("INFO"):
+        auto, report = run(tpm)
+    assert report.input_kind == "lognorm" and report.expression_setting == "auto"
+    assert "expression detected as lognorm" in caplog.text and "set preprocess.expression: tpm" in caplog.text
+    out, report = run(tpm, params={**PARAMS, "expression": "tpm"})
+    assert report.input_kind == "tpm" and report.expression_setting == "tpm"
+    np.testing.assert_allclose(out.X.toarray(), np.log1p(X[out.obs_names.str.removeprefix("cell").astype(int)]
+                                                          [:, :out.n_vars] * 137.5), rtol=1e-5)
+    as_log, report = run(counts_adata, params={**PARAMS, "expression": "log1p"})  # integers kept as they are
+    assert report.input_kind == "lognorm" and as_log.X.max() == pytest.approx(X.max())
+    _, report = run(counts_adata, params={**PARAMS, "expression": "counts"})
+    assert report.input_kind == "counts"
+    scaled = counts_adata.copy()
+    scaled.X = sp.csr_matrix(X - 1.0)
+    with pytest.raises(CellDualityError, match="preprocess.expression is counts but X has negative values"):
+        run(scaled, params={**PARAMS, "expression": "counts"})

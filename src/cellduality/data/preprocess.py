@@ -29,7 +29,7 @@ ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}")
 @dataclass
 class PreprocessReport:
     dataset: str
-    input_kind: str  # counts | lognorm
+    input_kind: str  # counts | lognorm | tpm (as used; how it was decided: expression_setting)
     matrix: str  # X | raw | layer:<name>
     n_cells_in: int
     n_genes_in: int
@@ -37,6 +37,7 @@ class PreprocessReport:
     n_genes_out: int = 0
     dropped: dict = field(default_factory=dict)
     duplicate_genes: int = 0
+    expression_setting: str = "auto"  # preprocess.expression
 
 
 def read_h5ad(path: str | Path) -> ad.AnnData:
@@ -71,9 +72,25 @@ def _check_finite(X, where: str) -> None:
         raise CellDualityError(f"{where} contains {bad} NaN/infinite values; fix or drop them before running")
 
 
-def _choose_matrix(adata: ad.AnnData, ds: dict, where: str, n_rows: int,
-                   name_: str = "<name>") -> tuple[object, pd.Index, str, str]:
-    """Pick the matrix to use and return (X, var table, description, kind)."""
+EXPRESSION_KINDS = ("auto", "counts", "log1p", "tpm", "scaled")
+UNLOGGED_MAX = 50.0  # a log1p-normalized value above this is implausible: warn that the data may be unlogged
+
+
+def _declared(X, kind: str, name: str, where: str) -> str:
+    """The internal kind for a declared ``preprocess.expression`` (checked against the values)."""
+    values = _sample_values(X, 2000)
+    if kind in ("counts", "log1p", "tpm") and values.size and values.min() < 0:
+        raise CellDualityError(f"{where}: preprocess.expression is {kind} but {name} has negative values (scaled "
+                               "data?); set preprocess.expression: scaled (uses .raw) or auto")
+    return {"counts": "counts", "log1p": "lognorm", "tpm": "tpm"}[kind]
+
+
+def _choose_matrix(adata: ad.AnnData, ds: dict, where: str, n_rows: int, name_: str = "<name>",
+                   declared: str = "auto") -> tuple[object, pd.Index, str, str]:
+    """Pick the matrix to use and return (X, var table, description, kind); ``declared`` is
+    ``preprocess.expression`` (auto: detected from the values, and logged)."""
+    if declared not in EXPRESSION_KINDS:
+        raise CellDualityError(f"preprocess.expression must be one of {', '.join(EXPRESSION_KINDS)}; got {declared!r}")
     if ds.get("layer"):
         layer = ds["layer"]
         if layer not in adata.layers:
@@ -87,7 +104,9 @@ def _choose_matrix(adata: ad.AnnData, ds: dict, where: str, n_rows: int,
     if X is None or 0 in X.shape:
         raise CellDualityError(f"{where}: expression matrix {name} is empty ({adata.n_obs} cells x {adata.n_vars} genes)")
     _check_finite(X, f"{where}: {name}")
-    kind = expression_kind(X, n_rows)
+    if declared in ("counts", "log1p", "tpm"):
+        return X, var, name, _declared(X, declared, name, where)
+    kind = "scaled" if declared == "scaled" else expression_kind(X, n_rows)
     if kind == "scaled":
         if name != "X" or adata.raw is None:
             raise CellDualityError(
@@ -99,6 +118,11 @@ def _choose_matrix(adata: ad.AnnData, ds: dict, where: str, n_rows: int,
         kind = expression_kind(X, n_rows)
         if kind == "scaled":
             raise CellDualityError(f"{where}: raw.X also has negative values; provide counts or log-normalized data")
+    values = _sample_values(X, n_rows)
+    if kind == "lognorm" and values.size and values.max() > UNLOGGED_MAX:
+        log.warning("%s: %s looks log-normalized (non-integer) but reaches %.0f; if it holds TPM/RPKM-like unlogged "
+                    "values set preprocess.expression: tpm", where, name, float(values.max()))
+    log.info("%s: expression detected as %s in %s (preprocess.expression: auto)", where, kind, name)
     return X, var, name, kind
 
 
@@ -211,8 +235,10 @@ def preprocess(adata: ad.AnnData, ds: dict, params: dict, dataset: str, where: s
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise CellDualityError(f"{where}: the dataset is empty ({adata.n_obs} cells x {adata.n_vars} genes)")
     obs = _obs_columns(adata, ds, where, dataset)
-    X, var, matrix, kind = _choose_matrix(adata, ds, where, params.get("expression_check_rows", 2000), dataset)
-    report = PreprocessReport(dataset, kind, matrix, adata.n_obs, X.shape[1])
+    X, var, matrix, kind = _choose_matrix(adata, ds, where, params.get("expression_check_rows", 2000), dataset,
+                                          params.get("expression", "auto"))
+    report = PreprocessReport(dataset, kind, matrix, adata.n_obs, X.shape[1],
+                              expression_setting=params.get("expression", "auto"))
     X = sp.csr_matrix(X, dtype=np.float32) if not sp.issparse(X) else X.tocsr().astype(np.float32)
     if X.nnz == 0:
         raise CellDualityError(f"{where}: every value of {matrix} is zero; the file holds no expression")
@@ -249,6 +275,9 @@ def preprocess(adata: ad.AnnData, ds: dict, params: dict, dataset: str, where: s
     if kind == "counts":
         totals = np.asarray(X.sum(axis=1)).ravel()
         X = sp.diags((params.get("target_sum", 1e4) / totals).astype(np.float32)) @ X
+        X.data = np.log1p(X.data)
+    elif kind == "tpm":  # already depth-normalized, not logged
+        X = X.copy()
         X.data = np.log1p(X.data)
     X = sp.csr_matrix(X, dtype=np.float32)
     X.sort_indices()

@@ -4,11 +4,12 @@
    seed) get ``n_samples`` teacher samples each, judged by :mod:`cellduality.teacher.filtering`.
 2. The dual prompts of the primal prompts with at least one accepted sample — the (y*, x_k) -> x_u rows of
    the task table — get ``n_samples`` each and are judged the same way (categorical duals exactly,
-   gene-list duals by RWJS). With ``teacher.dual_answers: teacher+data`` the dual prompts of every primal
-   prompt sent to the teacher are asked, and those without an accepted sample get the data answer (below). With ``teacher.dual_answers: data`` the teacher is not asked for duals: every
+   gene-list duals by RWJS). With ``teacher.dual_answers: data`` the teacher is not asked for duals: every
    dual row of the primal prompts sent to the teacher becomes one SFT example whose answer is the row's known
    answer (the hidden genes, the label or the drug: the task table knows them) with empty reasoning, so the
-   dual tasks the duality reward relies on are learned from as many examples as the primal tasks.
+   dual tasks the duality reward relies on are learned from as many examples as the primal tasks. With
+   ``teacher.dual_answers: teacher+data`` the dual prompts of every primal prompt sent to the teacher are
+   asked, and those without an accepted sample get the data answer.
 3. One Parquet row per received sample (accepted or not) and a ``.stats.json`` with acceptance rates per
    direction, tokens and cost are written atomically.
 
