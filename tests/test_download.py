@@ -100,14 +100,14 @@ def test_silent_server_fails_after_the_socket_timeout_per_attempt(tmp_path, serv
 
 
 def test_trickling_server_is_cut_off_by_the_stall_window_and_the_deadline(tmp_path, server):
-    slow = DownloadLimits(timeout_s=2, stall_s=0.5, min_bytes=1000, retries=0)
+    slow = DownloadLimits(timeout_s=2, stall_s=0.5, stall_min_bytes=1000, retries=0)
     start = time.monotonic()
     with pytest.raises(CellDualityError, match="less than 1000 bytes arrived in 0 s|less than 1000 bytes arrived in 1 s"):
         fetch(f"{server}/trickle", tmp_path / "t.h5ad", limits=slow)
     assert time.monotonic() - start < 2.5
     with pytest.raises(CellDualityError, match="overall deadline of 1 s"):
         fetch(f"{server}/trickle", tmp_path / "t.h5ad",
-              limits=DownloadLimits(timeout_s=2, stall_s=60, min_bytes=1, deadline_s=1, retries=3))
+              limits=DownloadLimits(timeout_s=2, stall_s=60, stall_min_bytes=1, deadline_s=1, retries=3))
     assert list(tmp_path.iterdir()) == []
 
 

@@ -216,13 +216,16 @@ def test_parsing_is_linear_on_adversarial_megabyte_inputs(name: str) -> None:
 
     text = ADVERSARIAL[name]
     assert len(text) >= 900_000
-    start = time.perf_counter()
     for strict in (False, True):
-        parsed = parse_response(text, strict=strict)
-        if parsed.format_ok:
-            parse_gene_list(parsed.answer)
-            parse_cellpuzzles_answer(parsed.answer, ["A", "B"])
-    assert time.perf_counter() - start < 0.4  # two parses (tolerant and strict), 0.2 s each
+        seconds = []
+        for _ in range(3):  # best of 3: a busy machine can pause any single run
+            start = time.perf_counter()
+            parsed = parse_response(text, strict=strict)
+            if parsed.format_ok:
+                parse_gene_list(parsed.answer)
+                parse_cellpuzzles_answer(parsed.answer, ["A", "B"])
+            seconds.append(time.perf_counter() - start)
+        assert min(seconds) < 0.2
 
 
 @settings(max_examples=40, deadline=None)
@@ -232,9 +235,12 @@ def test_parsing_time_does_not_grow_with_repeats(pieces: list[str], repeat: int)
     import time
 
     text = "".join(pieces) * repeat
-    start = time.perf_counter()
-    parse_response(text)
-    assert time.perf_counter() - start < 0.2
+    seconds = []
+    for _ in range(3):  # best of 3: a busy machine can pause any single run
+        start = time.perf_counter()
+        parse_response(text)
+        seconds.append(time.perf_counter() - start)
+    assert min(seconds) < 0.2
 
 
 def test_invisible_characters_do_not_break_a_match() -> None:

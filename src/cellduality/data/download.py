@@ -32,7 +32,7 @@ class DownloadLimits:
 
     timeout_s: float = setting("download.timeout_s")
     stall_s: float = setting("download.stall_s")
-    min_bytes: int = setting("download.stall_min_bytes")
+    stall_min_bytes: int = setting("download.stall_min_bytes")
     deadline_s: float = setting("download.deadline_s")
     retries: int = setting("download.retries")
 
@@ -75,7 +75,7 @@ class _Stalled(Exception):
 
 
 def _copy(response, out, limits: DownloadLimits, deadline: float) -> None:
-    """Copy the body; stop when less than ``min_bytes`` arrived in the last ``stall_s`` seconds (a server that
+    """Copy the body; stop when less than ``stall_min_bytes`` arrived in the last ``stall_s`` seconds (a server that
     trickles) or the overall deadline passes. A server that sends nothing hits the socket timeout."""
     window_start, window_bytes = time.monotonic(), 0
     read = getattr(response, "read1", response.read)  # read1: whatever has arrived, so the checks run often
@@ -86,8 +86,8 @@ def _copy(response, out, limits: DownloadLimits, deadline: float) -> None:
         if now > deadline:
             raise _Stalled(f"the overall deadline of {limits.deadline_s:.0f} s (download.deadline_s) passed")
         if now - window_start >= limits.stall_s:
-            if window_bytes < limits.min_bytes:
-                raise _Stalled(f"less than {limits.min_bytes} bytes arrived in {limits.stall_s:.0f} s "
+            if window_bytes < limits.stall_min_bytes:
+                raise _Stalled(f"less than {limits.stall_min_bytes} bytes arrived in {limits.stall_s:.0f} s "
                                "(download.stall_s / stall_min_bytes)")
             window_start, window_bytes = now, 0
 
