@@ -9,6 +9,7 @@ sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 from cellduality.config import load_schema, validate_config  # noqa: E402
 from cellduality.data.builtin import builtin_resource_files  # noqa: E402
 from cellduality.errors import CellDualityError, fail  # noqa: E402
+from cellduality.provenance import code_digest  # noqa: E402
 from cellduality.teacher.markers.knowledge import resource_files  # noqa: E402
 from cellduality.teacher.runner import TeacherSettings, output_params  # noqa: E402
 from cellduality.training.settings import (
@@ -49,9 +50,62 @@ try:
 except CellDualityError as _err:
     fail(f"config: {_err}")
 
+
+def _canonical(value):
+    """Dict keys sorted at every level: key order, YAML layout and comments never change a recorded param."""
+    if isinstance(value, dict):
+        return {k: _canonical(value[k]) for k in sorted(value, key=str)}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value
+
+
+_sorted_config = _canonical(dict(config))
+config.clear()
+config.update(_sorted_config)
+
 RESULTS = config["results_dir"]
 DATASETS = config["datasets"]
 LOGS = f"{RESULTS}/logs"
+
+
+def script_code(name):
+    """Params value: digest of workflow/scripts/<name> and the library code it imports (content, not mtime:
+    cellduality.provenance), so a code edit reruns exactly the rules that run it."""
+    return code_digest([os.path.join(workflow.basedir, "workflow", "scripts", name)])
+
+
+def cli_code(module):
+    """Params value: digest of the library code a `python -m cellduality.cli` step runs."""
+    return code_digest(
+        [f"cellduality.{module}", "cellduality.snakemake_script"],
+        shallow=["cellduality.cli"],
+    )
+
+
+def portable(path):
+    """A path inside the working directory or the workflow folder, relative to the working directory (a
+    moved or copied project records the same inputs); any other path absolute."""
+    path = os.path.abspath(path)
+    for root in (os.getcwd(), workflow.basedir):
+        if path == root or path.startswith(root + os.sep):
+            return os.path.relpath(path)
+    return path
+
+
+def source_files(wildcards):
+    """Download inputs: the shipped files a builtin source reads, or a local source file itself (so replacing
+    it reruns the download and everything after it); URLs are checked by their sha256 instead.
+    """
+    source = DATASETS[wildcards.dataset]["source"]
+    if source.startswith("builtin:"):
+        return [portable(p) for p in builtin_resource_files(source)]
+    if "://" in source and not source.startswith("file://"):
+        return []
+    path = os.path.expanduser(source.removeprefix("file://"))
+    return (
+        [portable(path)] if os.path.isfile(path) else []
+    )  # missing: the step's one-line error
 
 
 def dataset_params(*keys):
@@ -73,7 +127,7 @@ def teacher_knowledge(wildcards):
         return []
     species = DATASETS[wildcards.dataset].get("species", "human")
     return [
-        str(p)
+        portable(p)
         for p in resource_files(os.path.join(workflow.basedir, "resources"), species)
     ]
 

@@ -12,7 +12,7 @@ localrules:
 
 rule download:
     input:
-        lambda wildcards: builtin_resource_files(DATASETS[wildcards.dataset]["source"]),
+        source_files,
     output:
         h5ad=f"{RESULTS}/raw/{{dataset}}.h5ad",
         sha256=f"{RESULTS}/raw/{{dataset}}.sha256",
@@ -24,6 +24,7 @@ rule download:
         mem_mb=4000,
         runtime=120,
     params:
+        code=script_code("download.py"),
         dataset=dataset_params("source", "sha256"),
         download=config["download"],
     script:
@@ -44,6 +45,7 @@ rule preprocess:
         mem_mb=16000,
         runtime=120,
     params:
+        code=script_code("preprocess.py"),
         dataset=dataset_params(
             "species",
             "labels",
@@ -74,6 +76,7 @@ rule cell_sentences:
         mem_mb=4000,
         runtime=60,
     params:
+        code=script_code("cell_sentences.py"),
         dataset=dataset_params("role", "ood_labels"),
         cell_sentence=config["cell_sentence"],
         splits=config["splits"],

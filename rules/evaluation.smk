@@ -17,6 +17,7 @@ rule predict:
     resources:
         **TRAINING_RESOURCES,
     params:
+        code=cli_code("evaluation.predict"),
         settings=EVAL_SETTINGS,
         spec=lambda wildcards, input, output: spec(
             model=(list(input.model) or [BASE_MODEL])[0],
@@ -44,6 +45,7 @@ rule evaluate:
         mem_mb=8000,
         runtime=60,
     params:
+        code=script_code("evaluate.py"),
         data=DATA_FILES,
         embedding=config["evaluation"]["embedding"],
     script:
@@ -67,6 +69,7 @@ rule baselines:
         mem_mb=8000,
         runtime=60,
     params:
+        code=script_code("baselines.py"),
         data=DATA_FILES,
         embedding=config["evaluation"]["embedding"],
         control_values=config["task_tables"]["control_values"],
@@ -97,6 +100,8 @@ rule report_tables:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        code=script_code("report_tables.py"),
     script:
         "../workflow/scripts/report_tables.py"
 
@@ -141,6 +146,7 @@ rule report_figures:
         mem_mb=4000,
         runtime=20,
     params:
+        code=script_code("report_figures.py"),
         variants=EVALUATED,
         grpo_variants=GRPO_VARIANTS,
         data=DATA_FILES,

@@ -18,6 +18,7 @@ rule task_table:
         mem_mb=4000,
         runtime=60,
     params:
+        code=script_code("task_table.py"),
         tables=lambda wildcards: {
             key: config[key] for key in ("task_tables", "inpainting", "cellpuzzles")
         }

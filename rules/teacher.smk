@@ -29,6 +29,7 @@ rule teacher:
         mem_mb=4000,
         runtime=1500 if config["teacher"]["batch_api"] else 240,
     params:
+        code=script_code("teacher.py"),
         # only settings that change the outputs; concurrency, retries, timeouts, cache and batch mode are
         # read from the config by the script, so tuning them does not rerun the job
         teacher=output_params(config["teacher"]),

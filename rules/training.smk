@@ -21,6 +21,7 @@ rule build_model:
         mem_mb=4000,
         runtime=30,
     params:
+        code=cli_code("training.tiny_model"),
         settings=BUILD_SETTINGS,
         spec=lambda wildcards, input, output: spec(
             sentence_tables=list(input.sentences),
@@ -46,6 +47,7 @@ rule sft:
     resources:
         **TRAINING_RESOURCES,
     params:
+        code=cli_code("training.sft"),
         settings=lambda wildcards: {**sft_settings(wildcards), "model": BASE_MODEL},
         spec=lambda wildcards, input, output: spec(
             model=BASE_MODEL,
@@ -80,6 +82,7 @@ rule grpo:
     resources:
         **TRAINING_RESOURCES,
     params:
+        code=cli_code("training.grpo"),
         settings=grpo_settings,
         spec=lambda wildcards, input, output: spec(
             model=input.model,
@@ -110,6 +113,7 @@ rule true_label_wins:
     resources:
         **TRAINING_RESOURCES,
     params:
+        code=cli_code("training.label_signal"),
         settings=LABEL_SIGNAL_SETTINGS,
         spec=lambda wildcards, input, output: spec(
             model=input.model,
