@@ -1,7 +1,7 @@
 """Duality-reward ablation: from one SFT model, GRPO on annotation with several reward settings, over seeds.
 
     python benchmarks/duality_ablation.py [--results results] [--config config/config.yaml] [--seeds 0 1 2]
-        [--settings duality,duality_h50,duality_top,duality_markers,duality_frozen,oracle]
+        [--settings duality,duality_h25,duality_h50,duality_markers,duality_frozen,oracle]
         [--tlw-cells 100] [--grpo '{"max_steps": 40}'] [--out results/ablation]
 
 Needs a finished embedded run (``snakemake --cores 2``): its cell-sentence table, annotation task table settings
@@ -11,9 +11,10 @@ prompts only, seed = each ``--seeds`` value) from that SFT model, then measures
 - "true label wins" of the trained model on ``--tlw-cells`` RL cells (does the duality reward still prefer the
   right label?).
 ``sft`` (no GRPO) is measured once (greedy decoding of one model: no seed variation). Settings:
-``duality`` (the config's inpainting), ``duality_h50`` (hidden_fraction 0.5), ``duality_top`` / ``duality_markers``
-(strategy top / markers: the shipped immune marker genes), ``duality_frozen`` (dual answers by the frozen SFT
-model instead of the policy), ``oracle`` (ground-truth reward: the upper bound).
+``duality`` (the config's inpainting), ``duality_h25`` / ``duality_h50`` (hidden_fraction 0.25 / 0.5),
+``duality_markers`` (strategy markers with ``inpainting.markers: data``: the cell types' discriminating genes
+among the SFT cells are hidden first), ``duality_frozen`` (dual answers by the frozen SFT model instead of the
+policy), ``oracle`` (ground-truth reward: the upper bound).
 Prints a table and writes ``ablation.tsv`` (one row per run), ``ablation.md`` (mean ± std per setting) and
 ``ablation.png``.
 """
@@ -33,30 +34,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from cellduality.evaluation.predict import predict  # noqa: E402
 from cellduality.tasks.tables import TaskTableParams, write_task_tables  # noqa: E402
-from cellduality.teacher.markers.knowledge import Knowledge  # noqa: E402
 from cellduality.training.grpo import run_grpo  # noqa: E402
 from cellduality.training.label_signal import true_label_wins_for_model  # noqa: E402
 
 SETTINGS = {
     "duality": {"mode": "duality"},
+    "duality_h25": {"mode": "duality", "hidden_fraction": 0.25},
     "duality_h50": {"mode": "duality", "hidden_fraction": 0.5},
-    "duality_top": {"mode": "duality", "strategy": "top"},
     "duality_markers": {"mode": "duality", "strategy": "markers"},
     "duality_frozen": {"mode": "duality", "dual_model": "frozen"},
     "oracle": {"mode": "oracle"},
 }
 
 
-def marker_genes() -> list[str]:
-    knowledge = Knowledge.load()
-    return sorted({g for profile in knowledge.types.values() for g in profile.markers})
-
-
 def table_for(setting: dict, config: dict, cells: Path, out: Path) -> tuple[Path, dict]:
     """The annotation task table with this setting's inpainting masks (RL rows differ; eval prompts do not)."""
     inpainting = {**config["inpainting"], **{k: setting[k] for k in ("hidden_fraction", "strategy") if k in setting}}
     if inpainting["strategy"] == "markers" and not inpainting.get("markers"):
-        inpainting["markers"] = marker_genes()
+        inpainting["markers"] = "data"  # every cell type's discriminating genes among the SFT cells
     name = f"h{inpainting['hidden_fraction']}_{inpainting['strategy']}"
     path = out / "tables" / f"{name}.parquet"
     if not path.exists():
