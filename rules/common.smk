@@ -3,6 +3,7 @@
 import json
 import os
 import sys
+from types import SimpleNamespace
 
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
@@ -144,6 +145,26 @@ TASK_TABLES = [
     for task, names in TASKS.items()
     for name in names
 ]
+
+
+ANNOTATION_TABLES = [
+    t for t in TASK_TABLES if t.startswith(f"{RESULTS}/tasks/annotation/")
+]
+# what `cellduality annotate` needs to use a trained model on new cells (written next to each model)
+MODEL_CARD = dict(
+    preprocess=config["preprocess"],
+    cell_sentence=config["cell_sentence"],
+    species=(
+        DATASETS[config["tasks"]["annotation"][0]].get("species", "human")
+        if config["tasks"].get("annotation")
+        else "human"
+    ),
+    source=dict(
+        datasets=sorted(DATASETS),
+        model=config["model"]["source"],
+        annotation=config["tasks"].get("annotation", []),
+    ),
+)
 
 
 SFT_DATA = [

@@ -158,3 +158,32 @@ rule evaluation:
     input:
         rules.report_tables.output,
         rules.report_figures.output,
+
+
+rule annotate:
+    input:
+        model=lambda wildcards: variant_model(
+            SimpleNamespace(variant=config["annotate"]["model"], rep=0)
+        ),
+        h5ad=lambda wildcards: portable(config["annotate"]["inputs"][wildcards.name]),
+    output:
+        h5ad=f"{RESULTS}/annotate/{{name}}.h5ad",
+        reasoning=f"{RESULTS}/annotate/{{name}}.reasoning.parquet",
+    log:
+        f"{LOGS}/annotate/{{name}}.log",
+    conda:
+        "../envs/training.yaml"
+    threads: 2
+    resources:
+        **TRAINING_RESOURCES,
+    params:
+        code=cli_code("evaluation.annotate"),
+        batch_size=config["annotate"]["batch_size"],
+    shell:
+        "python -m cellduality.cli annotate --model {input.model:q} --h5ad {input.h5ad:q} "
+        "--out {output.h5ad:q} --batch-size {params.batch_size} --no-progress --log {log:q}"
+
+
+rule annotations:
+    input:
+        expand(rules.annotate.output.h5ad, name=config["annotate"]["inputs"]),

@@ -37,6 +37,7 @@ rule sft:
     input:
         model=[BASE_MODEL] if EMBEDDED else [],
         data=SFT_DATA,
+        tables=ANNOTATION_TABLES,  # the label set of the model card (cellduality.json)
     output:
         directory(f"{RESULTS}/models/sft/rep{{rep}}"),
     log:
@@ -48,12 +49,18 @@ rule sft:
         **TRAINING_RESOURCES,
     params:
         code=cli_code("training.sft"),
-        settings=lambda wildcards: {**sft_settings(wildcards), "model": BASE_MODEL},
+        settings=lambda wildcards: {
+            **sft_settings(wildcards),
+            "model": BASE_MODEL,
+            "card": MODEL_CARD,
+        },
         spec=lambda wildcards, input, output: spec(
             model=BASE_MODEL,
             data=list(input.data),
             out=output[0],
             checkpoints=f"{RESULTS}/checkpoints/sft/rep{wildcards.rep}",
+            tables=list(input.tables),
+            card=MODEL_CARD,
             **sft_settings(wildcards),
         ),
     shell:

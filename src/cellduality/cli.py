@@ -1,6 +1,7 @@
 """Console entry point `cellduality` (also `python -m cellduality.cli`, `accelerate launch -m cellduality.cli`).
 
     cellduality {build-model,sft,grpo,true-label-wins,predict} --spec '<json>' [--log FILE]
+    cellduality annotate --model DIR --h5ad IN --out OUT.h5ad   (new cells; see cellduality.evaluation.annotate)
 
 ``--spec`` is the JSON of the step's inputs, outputs and settings (the rule writes it from the config).
 Bad input ends with one line on stderr; logs (and tracebacks of bugs) go to ``--log``.
@@ -25,16 +26,30 @@ def _build_model(spec: dict) -> None:
 
 
 def _sft(spec: dict) -> None:
+    from cellduality.evaluation.annotate import write_model_card
     from cellduality.training.sft import run_sft
 
     run_sft(spec["model"], spec["data"], spec["out"], spec["checkpoints"], spec["sft"], spec["lora"])
+    if spec.get("tables") and int(os.environ.get("RANK", "0")) == 0:
+        write_model_card(spec["out"], tables=spec["tables"], **spec["card"])
 
 
 def _grpo(spec: dict) -> None:
+    from cellduality.evaluation.annotate import CARD
     from cellduality.training.grpo import run_grpo
 
     run_grpo(spec["model"], spec["tables"], spec["out"], spec["checkpoints"], spec["grpo"], spec["rewards"],
              spec["lora"], n_processes=int(os.environ.get("WORLD_SIZE", "1")), label_signal=spec.get("label_signal"))
+    card = os.path.join(spec["model"], CARD)
+    if os.path.isfile(card) and int(os.environ.get("RANK", "0")) == 0:
+        shutil.copyfile(card, os.path.join(spec["out"], CARD))  # the policy keeps the SFT model's label set
+
+
+def _annotate(args: argparse.Namespace) -> None:
+    from cellduality.evaluation.annotate import annotate
+
+    annotate(args.model, args.h5ad, args.out, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+             chunk_size=args.chunk_size, progress=not args.no_progress)
 
 
 def _true_label_wins(spec: dict) -> None:
@@ -71,7 +86,26 @@ def relaunch_on_all_gpus(argv: list[str], accelerate_config: str | None) -> None
     os.execvp("accelerate", [*launch, "-m", "cellduality.cli", *argv])
 
 
+def annotate_main(argv: list[str]) -> None:
+    """``cellduality annotate --model DIR --h5ad IN --out OUT.h5ad`` (see cellduality.evaluation.annotate)."""
+    parser = argparse.ArgumentParser(prog="cellduality annotate",
+                                     description="Annotate the cells of an h5ad with a trained model.")
+    parser.add_argument("--model", required=True, help="trained model folder (with cellduality.json)")
+    parser.add_argument("--h5ad", required=True, help="cells to annotate (counts or log-normalized)")
+    parser.add_argument("--out", required=True, help="output h5ad (+ OUT.reasoning.parquet beside it)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--chunk-size", type=int, default=2048, help="cells generated and written at a time")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--log", help="log file (default: stderr)")
+    args = parser.parse_args(argv)
+    harness("command annotate", args.log, lambda: _annotate(args))
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["annotate"]:
+        return annotate_main(argv[1:])
     parser = argparse.ArgumentParser(prog="cellduality", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=sorted(COMMANDS))

@@ -1,0 +1,189 @@
+"""Annotate new cells with a trained model: ``cellduality annotate --model DIR --h5ad IN --out OUT.h5ad``.
+
+The model folder's ``cellduality.json`` (:func:`write_model_card`, written next to every trained model) holds
+what the run learned with: the label set, the preprocessing and cell-sentence settings and the species. The
+new h5ad is preprocessed with those settings (:func:`cellduality.data.preprocess.preprocess`, no labels
+needed), each cell becomes a top-K cell sentence, and the annotation prompt over the model's label set is
+answered greedily, in chunks of ``chunk_size`` cells (generations are written out chunk by chunk, never all
+held in memory). Output:
+
+- ``OUT.h5ad``: the input with ``obs["cellduality_label"]`` (the answer mapped onto the label set; missing for a
+  format error or a cell removed by QC), ``obs["cellduality_confidence"]`` (the model's probability of the
+  tokens of its answer, teacher-forced: exp of their summed log-probabilities; 0 for a format error) and
+  ``obs["cellduality_format_error"]``;
+- ``OUT.reasoning.parquet``: one row per annotated cell (``obs_name``, ``response``, ``reasoning``).
+
+Bad input is one line: no overlap between the h5ad's genes and the model's vocabulary, Ensembl ids without a
+symbol column, a model folder without ``cellduality.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cellduality.errors import CellDualityError
+from cellduality.io import atomic_path
+from cellduality.tasks.parsing import parse_response
+from cellduality.tasks.prompts import annotation_prompt
+from cellduality.tasks.registry import get_task
+from cellduality.tasks.schema import decode_column, read_task_frame
+
+log = logging.getLogger(__name__)
+CARD = "cellduality.json"
+CARD_VERSION = 1
+
+
+def labels_of_tables(tables: Iterable[str | Path]) -> list[str]:
+    """The label set of annotation task tables: every candidate and label of their rows, sorted."""
+    labels: set[str] = set()
+    for path in tables:
+        table = read_task_frame(path, columns=["prompt_id", "task", "label", "candidates"])
+        table = table[table["task"] == "annotation"]
+        for candidates in decode_column(table, "candidates", path):
+            labels.update(str(c) for c in candidates)
+        labels.update(str(x) for x in table["label"] if str(x).strip())
+    return sorted(labels)
+
+
+def write_model_card(out_dir: str | Path, *, tables: Sequence[str | Path], preprocess: Mapping[str, Any],
+                     cell_sentence: Mapping[str, Any], species: str, source: Mapping[str, Any]) -> Path:
+    """``cellduality.json`` in a trained model's folder: what ``annotate`` needs to use it on new cells."""
+    card = {"version": CARD_VERSION, "labels": labels_of_tables(tables), "preprocess": dict(preprocess),
+            "top_k": cell_sentence["top_k"], "tie_break": cell_sentence.get("tie_break", "var_order"),
+            "species": species, "trained": dict(source)}
+    path = Path(out_dir) / CARD
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(card, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def read_model_card(model_dir: str | Path) -> dict[str, Any]:
+    path = Path(model_dir) / CARD
+    if not path.is_file():
+        raise CellDualityError(f"{model_dir}: no {CARD} (the label set and settings of the run); annotate a model "
+                               "trained by this workflow (results/models/sft/rep0 or results/models/grpo_*/rep0)")
+    try:
+        card = json.loads(path.read_text())
+    except ValueError as err:
+        raise CellDualityError(f"{path} is not valid JSON ({err}); retrain or restore the model folder") from None
+    if not card.get("labels"):
+        raise CellDualityError(f"{path} holds no label set (the run had no annotation task); train with tasks.annotation")
+    return card
+
+
+def _answer_probability(model, tokenizer, conversations, responses, answers) -> list[float]:
+    """exp(sum of log-probabilities) of each answer's tokens, teacher-forced after the prompt and the response
+    text before the answer (0 where the answer is None)."""
+    import torch
+
+    out: list[float] = []
+    for messages, response, answer in zip(conversations, responses, answers):
+        if answer is None:
+            out.append(0.0)
+            continue
+        prompt = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        start = response.find(answer)
+        before = prompt + response[: max(start, 0)]
+        ids_before = tokenizer(before, add_special_tokens=False)["input_ids"]
+        full = tokenizer(before + answer, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        n_answer = full.shape[1] - len(ids_before)
+        if n_answer <= 0:
+            out.append(0.0)
+            continue
+        with torch.no_grad():
+            logits = model(input_ids=full.to(model.device)).logits[0, :-1].float().log_softmax(-1)
+        targets = full[0, 1:].to(model.device)
+        logp = logits.gather(1, targets[:, None])[:, 0][-n_answer:].sum().item()
+        out.append(float(math.exp(logp)))
+    return out
+
+
+def annotate(model_dir: str | Path, h5ad: str | Path, out: str | Path, *, batch_size: int = 32,
+             max_new_tokens: int = 48, chunk_size: int = 2048, progress: bool = True) -> pd.DataFrame:
+    """Annotate every cell of ``h5ad`` (see the module docstring); returns the per-cell result table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cellduality.data.cell_sentences import cell_sentences
+    from cellduality.data.preprocess import preprocess, read_h5ad
+    from cellduality.training.generation import generate_chat
+    from cellduality.training.setup import load_tokenizer
+
+    card = read_model_card(model_dir)
+    labels = list(card["labels"])
+    adata = read_h5ad(h5ad)
+    processed, report = preprocess(adata, {"species": card.get("species", "human"), "labels": {}, "metadata": {},
+                                           "constants": {}}, card["preprocess"], "annotate", where=str(h5ad))
+    tokenizer = load_tokenizer(str(model_dir))
+    known = set(tokenizer.init_kwargs.get("answer_items") or [])
+    if known:
+        overlap = sum(g in known for g in processed.var_names)
+        if overlap == 0:
+            raise CellDualityError(f"{h5ad}: none of its {processed.n_vars} genes is in the model's gene vocabulary "
+                                   f"(e.g. {', '.join(map(str, processed.var_names[:3]))}); use gene symbols of the "
+                                   f"same species ({card.get('species')}) as the training data")
+        log.info("%d of %d genes of %s are in the model's vocabulary", overlap, processed.n_vars, h5ad)
+    sentences = cell_sentences(processed, card["top_k"], tie_break=card.get("tie_break", "var_order"))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    spec = get_task("annotation")
+    names = list(processed.obs_names)
+    result = pd.DataFrame({"cellduality_label": pd.Series([None] * len(names), dtype="object"),
+                           "cellduality_confidence": 0.0, "cellduality_format_error": True}, index=names)
+    reasoning_path = Path(str(out).removesuffix(".h5ad") + ".reasoning.parquet")
+    schema = pa.schema([("obs_name", pa.string()), ("response", pa.string()), ("reasoning", pa.string())])
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(names), desc="annotate", unit="cell", file=sys.__stderr__)
+    with atomic_path(reasoning_path) as tmp_reasoning:
+        with pq.ParquetWriter(tmp_reasoning, schema) as writer:
+            for start in range(0, len(names), chunk_size):
+                chunk = names[start:start + chunk_size]
+                conversations = [annotation_prompt(s.split(), {}, labels) for s in sentences[start:start + chunk_size]]
+                responses = generate_chat(model, tokenizer, conversations, max_new_tokens=max_new_tokens,
+                                          batch_size=batch_size)
+                parsed = [spec.parse_prediction(r, labels) for r in responses]
+                answers = [answer for _, answer in parsed]
+                raw = [parse_response(r).answer for r in responses]
+                confidence = _answer_probability(model, tokenizer, conversations, responses,
+                                                 [a if p is not None else None for a, p in zip(raw, answers)])
+                result.loc[chunk, "cellduality_label"] = answers
+                result.loc[chunk, "cellduality_confidence"] = confidence
+                result.loc[chunk, "cellduality_format_error"] = [a is None for a in answers]
+                writer.write_table(pa.table({"obs_name": chunk, "response": responses,
+                                             "reasoning": [parse_response(r).think or "" for r in responses]},
+                                            schema=schema))
+                if bar is not None:
+                    bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
+        annotated = adata.copy()
+        full = result.reindex(annotated.obs_names.astype(str))
+        annotated.obs["cellduality_label"] = pd.Categorical(full["cellduality_label"].to_numpy(), categories=labels)
+        annotated.obs["cellduality_confidence"] = full["cellduality_confidence"].fillna(0.0).to_numpy(float)
+        annotated.obs["cellduality_format_error"] = full["cellduality_format_error"].fillna(True).to_numpy(bool)
+        annotated.uns["cellduality_annotate"] = {"model": str(model_dir), "labels": labels,
+                                                 "cells_removed_by_qc": int(adata.n_obs - processed.n_obs),
+                                                 "input_kind": report.input_kind,
+                                                 "confidence": "probability of the answer tokens (teacher-forced)"}
+        with atomic_path(out) as tmp:
+            annotated.write_h5ad(tmp)
+    log.info("annotated %d cells of %s: %d format errors, median confidence %.3f", len(names), h5ad,
+             int(result["cellduality_format_error"].sum()), float(np.median(result["cellduality_confidence"])))
+    return result
