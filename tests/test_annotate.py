@@ -112,3 +112,5 @@ def test_model_card_round_trip(model):
     card = read_model_card(model / "sft")
     assert card["labels"] == sorted(MARKERS) and card["top_k"] == 8 and card["preprocess"] == PREPROCESS
     assert json.loads((model / "sft" / CARD).read_text())["trained"] == {"test": True}
+    readme = (model / "sft" / "README.md").read_text()
+    assert "cellduality annotate --model" in readme and "- Monocyte" in readme

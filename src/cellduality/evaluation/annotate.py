@@ -63,7 +63,39 @@ def write_model_card(out_dir: str | Path, *, tables: Sequence[str | Path], prepr
     path = Path(out_dir) / CARD
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(card, indent=1, sort_keys=True) + "\n")
+    with atomic_path(Path(out_dir) / "README.md") as tmp:
+        tmp.write_text(model_card_text(card))
     return path
+
+
+def model_card_text(card: Mapping[str, Any]) -> str:
+    """A human-readable model card (``README.md`` in the model folder, the Hugging Face convention)."""
+    trained = card.get("trained") or {}
+    labels = "\n".join(f"- {label}" for label in card["labels"])
+    return f"""# cellduality model
+
+A causal language model fine-tuned by the cellduality workflow to answer questions about single cells given
+as cell sentences (a cell's top {card['top_k']} expressed genes, highest first).
+
+- Base model: {trained.get('model', 'unknown')}
+- Training datasets: {', '.join(trained.get('datasets', [])) or 'unknown'} (annotation on
+  {', '.join(trained.get('annotation', [])) or 'none'}); species: {card.get('species')}
+- Preprocessing: {json.dumps(card.get('preprocess'), sort_keys=True)}
+
+## Use
+
+    cellduality annotate --model <this folder> --h5ad cells.h5ad --out cells.annotated.h5ad
+
+The model chooses among the {len(card['labels'])} labels it was trained on:
+
+{labels}
+
+## Limitations
+
+It knows only these labels and the genes of its training data; cells of other types get the closest known
+label (check `cellduality_confidence`). Its accuracy is what the run's report (`results/report/`) measured on
+held-out cells of the training datasets, not on new tissues or protocols.
+"""
 
 
 def read_model_card(model_dir: str | Path) -> dict[str, Any]:
