@@ -174,10 +174,21 @@ SFT_DATA = [
 ]
 
 
+# Training jobs get training.gpus (data-parallel); generation jobs one GPU (cellduality.cli never relaunches
+# them on several). The SLURM profile sets no per-rule resources, so these are what sbatch asks for.
 TRAINING_RESOURCES = dict(
     mem_mb=config["training"]["mem_mb"],
     runtime=config["training"]["runtime"],
     gpu=config["training"]["gpus"],
+    cpus_per_task=config["training"]["cpus_per_task"],
+)
+GENERATION_RESOURCES = dict(
+    mem_mb=max(
+        config["training"]["mem_mb"] // max(config["training"]["gpus"], 1), 8000
+    ),
+    runtime=config["training"]["runtime"],
+    gpu=min(config["training"]["gpus"], 1),
+    cpus_per_task=config["training"]["cpus_per_task"],
 )
 
 

@@ -15,7 +15,7 @@ rule predict:
         "../envs/training.yaml"
     threads: 2
     resources:
-        **TRAINING_RESOURCES,
+        **GENERATION_RESOURCES,
     params:
         code=cli_code("evaluation.predict"),
         settings=EVAL_SETTINGS,
@@ -175,7 +175,7 @@ rule annotate:
         "../envs/training.yaml"
     threads: 2
     resources:
-        **TRAINING_RESOURCES,
+        **GENERATION_RESOURCES,
     params:
         code=cli_code("evaluation.annotate"),
         batch_size=config["annotate"]["batch_size"],

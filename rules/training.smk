@@ -118,7 +118,7 @@ rule true_label_wins:
         "../envs/training.yaml"
     threads: 2
     resources:
-        **TRAINING_RESOURCES,
+        **GENERATION_RESOURCES,
     params:
         code=cli_code("training.label_signal"),
         settings=LABEL_SIGNAL_SETTINGS,

@@ -184,6 +184,26 @@ def test_slurm_profile_parses_and_plans_the_data_stage(tmp_path):
     assert planned_jobs(result) == {"download": n, "preprocess": n, "cell_sentences": n, "data": 1}
 
 
+def test_paper_run_asks_slurm_for_the_configured_gpus(tmp_path):
+    """With the SLURM profile, training jobs get training.gpus (8 in config/paper.yaml) and its memory, and the
+    generation jobs one GPU: the profile sets no per-rule resources that would override the config."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "-n",
+           "--profile", str(ROOT / "profiles" / "slurm"), "--sdm", "env-modules",
+           f"--configfile={ROOT / 'config' / 'paper.yaml'}"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resources = {}
+    for block in re.split(r"\n(?=rule |localrule )", result.stdout + result.stderr):
+        name = re.match(r"(?:local)?rule (\w+):", block)
+        found = re.search(r"resources: (.*)", block)
+        if name and found:
+            resources[name.group(1)] = dict(kv.split("=", 1) for kv in found.group(1).split(", "))
+    for rule in ("sft", "grpo"):
+        assert resources[rule]["gpu"] == "8" and resources[rule]["mem_mb"] == "256000", resources[rule]
+    for rule in ("predict", "true_label_wins"):
+        assert resources[rule]["gpu"] == "1" and resources[rule]["mem_mb"] == "32000", resources[rule]
+
+
 def test_deterministic_stages_match_the_golden_digests(data_run):
     """Cell sentences, task tables and SFT data are byte-for-byte what they were when tests/golden_digests.json
     was written (refactors must not change behaviour; see tests/golden_digests.py to update it on purpose)."""

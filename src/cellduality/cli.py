@@ -69,10 +69,10 @@ COMMANDS = {"build-model": _build_model, "sft": _sft, "grpo": _grpo, "true-label
 
 
 def relaunch_on_all_gpus(argv: list[str], accelerate_config: str | None) -> None:
-    """With more than one visible GPU (e.g. the GPUs a SLURM job was given) and not yet inside a launcher,
-    re-execute this command under ``accelerate launch`` with one process per GPU."""
-    if "WORLD_SIZE" in os.environ or argv[:1] == ["build-model"]:
-        return
+    """For ``sft`` and ``grpo``: with more than one visible GPU (e.g. the GPUs a SLURM job was given) and not yet
+    inside a launcher, re-execute this command under ``accelerate launch`` with one process per GPU."""
+    if "WORLD_SIZE" in os.environ or argv[:1] not in (["sft"], ["grpo"]):
+        return  # only training is data-parallel; prediction and diagnostics run on one GPU
     import torch
 
     n_gpus = torch.cuda.device_count()

@@ -144,13 +144,12 @@ def annotate(model_dir: str | Path, h5ad: str | Path, out: str | Path, *, batch_
     """Annotate every cell of ``h5ad`` (see the module docstring); returns the per-cell result table."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    import torch
     from transformers import AutoModelForCausalLM
 
     from cellduality.data.cell_sentences import cell_sentences
     from cellduality.data.preprocess import preprocess, read_h5ad
     from cellduality.training.generation import generate_chat
-    from cellduality.training.setup import load_tokenizer
+    from cellduality.training.setup import load_tokenizer, on_device
 
     card = read_model_card(model_dir)
     labels = list(card["labels"])
@@ -167,9 +166,7 @@ def annotate(model_dir: str | Path, h5ad: str | Path, out: str | Path, *, batch_
                                    f"same species ({card.get('species')}) as the training data")
         log.info("%d of %d genes of %s are in the model's vocabulary", overlap, processed.n_vars, h5ad)
     sentences = cell_sentences(processed, card["top_k"], tie_break=card.get("tie_break", "var_order"))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
-    if torch.cuda.is_available():
-        model = model.to("cuda")
+    model = on_device(AutoModelForCausalLM.from_pretrained(str(model_dir)))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     spec = get_task("annotation")

@@ -13,7 +13,7 @@ from cellduality.tasks.registry import get_task
 from cellduality.tasks.schema import decode_column
 from cellduality.training.datasets import eval_rows
 from cellduality.training.generation import generate_chat
-from cellduality.training.setup import load_tokenizer
+from cellduality.training.setup import load_tokenizer, on_device
 
 log = logging.getLogger(__name__)
 PREDICTION_COLUMNS = ("prompt_id", "task", "dataset", "split", "label", "candidates", "reference_sentence",
@@ -33,7 +33,7 @@ def predict(model_path: str, tables: Sequence[str | Path], out: str | Path, *, m
 
     rows = pd.concat([eval_rows([t], max_prompts_per_table) for t in tables], ignore_index=True)
     tokenizer = load_tokenizer(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path)
+    model = on_device(AutoModelForCausalLM.from_pretrained(model_path))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     log.info("answering %d eval prompts with %s", len(rows), model_path)

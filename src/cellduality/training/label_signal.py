@@ -23,7 +23,7 @@ from cellduality.tasks.prompts import Messages, annotation_dual_prompt
 from cellduality.tasks.rewards import inpainting_reward
 from cellduality.tasks.schema import decode_value
 from cellduality.training.datasets import rl_dataset
-from cellduality.training.setup import load_tokenizer
+from cellduality.training.setup import load_tokenizer, on_device
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def true_label_wins_for_model(model_path: str, tables: Sequence[str | Path], out
                                   mask=_row_mask(row))
                 for row in rows if row["task"] == "annotation" and row["label"]]
     tokenizer = load_tokenizer(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path)
+    model = on_device(AutoModelForCausalLM.from_pretrained(model_path))
     report = true_label_wins(examples, model_dual_generator(model, tokenizer, max_new_tokens, batch_size=batch_size),
                              batch_size=batch_size)
     summary = {"model": str(model_path), "chance_rate": _chance(examples), **report.summary()}

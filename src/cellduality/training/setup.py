@@ -37,6 +37,13 @@ def precision_flags(gradient_checkpointing: bool = False) -> dict[str, Any]:
     return {"bf16": False, "fp16": False, "gradient_checkpointing": False, "use_cpu": True}
 
 
+def on_device(model):
+    """The model on the first GPU when one is visible (generation outside a trainer), else unchanged."""
+    import torch
+
+    return model.to("cuda") if torch.cuda.is_available() else model
+
+
 def peft_config(lora: dict[str, Any]):
     """A peft LoraConfig (DoRA with ``use_dora``) or None when LoRA is disabled (config ``model.lora``)."""
     s = LoraSettings.from_config(lora)
