@@ -238,3 +238,27 @@ def test_teacher_plus_data_duals_fill_in_where_the_teacher_fails():
     by_source = accepted.groupby("provider")["prompt_id"].apply(set).to_dict()
     assert by_source["data"] == set(table_duals["prompt_id"]) - good and by_source["scripted"] == good
     assert stats["dual"]["answered_from_data"] == 2 and stats["dual"]["from_primal_prompts"] == 4
+
+
+def test_teacher_cost_cap_stops_before_any_request():
+    from cellduality.errors import CellDualityError
+    from cellduality.teacher.sft_data import estimate_cost
+
+    table = build_task_tables(identity_cells(), TaskTableParams(tasks=("annotation",), rl_fraction=0.0))
+    primal = table[(table["stage"] == "sft") & (table["direction"] == "primal")]
+    priced = TeacherSettings(provider="openai", n_samples=8, max_tokens=1000, price_in=2.5, price_out=10.0,
+                             progress=False)
+    cost = estimate_cost(primal, priced, "annotation/d")
+    assert cost == pytest.approx(len(primal) * 8 * 1000 * 10.0 / 1e6, rel=0.2)  # output tokens dominate
+    asked = []
+
+    class Recording(ScriptedProvider):
+        async def generate(self, request, params):
+            asked.append(request.prompt_id)
+            return await super().generate(request, params)
+
+    capped = TeacherSettings(n_samples=8, max_tokens=1000, price_in=2.5, price_out=10.0, max_cost_usd=cost / 2,
+                             progress=False)
+    with pytest.raises(CellDualityError, match="may cost up to .* above teacher.max_cost_usd"):
+        build_sft_dataset(table, capped, FilterSettings(), provider_factory=Recording)
+    assert asked == []

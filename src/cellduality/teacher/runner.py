@@ -86,6 +86,7 @@ class TeacherSettings:
     price_in: float = setting("teacher.price_in")
     price_out: float = setting("teacher.price_out")
     batch_discount: float = setting("teacher.batch_discount")
+    max_cost_usd: float | None = setting("teacher.max_cost_usd")
     cache: bool = setting("teacher.cache")
     cache_dir: str | None = setting("teacher.cache_dir")
     cache_sync: str = setting("teacher.cache_sync")

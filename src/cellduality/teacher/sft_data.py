@@ -28,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 from cellduality.data.label_profiles import DataProfiles, label_profiles
+from cellduality.errors import CellDualityError
 from cellduality.io import atomic_path
 from cellduality.seeding import stable_sample
 from cellduality.tasks.prompts import format_answer
@@ -107,6 +108,21 @@ def _prompts(rows: pd.DataFrame) -> list[tuple[str, list[dict[str, str]]]]:
     return list(zip(rows["prompt_id"], decode_column(rows, "prompt")))
 
 
+def estimate_cost(rows: pd.DataFrame, teacher: TeacherSettings, label: str = "") -> float:
+    """Worst-case USD of asking the teacher for ``rows`` (prompt tokens ~ characters / 4, every sample using
+    ``max_tokens``), logged; over ``teacher.max_cost_usd`` it is an error before any request is sent."""
+    chars = sum(sum(len(m["content"]) for m in msgs) for msgs in decode_column(rows, "prompt")) if len(rows) else 0
+    n = teacher.n_samples
+    cost = teacher.cost(chars / 4 * n, teacher.max_tokens * n * len(rows))
+    if teacher.provider != "markers":
+        log.info("teacher %s: %d prompts x %d samples, worst-case cost $%.2f", label, len(rows), n, cost)
+    if teacher.max_cost_usd is not None and cost > teacher.max_cost_usd:
+        raise CellDualityError(f"teacher {label}: {len(rows)} prompts x {n} samples may cost up to ${cost:,.2f}, above "
+                               f"teacher.max_cost_usd ${teacher.max_cost_usd:,.2f}; lower teacher.max_prompts or "
+                               "n_samples, or raise the limit")
+    return cost
+
+
 def build_sft_dataset(
     task_table: pd.DataFrame | str | Path,
     teacher: TeacherSettings,
@@ -148,6 +164,7 @@ def build_sft_dataset(
             runner.check_failures()
             return _samples_frame(part, samples, filtering, prov, parents)
 
+        estimate_cost(primal, teacher, label)
         primal_samples = run(primal, f"teacher {label} primal".strip())
         if teacher.dual_answers == "teacher":
             parent_ids = set(primal_samples.loc[primal_samples["accepted"], "prompt_id"]) if len(primal_samples) else set()
