@@ -203,3 +203,24 @@ def test_generation_keeps_answer_items_distinct():
     assert torch.isinf(scores[0, [5, 6]]).all() and not torch.isinf(scores[0, 7])  # generated 6 -> both spellings
     assert not torch.isinf(scores[1]).any()  # row 1 generated only non-item tokens
     assert torch.equal(proc(ids[:, :2], torch.zeros(2, 10)), torch.zeros(2, 10))  # nothing generated yet
+
+
+def test_candidate_constrained_decoding_names_only_candidates(workspace):
+    from transformers import AutoModelForCausalLM
+
+    from cellduality.training.generation import generate_chat, label_item_tokens
+    from cellduality.training.setup import load_tokenizer
+
+    tokenizer = load_tokenizer(str(workspace / "base"))
+    assert set(label_item_tokens(tokenizer).values()) == set(TYPES)
+    model = AutoModelForCausalLM.from_pretrained(str(workspace / "base"))  # untrained: says anything
+    conversations = [prompts.annotation_prompt(["CD3E", "GENE1"], {}, TYPES)] * 6
+    allowed = [["B cell"], ["Monocyte"], None, ["B cell"], ["Monocyte"], None]
+    free = generate_chat(model, tokenizer, conversations, max_new_tokens=30, temperature=1.0, batch_size=3)
+    constrained = generate_chat(model, tokenizer, conversations, max_new_tokens=30, temperature=1.0, batch_size=3,
+                                allowed_labels=allowed)
+    for reply, ok in zip(constrained, allowed):
+        named = {t for t in TYPES if t in reply}
+        if ok is not None:
+            assert named <= set(ok), reply
+    assert any(t in reply for reply in free for t in TYPES)

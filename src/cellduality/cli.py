@@ -49,7 +49,7 @@ def _annotate(args: argparse.Namespace) -> None:
     from cellduality.evaluation.annotate import annotate
 
     annotate(args.model, args.h5ad, args.out, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-             chunk_size=args.chunk_size, progress=not args.no_progress)
+             chunk_size=args.chunk_size, progress=not args.no_progress, constrain=not args.unconstrained)
 
 
 def _true_label_wins(spec: dict) -> None:
@@ -97,6 +97,8 @@ def annotate_main(argv: list[str]) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--chunk-size", type=int, default=2048, help="cells generated and written at a time")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--unconstrained", action="store_true",
+                        help="let the model name labels outside its label set (they become format errors)")
     parser.add_argument("--log", help="log file (default: stderr)")
     args = parser.parse_args(argv)
     harness("command annotate", args.log, lambda: _annotate(args))

@@ -4,7 +4,8 @@ The model folder's ``cellduality.json`` (:func:`write_model_card`, written next 
 what the run learned with: the label set, the preprocessing and cell-sentence settings and the species. The
 new h5ad is preprocessed with those settings (:func:`cellduality.data.preprocess.preprocess`, no labels
 needed), each cell becomes a top-K cell sentence, and the annotation prompt over the model's label set is
-answered greedily, in chunks of ``chunk_size`` cells (generations are written out chunk by chunk, never all
+answered greedily (label tokens outside the label set banned unless ``constrain`` is off), in chunks of
+``chunk_size`` cells (generations are written out chunk by chunk, never all
 held in memory). Output:
 
 - ``OUT.h5ad``: the input with ``obs["cellduality_label"]`` (the answer mapped onto the label set; missing for a
@@ -140,7 +141,8 @@ def _answer_probability(model, tokenizer, conversations, responses, answers) -> 
 
 
 def annotate(model_dir: str | Path, h5ad: str | Path, out: str | Path, *, batch_size: int = 32,
-             max_new_tokens: int = 48, chunk_size: int = 2048, progress: bool = True) -> pd.DataFrame:
+             max_new_tokens: int = 48, chunk_size: int = 2048, progress: bool = True,
+             constrain: bool = True) -> pd.DataFrame:
     """Annotate every cell of ``h5ad`` (see the module docstring); returns the per-cell result table."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -186,7 +188,8 @@ def annotate(model_dir: str | Path, h5ad: str | Path, out: str | Path, *, batch_
                 chunk = names[start:start + chunk_size]
                 conversations = [annotation_prompt(s.split(), {}, labels) for s in sentences[start:start + chunk_size]]
                 responses = generate_chat(model, tokenizer, conversations, max_new_tokens=max_new_tokens,
-                                          batch_size=batch_size)
+                                          batch_size=batch_size,
+                                          allowed_labels=[labels] * len(conversations) if constrain else None)
                 parsed = [spec.parse_prediction(r, labels) for r in responses]
                 answers = [answer for _, answer in parsed]
                 raw = [parse_response(r).answer for r in responses]

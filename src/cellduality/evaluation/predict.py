@@ -27,8 +27,10 @@ def parse_prediction(task: str, response: str, candidates: Sequence[str]) -> tup
 
 
 def predict(model_path: str, tables: Sequence[str | Path], out: str | Path, *, max_prompts_per_table: int | None,
-            max_new_tokens: int, batch_size: int = 16) -> pd.DataFrame:
-    """Greedy answers of ``model_path`` to the eval-stage primal prompts of ``tables``, parsed."""
+            max_new_tokens: int, batch_size: int = 16, constrain_to_candidates: bool = False) -> pd.DataFrame:
+    """Greedy answers of ``model_path`` to the eval-stage primal prompts of ``tables``, parsed. With
+    ``constrain_to_candidates`` the label and assignment answers can only name the prompt's candidates
+    (:class:`cellduality.training.generation.CandidateItems`; models whose tokenizer records its labels)."""
     from transformers import AutoModelForCausalLM
 
     rows = pd.concat([eval_rows([t], max_prompts_per_table) for t in tables], ignore_index=True)
@@ -37,8 +39,12 @@ def predict(model_path: str, tables: Sequence[str | Path], out: str | Path, *, m
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     log.info("answering %d eval prompts with %s", len(rows), model_path)
+    allowed = None
+    if constrain_to_candidates:
+        allowed = [list(c) if get_task(t).kind("primal") in ("label", "assignment") and c else None
+                   for t, c in zip(rows["task"], decode_column(rows, "candidates"))]
     responses = generate_chat(model, tokenizer, decode_column(rows, "prompt"),
-                              max_new_tokens=max_new_tokens, batch_size=batch_size)
+                              max_new_tokens=max_new_tokens, batch_size=batch_size, allowed_labels=allowed)
     rows["response"] = responses
     parsed = [parse_prediction(t, r, c) for t, r, c in zip(rows["task"], responses, decode_column(rows, "candidates"))]
     rows["format_ok"] = [ok for ok, _ in parsed]

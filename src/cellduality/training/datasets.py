@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -31,8 +31,10 @@ def _read_tasks(paths: Sequence[str | Path], required: Sequence[str]) -> pd.Data
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(required))
 
 
-def sft_dataset(paths: Sequence[str | Path], seed: int = 0):
-    """Accepted teacher examples as prompt-completion conversations (TRL trains on the completion only)."""
+def sft_dataset(paths: Sequence[str | Path], seed: int = 0, task_weights: Mapping[str, int] | None = None):
+    """Accepted teacher examples as prompt-completion conversations (TRL trains on the completion only).
+    ``task_weights`` (``sft.task_weights``) repeats the primal examples of a task that many times: the loss is a
+    mean over completion tokens, so a one-token label answer weighs little beside 24- or 32-gene answers."""
     from datasets import Dataset
 
     table = _read(paths, ("prompt", "completion", "accepted"))
@@ -40,6 +42,10 @@ def sft_dataset(paths: Sequence[str | Path], seed: int = 0):
     if table.empty:
         raise CellDualityError(f"no accepted SFT examples in {', '.join(map(str, paths))}; lower "
                                "filtering.rwjs_threshold or raise teacher.n_samples")
+    for task, weight in (task_weights or {}).items():
+        if weight > 1 and {"task", "direction"} <= set(table.columns):
+            primal = table[(table["task"] == task) & (table["direction"] == "primal")]
+            table = pd.concat([table, *[primal] * (int(weight) - 1)], ignore_index=True)
     records = {"prompt": decode_column(table, "prompt", ", ".join(map(str, paths)),
                                        "rebuild it with snakemake --forcerun teacher"),
                "completion": [[{"role": "assistant", "content": c}] for c in table["completion"]]}

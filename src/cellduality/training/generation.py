@@ -4,7 +4,8 @@ Answers list distinct items: a cell sentence names each gene once, a CellPuzzles
 once. With a tokenizer that knows its whole-item tokens (the embedded tokenizer records every gene and label
 token under ``answer_items``, see :mod:`cellduality.training.tiny_model`), :class:`UniqueAnswerItems` forbids
 generating an item token that the reply already contains (either spelling: ``CD74`` or `` CD74``), so a small
-model cannot loop on one gene. Tokenizers without ``answer_items`` (Hugging Face models, whose genes span
+model cannot loop on one gene. With ``allowed_labels`` (``evaluation.constrain_to_candidates``, ``annotate``),
+:class:`CandidateItems` also bans label tokens that are not among the prompt's candidates. Tokenizers without ``answer_items`` (Hugging Face models, whose genes span
 several tokens) decode unconstrained.
 """
 
@@ -60,11 +61,46 @@ class UniqueAnswerItems:
         return scores.masked_fill(banned, float("-inf"))
 
 
+def label_item_tokens(tokenizer) -> dict[int, str]:
+    """``token id -> label`` for the tokenizer's whole-label tokens (both spellings), from ``label_items``."""
+    vocab = tokenizer.get_vocab()
+    return {vocab[text]: text.strip() for text in tokenizer.init_kwargs.get("label_items") or [] if text in vocab}
+
+
+class CandidateItems:
+    """Logits processor: in row i, label tokens outside ``allowed[i]`` are banned (None: no restriction), so
+    a label or assignment answer can only name the prompt's candidates (constrained decoding)."""
+
+    def __init__(self, labels: dict[int, str], allowed: Sequence[Sequence[str] | None]) -> None:
+        self.labels = labels
+        self.allowed = [None if a is None else set(a) for a in allowed]
+        self._mask = None
+
+    def _banned(self, vocab_size: int, device):
+        import torch
+
+        if self._mask is None or self._mask.shape[1] != vocab_size:
+            mask = torch.zeros(len(self.allowed), vocab_size, dtype=torch.bool)
+            for row, allowed in enumerate(self.allowed):
+                if allowed is None:
+                    continue
+                for token, label in self.labels.items():
+                    if token < vocab_size and label not in allowed:
+                        mask[row, token] = True
+            self._mask = mask.to(device)
+        return self._mask
+
+    def __call__(self, input_ids, scores):
+        return scores.masked_fill(self._banned(scores.shape[1], scores.device)[: scores.shape[0]], float("-inf"))
+
+
 def generate_chat(model, tokenizer, conversations: Sequence[Messages], *, max_new_tokens: int = 256,
                   temperature: float = 0.0, top_p: float = 1.0, batch_size: int = 16,
-                  unique_items: bool = True) -> list[str]:
+                  unique_items: bool = True, allowed_labels: Sequence[Sequence[str] | None] | None = None) -> list[str]:
     """Generate one assistant reply per conversation (greedy when ``temperature`` is 0); ``unique_items``
-    applies :class:`UniqueAnswerItems` when the tokenizer records its answer items."""
+    applies :class:`UniqueAnswerItems` when the tokenizer records its answer items; ``allowed_labels`` (one
+    entry per conversation, None for no restriction) applies :class:`CandidateItems` when it records its label
+    items (``label_items``, see :mod:`cellduality.training.tiny_model`)."""
     import torch
     from transformers import LogitsProcessorList
 
@@ -73,6 +109,7 @@ def generate_chat(model, tokenizer, conversations: Sequence[Messages], *, max_ne
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     groups = answer_item_groups(tokenizer) if unique_items else {}
+    labels = label_item_tokens(tokenizer) if allowed_labels is not None else {}
     replies: list[str] = []
     try:
         for start in range(0, len(conversations), batch_size):
@@ -81,9 +118,11 @@ def generate_chat(model, tokenizer, conversations: Sequence[Messages], *, max_ne
             batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
                 {"do_sample": False}
-            if groups:
-                sampling["logits_processor"] = LogitsProcessorList(
-                    [UniqueAnswerItems(groups, batch["input_ids"].shape[1])])
+            processors = [UniqueAnswerItems(groups, batch["input_ids"].shape[1])] if groups else []
+            if labels:
+                processors.append(CandidateItems(labels, allowed_labels[start:start + batch_size]))
+            if processors:
+                sampling["logits_processor"] = LogitsProcessorList(processors)
             with torch.no_grad():
                 out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                                      **sampling)

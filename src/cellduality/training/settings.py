@@ -44,6 +44,7 @@ class SFTSettings:
     save_steps: int = setting("sft.save_steps")
     logging_steps: int = setting("sft.logging_steps")
     group_by_length: bool = setting("sft.group_by_length")
+    task_weights: Mapping[str, int] = setting("sft.task_weights")
     gradient_checkpointing: bool = setting("sft.gradient_checkpointing")
     seed: int = setting("sft.seed")
 

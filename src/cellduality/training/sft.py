@@ -29,7 +29,7 @@ def run_sft(model_path: str, data: Sequence[str | Path], out_dir: str | Path, ch
 
     s = SFTSettings.from_config(cfg)
     checkpoint_dir = run_checkpoint_dir(checkpoint_dir, {"sft": cfg, "lora": lora}, [model_path, *data])
-    dataset = sft_dataset(data, seed=s.seed)
+    dataset = sft_dataset(data, seed=s.seed, task_weights=s.task_weights)
     args = SFTConfig(
         output_dir=str(checkpoint_dir), num_train_epochs=s.epochs, max_steps=s.max_steps,
         learning_rate=s.learning_rate, per_device_train_batch_size=s.per_device_batch_size,

@@ -92,6 +92,7 @@ def train_tokenizer(corpus: Iterable[str], genes: Sequence[str], vocab_size: int
     # whole-item tokens, saved in tokenizer_config.json: generation keeps answer items distinct
     # (cellduality.training.generation.UniqueAnswerItems)
     fast.init_kwargs["answer_items"] = [*genes, *(f" {g}" for g in genes), *labels, *(f" {x}" for x in labels)]
+    fast.init_kwargs["label_items"] = [*labels, *(f" {x}" for x in labels)]  # candidate-constrained decoding
     fast.chat_template = CHAT_TEMPLATE
     fast.padding_side = "left"
     return fast
