@@ -5,8 +5,8 @@ once. With a tokenizer that knows its whole-item tokens (the embedded tokenizer 
 token under ``answer_items``, see :mod:`cellduality.training.tiny_model`), :class:`UniqueAnswerItems` forbids
 generating an item token that the reply already contains (either spelling: ``CD74`` or `` CD74``), so a small
 model cannot loop on one gene. With ``allowed_labels`` (``evaluation.constrain_to_candidates``, ``annotate``),
-:class:`CandidateItems` also bans label tokens that are not among the prompt's candidates. Tokenizers without ``answer_items`` (Hugging Face models, whose genes span
-several tokens) decode unconstrained.
+:class:`CandidateItems` also bans label tokens that are not among the prompt's candidates. Tokenizers
+without ``answer_items`` (Hugging Face models, whose genes span several tokens) decode unconstrained.
 """
 
 from __future__ import annotations
