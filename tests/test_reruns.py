@@ -139,3 +139,16 @@ def test_a_copied_project_is_still_complete(project, tmp_path):
     copy = tmp_path / "moved project"
     shutil.copytree(project, copy, symlinks=True)
     assert planned(copy) == {}
+
+
+def test_a_second_run_in_another_folder_gives_identical_tables(project):
+    """Determinism: this project's cell-sentence tables and task tables (another folder, another run, the
+    pbmc68k source read from a local copy) are byte-for-byte the golden ones of tests/golden_digests.json."""
+    import json
+
+    from golden_digests import GOLDEN, digests
+
+    golden = json.loads(GOLDEN.read_text())
+    found = {k: v for k, v in digests(project / "results").items() if not k.startswith("sft/")}
+    assert found and found == {k: v for k, v in golden.items() if k in found}
+    assert {k for k in golden if not k.startswith("sft/")} == set(found)
