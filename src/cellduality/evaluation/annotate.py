@@ -113,30 +113,36 @@ def read_model_card(model_dir: str | Path) -> dict[str, Any]:
     return card
 
 
-def _answer_probability(model, tokenizer, conversations, responses, answers) -> list[float]:
+def _answer_probability(model, tokenizer, conversations, responses, answers, batch_size: int = 32) -> list[float]:
     """exp(sum of log-probabilities) of each answer's tokens, teacher-forced after the prompt and the response
-    text before the answer (0 where the answer is None)."""
+    text before the answer (0 where the answer is None); scored in right-padded batches."""
     import torch
 
-    out: list[float] = []
-    for messages, response, answer in zip(conversations, responses, answers):
+    out = [0.0] * len(conversations)
+    items = []  # (index, token ids, number of answer tokens at the end)
+    for i, (messages, response, answer) in enumerate(zip(conversations, responses, answers)):
         if answer is None:
-            out.append(0.0)
             continue
         prompt = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-        start = response.find(answer)
-        before = prompt + response[: max(start, 0)]
-        ids_before = tokenizer(before, add_special_tokens=False)["input_ids"]
-        full = tokenizer(before + answer, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        n_answer = full.shape[1] - len(ids_before)
-        if n_answer <= 0:
-            out.append(0.0)
-            continue
+        before = prompt + response[: max(response.find(answer), 0)]
+        n_before = len(tokenizer(before, add_special_tokens=False)["input_ids"])
+        ids = tokenizer(before + answer, add_special_tokens=False)["input_ids"]
+        if len(ids) > n_before:
+            items.append((i, ids, len(ids) - n_before))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        width = max(len(ids) for _, ids, _ in chunk)
+        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, (_, ids, _) in enumerate(chunk):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            mask[row, : len(ids)] = 1
         with torch.no_grad():
-            logits = model(input_ids=full.to(model.device)).logits[0, :-1].float().log_softmax(-1)
-        targets = full[0, 1:].to(model.device)
-        logp = logits.gather(1, targets[:, None])[:, 0][-n_answer:].sum().item()
-        out.append(float(math.exp(logp)))
+            logits = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device)).logits
+        logp = logits[:, :-1].float().log_softmax(-1).gather(2, input_ids[:, 1:, None].to(model.device))[..., 0]
+        for row, (i, ids, n_answer) in enumerate(chunk):
+            out[i] = float(math.exp(logp[row, len(ids) - 1 - n_answer: len(ids) - 1].sum().item()))
     return out
 
 
@@ -194,7 +200,8 @@ def annotate(model_dir: str | Path, h5ad: str | Path, out: str | Path, *, batch_
                 answers = [answer for _, answer in parsed]
                 raw = [parse_response(r).answer for r in responses]
                 confidence = _answer_probability(model, tokenizer, conversations, responses,
-                                                 [a if p is not None else None for a, p in zip(raw, answers)])
+                                                 [a if p is not None else None for a, p in zip(raw, answers)],
+                                                 batch_size)
                 result.loc[chunk, "cellduality_label"] = answers
                 result.loc[chunk, "cellduality_confidence"] = confidence
                 result.loc[chunk, "cellduality_format_error"] = [a is None for a in answers]
