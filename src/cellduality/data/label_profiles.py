@@ -1,7 +1,7 @@
 """Per-label gene profiles learned from labelled cell sentences (the training cells' own marker knowledge).
 
-Every gene of a K-gene sentence gets a rank weight, 1 at the top and 0.5 at rank K (0 when absent; the same
-rank factor the markers teacher scores evidence with). Per label:
+Every gene of a K-gene sentence gets a rank weight, 1 at the top and 0.5 at rank K (0 when absent;
+:func:`rank_factor`, which the markers teacher also scores its evidence with). Per label:
 
 - ``typical``: the genes with the highest mean rank weight over the label's cells (what such a cell
   usually lists first: a consensus cell sentence);
@@ -53,9 +53,10 @@ class DataProfiles:
         return "|".join(parts) + "|common:" + ",".join(self.common) + "|vocab:" + ",".join(sorted(self.vocabulary))
 
 
-def rank_weights(n_genes: int) -> np.ndarray:
-    """Weights of ranks 1..n: 1 at the top, 0.5 at the bottom."""
-    return 1.0 - 0.5 * np.arange(n_genes) / max(n_genes - 1, 1)
+def rank_factor(rank: int, n_genes: int) -> float:
+    """Weight of a gene at 1-based ``rank`` of an ``n_genes`` sentence: 1 at the top, 0.5 at the bottom (the
+    markers teacher scores its evidence with the same factor)."""
+    return 1.0 - 0.5 * (rank - 1) / max(n_genes - 1, 1)
 
 
 def label_profiles(sentences: Iterable[Sequence[str] | str], labels: Iterable[object], *, n_typical: int = 40,
@@ -71,8 +72,8 @@ def label_profiles(sentences: Iterable[Sequence[str] | str], labels: Iterable[ob
     weights = np.zeros((len(cells), len(genes)), dtype=np.float32)
     for row, cell in enumerate(cells):
         seen: dict[str, float] = {}
-        for gene, w in zip((g.upper() for g in cell), rank_weights(len(cell))):
-            seen.setdefault(gene, float(w))  # first occurrence
+        for rank, gene in enumerate((g.upper() for g in cell), start=1):
+            seen.setdefault(gene, rank_factor(rank, len(cell)))  # first occurrence
         for gene, w in seen.items():
             weights[row, index[gene]] = w
     order_common = np.argsort(-weights.mean(axis=0), kind="stable") if len(cells) else np.array([], dtype=int)

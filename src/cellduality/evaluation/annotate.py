@@ -24,7 +24,7 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,29 +36,18 @@ from cellduality.io import atomic_path
 from cellduality.tasks.parsing import parse_response
 from cellduality.tasks.prompts import annotation_prompt
 from cellduality.tasks.registry import get_task
-from cellduality.tasks.schema import decode_column, read_task_frame
+from cellduality.training.tiny_model import label_vocabulary
 
 log = logging.getLogger(__name__)
 CARD = "cellduality.json"
 CARD_VERSION = 1
 
 
-def labels_of_tables(tables: Iterable[str | Path]) -> list[str]:
-    """The label set of annotation task tables: every candidate and label of their rows, sorted."""
-    labels: set[str] = set()
-    for path in tables:
-        table = read_task_frame(path, columns=["prompt_id", "task", "label", "candidates"])
-        table = table[table["task"] == "annotation"]
-        for candidates in decode_column(table, "candidates", path):
-            labels.update(str(c) for c in candidates)
-        labels.update(str(x) for x in table["label"] if str(x).strip())
-    return sorted(labels)
-
-
 def write_model_card(out_dir: str | Path, *, tables: Sequence[str | Path], preprocess: Mapping[str, Any],
                      cell_sentence: Mapping[str, Any], species: str, source: Mapping[str, Any]) -> Path:
-    """``cellduality.json`` in a trained model's folder: what ``annotate`` needs to use it on new cells."""
-    card = {"version": CARD_VERSION, "labels": labels_of_tables(tables), "preprocess": dict(preprocess),
+    """``cellduality.json`` in a trained model's folder: what ``annotate`` needs to use it on new cells. The
+    label set is every label and candidate of the annotation ``tables``."""
+    card = {"version": CARD_VERSION, "labels": label_vocabulary(tables), "preprocess": dict(preprocess),
             "top_k": cell_sentence["top_k"], "tie_break": cell_sentence.get("tie_break", "var_order"),
             "species": species, "trained": dict(source)}
     path = Path(out_dir) / CARD
@@ -196,17 +185,16 @@ def annotate(model_dir: str | Path, h5ad: str | Path, out: str | Path, *, batch_
                 responses = generate_chat(model, tokenizer, conversations, max_new_tokens=max_new_tokens,
                                           batch_size=batch_size,
                                           allowed_labels=[labels] * len(conversations) if constrain else None)
-                parsed = [spec.parse_prediction(r, labels) for r in responses]
-                answers = [answer for _, answer in parsed]
-                raw = [parse_response(r).answer for r in responses]
+                parsed = [parse_response(r) for r in responses]
+                answers = [spec.parse_prediction(r, labels)[1] for r in responses]
                 confidence = _answer_probability(model, tokenizer, conversations, responses,
-                                                 [a if p is not None else None for a, p in zip(raw, answers)],
+                                                 [p.answer if a is not None else None for p, a in zip(parsed, answers)],
                                                  batch_size)
                 result.loc[chunk, "cellduality_label"] = answers
                 result.loc[chunk, "cellduality_confidence"] = confidence
                 result.loc[chunk, "cellduality_format_error"] = [a is None for a in answers]
                 writer.write_table(pa.table({"obs_name": chunk, "response": responses,
-                                             "reasoning": [parse_response(r).think or "" for r in responses]},
+                                             "reasoning": [p.think or "" for p in parsed]},
                                             schema=schema))
                 if bar is not None:
                     bar.update(len(chunk))

@@ -23,6 +23,7 @@ sqrt(#typical)``. A label's score is the mean over its label-map components of t
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -34,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from cellduality.data.label_profiles import DataProfiles
+from cellduality.data.label_profiles import DataProfiles, rank_factor
 from cellduality.errors import CellDualityError
 from cellduality.io import RESOURCES
 from cellduality.tasks.parsing import normalize_label
@@ -44,11 +45,6 @@ HALLMARK_GMT = "gene_sets/h.all.v7.5.1.symbols.gmt"
 DATA_TYPE_PREFIX = "data: "  # marker-table type names of labels learned from the training cells
 KNOWLEDGE_MODES = ("shipped", "data", "both")
 DRUG_PROGRAMS = "drug_programs.yaml"
-
-
-def rank_factor(rank: int, n_genes: int) -> float:
-    """Weight of a gene at 1-based ``rank`` of an ``n_genes`` sentence: 1 at the top, 0.5 at the bottom."""
-    return 1.0 - 0.5 * (rank - 1) / max(n_genes - 1, 1)
 
 
 def gene_ranks(genes: Sequence[str]) -> dict[str, int]:
@@ -241,8 +237,7 @@ class Knowledge:
         genes unchanged; only the vocabulary is applied)."""
         if mode not in KNOWLEDGE_MODES:
             raise CellDualityError(f"teacher.knowledge must be one of {', '.join(KNOWLEDGE_MODES)}; got {mode!r}")
-        kb = Knowledge.__new__(Knowledge)
-        kb.__dict__.update(self.__dict__)
+        kb = copy.copy(self)
         kb.types, kb.label_map, kb._rankings = dict(self.types), dict(self.label_map), {}
         kb.vocabulary = frozenset(data.vocabulary)
         digest = hashlib.sha256(f"{self.digest}|{mode}|{data.digest_text()}".encode()).hexdigest()[:12]
