@@ -224,3 +224,59 @@ def test_candidate_constrained_decoding_names_only_candidates(workspace):
         if ok is not None:
             assert named <= set(ok), reply
     assert any(t in reply for reply in free for t in TYPES)
+
+
+def _train_in(folder: Path, source: Path) -> dict:
+    """Build the tiny model, SFT, duality GRPO and predict in ``folder``: what a run of the training stage keeps."""
+    from safetensors.numpy import load_file
+
+    from cellduality.evaluation.predict import predict
+    from cellduality.training.grpo import run_grpo
+    from cellduality.training.sft import run_sft
+    from cellduality.training.tiny_model import build_tiny_model
+
+    folder.mkdir(parents=True)
+    for name in ("tasks.parquet", "sft.parquet", "sentences.parquet"):
+        (folder / name).write_bytes((source / name).read_bytes())
+    build_tiny_model([folder / "sentences.parquet"], [folder / "tasks.parquet"], folder / "base", vocab_size=400,
+                     hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2)
+    run_sft(str(folder / "base"), [folder / "sft.parquet"], folder / "sft", folder / "ckpt", SFT_CFG, NO_LORA)
+    cfg = dict(num_generations=2, train_batch_size=4, mini_batch_size=4, max_steps=2, learning_rate=1e-3,
+               beta=0.04, epsilon=0.2, temperature=1.0, max_completion_length=16, max_prompts=8,
+               dual_model="policy", dual_max_new_tokens=12, dual_temperature=0.0, save_steps=1, use_vllm=False,
+               seed=0, gradient_checkpointing=False)
+    run_grpo(str(folder / "sft"), [folder / "tasks.parquet"], folder / "grpo", folder / "ckpt_grpo", cfg,
+             {"mode": "duality"}, NO_LORA)
+    rows = pd.read_parquet(folder / "tasks.parquet")
+    rows.loc[rows.stage == "rl", "stage"] = "eval"  # the unseen half answers as eval prompts
+    rows.to_parquet(folder / "eval.parquet")
+    predictions = predict(str(folder / "grpo"), [folder / "eval.parquet"], folder / "predictions.parquet",
+                          max_prompts_per_table=None, max_new_tokens=24)
+    return {
+        "sft_history": json.loads((folder / "sft" / "log_history.json").read_text()),
+        "reward_curve": pd.read_csv(folder / "grpo" / "reward_curve.tsv", sep="\t"),
+        "weights": load_file(folder / "grpo" / "model.safetensors"),
+        "responses": predictions["response"].tolist(),
+    }
+
+
+DETERMINISM_ATOL = 1e-6  # README "Reproducibility audits": training metrics agree to this, in absolute value
+
+
+def test_training_is_deterministic_across_folders(workspace, tmp_path):
+    """Same config and seed in two folders (different path lengths): the SFT loss curve, the GRPO reward curve
+    and the final weights agree within DETERMINISM_ATOL, and greedy predictions are identical."""
+    import numpy as np
+
+    a = _train_in(tmp_path / "a", workspace)
+    b = _train_in(tmp_path / "second folder" / "b", workspace)
+    losses = [[e["loss"] for e in run["sft_history"] if "loss" in e] for run in (a, b)]
+    assert len(losses[0]) == SFT_CFG["max_steps"]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=0, atol=DETERMINISM_ATOL)
+    numeric = a["reward_curve"].select_dtypes("number").columns
+    assert len(a["reward_curve"]) == 2
+    np.testing.assert_allclose(a["reward_curve"][numeric], b["reward_curve"][numeric], rtol=0, atol=DETERMINISM_ATOL)
+    assert a["weights"].keys() == b["weights"].keys()
+    for name, tensor in a["weights"].items():
+        np.testing.assert_allclose(tensor, b["weights"][name], rtol=0, atol=DETERMINISM_ATOL, err_msg=name)
+    assert a["responses"] == b["responses"] and len(a["responses"]) == 12
