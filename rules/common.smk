@@ -10,9 +10,15 @@ sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 from cellduality.config import load_schema, validate_config  # noqa: E402
 from cellduality.data.builtin import builtin_resource_files  # noqa: E402
 from cellduality.errors import CellDualityError, fail  # noqa: E402
-from cellduality.provenance import code_digest  # noqa: E402
+from cellduality.provenance import audit_only, code_digest  # noqa: E402
 from cellduality.teacher.markers.knowledge import resource_files  # noqa: E402
-from cellduality.teacher.runner import TeacherSettings, output_params  # noqa: E402
+from cellduality.tasks.tables import check_catalog  # noqa: E402
+from cellduality.teacher.runner import (
+    TeacherSettings,
+    api_key,
+    output_params,
+)  # noqa: E402
+from cellduality.training.hub import is_hub_id  # noqa: E402
 from cellduality.training.settings import (
     GRPOSettings,
     LoraSettings,
@@ -48,6 +54,7 @@ try:
     SFTSettings.from_config(config["sft"])
     LoraSettings.from_config(config["model"]["lora"])
     GRPOSettings.from_config(config["grpo"]).check_processes(config["training"]["gpus"])
+    check_catalog(config, source="config")
 except CellDualityError as _err:
     fail(f"config: {_err}")
 
@@ -94,19 +101,46 @@ def portable(path):
     return path
 
 
-def source_files(wildcards):
-    """Download inputs: the shipped files a builtin source reads, or a local source file itself (so replacing
-    it reruns the download and everything after it); URLs are checked by their sha256 instead.
-    """
-    source = DATASETS[wildcards.dataset]["source"]
-    if source.startswith("builtin:"):
-        return [portable(p) for p in builtin_resource_files(source)]
+def _local_input(source):
+    """A local source file as a rule input (replacing it reruns what reads it); [] for URLs, which their
+    sha256 checks instead, and for a missing file (the step's one-line error)."""
     if "://" in source and not source.startswith("file://"):
         return []
     path = os.path.expanduser(source.removeprefix("file://"))
-    return (
-        [portable(path)] if os.path.isfile(path) else []
-    )  # missing: the step's one-line error
+    return [portable(path)] if os.path.isfile(path) else []
+
+
+def source_files(wildcards):
+    """Download inputs: the shipped files a builtin source reads, or a local source file itself."""
+    source = DATASETS[wildcards.dataset]["source"]
+    if source.startswith("builtin:"):
+        return [portable(p) for p in builtin_resource_files(source)]
+    return _local_input(source)
+
+
+def obs_table_files(wildcards):
+    return _local_input(DATASETS[wildcards.dataset]["obs_table"]["source"])
+
+
+def obs_table_params(wildcards):
+    table = DATASETS[wildcards.dataset]["obs_table"]
+    return {
+        "source": table["source"],
+        "sha256": table["sha256"],
+        "field": "obs_table.source",
+    }
+
+
+def convert_inputs(wildcards):
+    """The downloaded file (of another catalog entry for a `dataset:<name>` source, which reuses its
+    download) and the downloaded obs table when the entry has one."""
+    name = wildcards.dataset
+    source = DATASETS[name]["source"]
+    origin = source.removeprefix("dataset:") if source.startswith("dataset:") else name
+    inputs = {"raw": f"{RESULTS}/raw/{origin}.download"}
+    if DATASETS[origin]["obs_table"]["source"]:
+        inputs["obs_table"] = f"{RESULTS}/raw/{origin}.obs_table"
+    return inputs
 
 
 def dataset_params(*keys):
@@ -116,6 +150,10 @@ def dataset_params(*keys):
 
 # ---------------------------------------------------------------- tasks (rules/tasks.smk)
 TASKS = {task: names for task, names in config["tasks"].items() if names}
+# the catalog entries some task uses (all of them when no task is configured): what `data` and training build
+USED_DATASETS = sorted({n for names in TASKS.values() for n in names}) or sorted(
+    DATASETS
+)
 
 
 # ---------------------------------------------------------------- teacher (rules/teacher.smk)
@@ -137,7 +175,15 @@ def teacher_knowledge(wildcards):
 EMBEDDED = config["model"]["source"] == "embedded"
 
 
-BASE_MODEL = f"{RESULTS}/models/base" if EMBEDDED else config["model"]["source"]
+# a hub model is fetched once into results/models/hub by the local rule fetch_model (compute nodes may be
+# offline); a local folder is read where it is
+HUB = is_hub_id(config["model"]["source"])
+BASE_MODEL = (
+    f"{RESULTS}/models/base"
+    if EMBEDDED
+    else (f"{RESULTS}/models/hub" if HUB else config["model"]["source"])
+)
+BUILT_MODEL = EMBEDDED or HUB  # BASE_MODEL is a rule's output
 
 
 TASK_TABLES = [
@@ -172,6 +218,16 @@ SFT_DATA = [
     for task, names in TASKS.items()
     for name in names
 ]
+
+# a paid teacher needs its API key before any job runs, unless its answers are all on disk already (a dry
+# run only warns: an audit needs no key)
+if not _MARKERS and not all(os.path.exists(p) for p in SFT_DATA):
+    try:
+        api_key(TeacherSettings.from_config(config["teacher"]))
+    except CellDualityError as _err:
+        if not (workflow.dryrun or audit_only(sys.argv)):
+            fail(f"config: {_err}")
+        print(f"cellduality warning: {_err}", file=sys.stderr)
 
 
 # Training jobs get training.gpus (data-parallel); generation jobs one GPU (cellduality.cli never relaunches
@@ -244,7 +300,7 @@ LABEL_SIGNAL_SETTINGS = dict(
 def variant_model(wildcards):
     """Model directory of an evaluated variant and replicate (nothing to build for a hub/base model path)."""
     if wildcards.variant == "base":
-        return [BASE_MODEL] if EMBEDDED else []
+        return [BASE_MODEL] if BUILT_MODEL else []
     if wildcards.variant == "sft":
         return [rules.sft.output[0].format(rep=wildcards.rep)]
     reward = wildcards.variant.removeprefix("grpo_")

@@ -1,4 +1,4 @@
-# Data stage: download (checksum-verified) -> preprocess (normalize, symbols, QC) -> cell-sentence tables.
+# Data stage: download (checksum-verified) -> convert (any source format to h5ad) -> preprocess (normalize, symbols, QC) -> cell-sentence tables.
 
 
 wildcard_constraints:
@@ -7,6 +7,7 @@ wildcard_constraints:
 
 localrules:
     download,
+    download_obs_table,
     data,
 
 
@@ -14,7 +15,7 @@ rule download:
     input:
         source_files,
     output:
-        h5ad=f"{RESULTS}/raw/{{dataset}}.h5ad",
+        raw=f"{RESULTS}/raw/{{dataset}}.download",
         sha256=f"{RESULTS}/raw/{{dataset}}.sha256",
     log:
         f"{LOGS}/download/{{dataset}}.log",
@@ -31,9 +32,57 @@ rule download:
         "../workflow/scripts/download.py"
 
 
+rule download_obs_table:
+    input:
+        obs_table_files,
+    output:
+        raw=f"{RESULTS}/raw/{{dataset}}.obs_table",
+        sha256=f"{RESULTS}/raw/{{dataset}}.obs_table.sha256",
+    log:
+        f"{LOGS}/download/{{dataset}}.obs_table.log",
+    conda:
+        "../envs/data.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    params:
+        code=script_code("download.py"),
+        dataset=obs_table_params,
+        download=config["download"],
+    script:
+        "../workflow/scripts/download.py"
+
+
+rule convert:
+    input:
+        unpack(convert_inputs),
+    output:
+        h5ad=f"{RESULTS}/converted/{{dataset}}.h5ad",
+        report=f"{RESULTS}/converted/{{dataset}}.convert.json",
+    log:
+        f"{LOGS}/convert/{{dataset}}.log",
+    conda:
+        "../envs/data.yaml"
+    resources:
+        mem_mb=16000,
+        runtime=240,
+    params:
+        code=script_code("convert.py"),
+        dataset=dataset_params(
+            "format",
+            "member",
+            "transpose",
+            "obs_table",
+            "obs_recode",
+            "obs_filter",
+        ),
+    script:
+        "../workflow/scripts/convert.py"
+
+
 rule preprocess:
     input:
-        rules.download.output.h5ad,
+        rules.convert.output.h5ad,
     output:
         h5ad=f"{RESULTS}/processed/{{dataset}}.h5ad",
         qc=f"{RESULTS}/processed/{{dataset}}.qc.json",
@@ -55,6 +104,7 @@ rule preprocess:
             "gene_map",
             "layer",
             "split_by",
+            "pairing",
         ),
         preprocess=config["preprocess"],
     script:
@@ -86,4 +136,4 @@ rule cell_sentences:
 
 rule data:
     input:
-        expand(rules.cell_sentences.output.table, dataset=DATASETS),
+        expand(rules.cell_sentences.output.table, dataset=USED_DATASETS),

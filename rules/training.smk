@@ -6,9 +6,13 @@ wildcard_constraints:
     rep=r"\d+",
 
 
+localrules:
+    fetch_model,  # on the submit node: compute nodes may have no network
+
+
 rule build_model:
     input:
-        sentences=expand(rules.cell_sentences.output.table, dataset=DATASETS),
+        sentences=expand(rules.cell_sentences.output.table, dataset=USED_DATASETS),
         tasks=TASK_TABLES,
     output:
         directory(f"{RESULTS}/models/base"),
@@ -33,9 +37,28 @@ rule build_model:
         "python -m cellduality.cli build-model --spec {params.spec:q} --log {log:q}"
 
 
+rule fetch_model:
+    output:
+        directory(f"{RESULTS}/models/hub"),
+    log:
+        f"{LOGS}/fetch_model.log",
+    conda:
+        "../envs/training.yaml"
+    params:
+        code=cli_code("training.hub"),
+        spec=spec(
+            source=config["model"]["source"],
+            revision=config["model"]["revision"],
+            token_env=config["model"]["token_env"],
+            out=f"{RESULTS}/models/hub",
+        ),
+    shell:
+        "python -m cellduality.cli fetch-model --spec {params.spec:q} --log {log:q}"
+
+
 rule sft:
     input:
-        model=[BASE_MODEL] if EMBEDDED else [],
+        model=[BASE_MODEL] if BUILT_MODEL else [],
         data=SFT_DATA,
         tables=ANNOTATION_TABLES,  # the label set of the model card (cellduality.json)
     output:

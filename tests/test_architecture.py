@@ -8,7 +8,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "cellduality"
 GROUND = {"errors", "io", "seeding", "config", "provenance"}
 LEVEL = {**dict.fromkeys(GROUND, 0), "data": 1, "tasks": 2, "teacher": 3, "training": 3, "evaluation": 4,
-         "report": 5, "snakemake_script": 6, "cli": 7}
+         "report": 5, "snakemake_script": 6, "doctor": 6, "cli": 7}
 STAGES = ("data", "tasks", "teacher", "training", "evaluation", "report")
 
 

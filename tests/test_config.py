@@ -53,6 +53,17 @@ def test_defaults_are_filled():
         ({"datasets": {"d": {"sourc": "x"}}}, "unknown key 'datasets.d.sourc'; did you mean 'source'"),
         ({"datasets": {"d": {"source": "x", "role": "holdout"}}}, "datasets.d.role: 'holdout' is not one of"),
         ({"datasets": {"bad name": {"source": "x"}}}, "datasets"),
+        ({"datasets": {"d": {"source": "x", "format": "xlsx"}}}, "datasets.d.format: 'xlsx' is not one of"),
+        ({"datasets": {"d": {"source": "dataset:e"}}}, "datasets.d.source reuses the download of 'e'"),
+        ({"datasets": {"d": {"source": "x", "obs_table": {"source": "t.csv", "member": "*.csv"}}}},
+         "datasets.d.obs_table: give either source"),
+        ({"datasets": {"d": {"source": "x", "obs_table": {"source": "https://example.org/t.csv"}}}},
+         "datasets.d.obs_table.sha256 is required"),
+        ({"datasets": {"d": {"source": "x", "pairing": {"by": ["cell_line"]}}}}, "datasets.d.pairing.control is empty"),
+        ({"datasets": {"d": {"source": "x", "pairing": {"control": ["control"]}}}}, "datasets.d.pairing needs labels.drug"),
+        ({"datasets": {"d": {"source": "x", "labels": {"drug": "p", "pair_id": "q"},
+                             "pairing": {"control": ["control"]}}}}, "remove labels.pair_id or the pairing"),
+        ({"grpo": {"variants": ["oracle"]}}, "evaluation.variants lists grpo_duality, but grpo.variants does not"),
     ],
 )
 def test_config_errors_are_one_line_and_name_the_field(config, message):

@@ -184,24 +184,33 @@ def test_slurm_profile_parses_and_plans_the_data_stage(tmp_path):
     assert planned_jobs(result) == {"download": n, "preprocess": n, "cell_sentences": n, "data": 1}
 
 
-def test_paper_run_asks_slurm_for_the_configured_gpus(tmp_path):
+def test_paper_run_asks_slurm_for_the_configured_gpus():
     """With the SLURM profile, training jobs get training.gpus (8 in config/paper.yaml) and its memory, and the
     generation jobs one GPU: the profile sets no per-rule resources that would override the config."""
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "-n",
-           "--profile", str(ROOT / "profiles" / "slurm"), "--sdm", "env-modules",
-           f"--configfile={ROOT / 'config' / 'paper.yaml'}"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    resources = {}
-    for block in re.split(r"\n(?=rule |localrule )", result.stdout + result.stderr):
-        name = re.match(r"(?:local)?rule (\w+):", block)
-        found = re.search(r"resources: (.*)", block)
-        if name and found:
-            resources[name.group(1)] = dict(kv.split("=", 1) for kv in found.group(1).split(", "))
+    from cellduality.doctor import dry_run_resources  # the dry run `cellduality doctor` checks requests with
+
+    resources = dry_run_resources(ROOT / "Snakefile", ROOT / "profiles" / "slurm", ROOT / "config" / "paper.yaml")
     for rule in ("sft", "grpo"):
         assert resources[rule]["gpu"] == "8" and resources[rule]["mem_mb"] == "256000", resources[rule]
     for rule in ("predict", "true_label_wins"):
         assert resources[rule]["gpu"] == "1" and resources[rule]["mem_mb"] == "32000", resources[rule]
+
+
+def test_paper_table6_layer_reuses_the_sciplex3_download(tmp_path):
+    """config/paper_table6.yaml over config/paper.yaml: only the three Table 6 datasets are built, and the
+    in-distribution sci-Plex3 entry converts the sciPlex3 download instead of downloading it again."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "-n", "-p", "all",
+           "--profile", str(ROOT / "profiles" / "slurm"), "--sdm", "env-modules", "--configfile",
+           str(ROOT / "config" / "paper.yaml"), str(ROOT / "config" / "paper_table6.yaml")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = result.stdout + result.stderr
+    downloads = set(re.findall(r"output: results/table6/raw/([\w-]+)\.download", text))
+    converted = set(re.findall(r"output: results/table6/converted/([\w-]+)\.h5ad", text))
+    assert downloads == {"He-2020-Liver", "GSE149383", "sciPlex3"}
+    assert converted == {"He-2020-Liver", "GSE149383", "sciPlex3-ID"}
+    assert "input: results/table6/raw/sciPlex3.download" in text
+    assert "results/table6/raw/He-2020-Liver.obs_table" in text  # the AHCA annotation table
 
 
 def test_deterministic_stages_match_the_golden_digests(data_run):

@@ -1,7 +1,8 @@
 """Console entry point `cellduality` (also `python -m cellduality.cli`, `accelerate launch -m cellduality.cli`).
 
-    cellduality {build-model,sft,grpo,true-label-wins,predict} --spec '<json>' [--log FILE]
+    cellduality {build-model,fetch-model,sft,grpo,true-label-wins,predict} --spec '<json>' [--log FILE]
     cellduality annotate --model DIR --h5ad IN --out OUT.h5ad   (new cells; see cellduality.evaluation.annotate)
+    cellduality doctor [--profile DIR] [--configfile YAML] [--partition NAME]   (cluster preflight; cellduality.doctor)
 
 ``--spec`` is the JSON of the step's inputs, outputs and settings (the rule writes it from the config).
 Bad input ends with one line on stderr; logs (and tracebacks of bugs) go to ``--log``.
@@ -58,14 +59,20 @@ def _true_label_wins(spec: dict) -> None:
     true_label_wins_for_model(spec["model"], spec["tables"], spec["out"], **spec["diagnostic"])
 
 
+def _fetch_model(spec: dict) -> None:
+    from cellduality.training.hub import fetch_base_model
+
+    fetch_base_model(spec["source"], spec["out"], revision=spec.get("revision"), token_env=spec["token_env"])
+
+
 def _predict(spec: dict) -> None:
     from cellduality.evaluation.predict import predict
 
     predict(spec["model"], spec["tables"], spec["out"], **spec["evaluation"])
 
 
-COMMANDS = {"build-model": _build_model, "sft": _sft, "grpo": _grpo, "true-label-wins": _true_label_wins,
-            "predict": _predict}
+COMMANDS = {"build-model": _build_model, "fetch-model": _fetch_model, "sft": _sft, "grpo": _grpo,
+            "true-label-wins": _true_label_wins, "predict": _predict}
 
 
 def relaunch_on_all_gpus(argv: list[str], accelerate_config: str | None) -> None:
@@ -108,6 +115,10 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["annotate"]:
         return annotate_main(argv[1:])
+    if argv[:1] == ["doctor"]:
+        from cellduality.doctor import main as doctor_main
+
+        sys.exit(doctor_main(argv[1:]))
     parser = argparse.ArgumentParser(prog="cellduality", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=sorted(COMMANDS))

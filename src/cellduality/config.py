@@ -68,6 +68,11 @@ def validate_config(config: dict, schema: Mapping | None = None, source: str = "
     if errors:
         raise CellDualityError(_describe(jsonschema.exceptions.best_match(errors), source))
     _check_datasets(config, source)
+    trained = set(config.get("grpo", {}).get("variants", []))
+    for variant in config.get("evaluation", {}).get("variants", []):
+        if variant.startswith("grpo_") and variant.removeprefix("grpo_") not in trained:
+            raise CellDualityError(f"{source}: evaluation.variants lists {variant}, but grpo.variants does not train "
+                                   f"{variant.removeprefix('grpo_')}; add it there or remove {variant}")
     embedding = config.get("evaluation", {}).get("embedding", {})
     if embedding.get("method") == "scgpt" and not embedding.get("scgpt_checkpoint"):
         raise CellDualityError(f"{source}: evaluation.embedding.method is scgpt but evaluation.embedding."
@@ -75,23 +80,52 @@ def validate_config(config: dict, schema: Mapping | None = None, source: str = "
     return config
 
 
+def _is_url(src: str | None) -> bool:
+    return bool(src) and src.startswith(("http://", "https://", "ftp://"))
+
+
 def _check_datasets(config: dict, source: str) -> None:
+    datasets = config.get("datasets", {})
     for task, names in config.get("tasks", {}).items():
         for name in names:
-            if name not in config.get("datasets", {}):
+            if name not in datasets:
                 raise CellDualityError(
                     f"{source}: tasks.{task} lists dataset '{name}', which is not in datasets; "
-                    f"known: {', '.join(config.get('datasets', {})) or 'none'}"
+                    f"known: {', '.join(datasets) or 'none'}"
                 )
+    for name, ds in datasets.items():
+        where = f"{source}: datasets.{name}"
+        if ds["source"].startswith("dataset:"):
+            origin = ds["source"].removeprefix("dataset:")
+            if origin not in datasets or datasets[origin]["source"].startswith("dataset:"):
+                raise CellDualityError(f"{where}.source reuses the download of '{origin}', which is not a catalog "
+                                       "entry with a source of its own; name one")
+        table = ds.get("obs_table") or {}
+        if table.get("source") and table.get("member"):
+            raise CellDualityError(f"{where}.obs_table: give either source (a separate file) or member (a file in "
+                                   "the source archive), not both")
+        pairing = ds.get("pairing") or {}
+        if (pairing.get("by") or pairing.get("operation")) and not pairing.get("control"):
+            raise CellDualityError(f"{where}.pairing.control is empty; list the values of the perturbation column "
+                                   "that mark control cells (e.g. [control, vehicle])")
+        if pairing.get("control"):
+            labels = ds.get("labels", {})
+            if "drug" not in labels:
+                raise CellDualityError(f"{where}.pairing needs labels.drug, the obs column of the perturbation")
+            if {"condition", "pair_id"} & set(labels):
+                raise CellDualityError(f"{where}: pairing sets condition and pair_id itself; remove labels."
+                                       f"{'/'.join(sorted({'condition', 'pair_id'} & set(labels)))} or the pairing")
     if not config.get("download", {}).get("require_checksum", True):
         return
-    for name, ds in config.get("datasets", {}).items():
-        src = ds["source"]
-        if src.startswith(("http://", "https://", "ftp://")) and not ds.get("sha256"):
-            raise CellDualityError(
-                f"{source}: datasets.{name}.sha256 is required for URL source {src}; "
-                "add the file's sha256 (sha256sum <file>) or set download.require_checksum: false"
-            )
+    for name, ds in datasets.items():
+        for key, src, digest in (("", ds["source"], ds.get("sha256")),
+                                 ("obs_table.", (ds.get("obs_table") or {}).get("source"),
+                                  (ds.get("obs_table") or {}).get("sha256"))):
+            if _is_url(src) and not digest:
+                raise CellDualityError(
+                    f"{source}: datasets.{name}.{key}sha256 is required for URL source {src}; "
+                    "add the file's sha256 (sha256sum <file>) or set download.require_checksum: false"
+                )
 
 
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict:

@@ -99,3 +99,18 @@ def code_digest(entries: Iterable[str], shallow: Iterable[str] = ()) -> str:
             name = Path(path.name)
         digest.update(str(name).encode() + b"\0" + path.read_bytes() + b"\0")
     return f"library code {digest.hexdigest()[:16]} ({len(files)} files)"
+
+
+AUDIT_FLAGS = ("--dry-run", "--dryrun", "--summary", "--detailed-summary", "-S", "-D", "--dag", "--rulegraph",
+               "--filegraph", "--lint", "--list-changes", "--lc", "--list-rules", "-l", "--list-target-rules")
+
+
+def audit_only(argv: list[str]) -> bool:
+    """Whether a Snakemake command line only plans or audits (``-n``, ``--summary``, ``--dag``, ...): checks that
+    guard real work (an API key for a paid teacher) then warn instead of failing."""
+    for arg in argv[1:]:
+        name = arg.split("=", 1)[0]
+        if name in AUDIT_FLAGS or (arg.startswith("-") and not arg.startswith("--") and "n" in arg[1:] and
+                                   arg[1:].isalpha()):
+            return True
+    return False

@@ -10,9 +10,8 @@ from cellduality.snakemake_script import log, run  # noqa: E402
 
 def main(smk=snakemake):  # noqa: F821
     ds, opts = smk.params.dataset, smk.params.download
-    name = smk.wildcards.dataset
-    out = fetch(ds["source"], smk.output.h5ad, ds["sha256"], limits=DownloadLimits.from_config(opts),
-                field=f"datasets.{name}.source")
+    field = f"datasets.{smk.wildcards.dataset}.{ds.get('field', 'source')}"
+    out = fetch(ds["source"], smk.output.raw, ds["sha256"], limits=DownloadLimits.from_config(opts), field=field)
     digest = sha256_of(out)
     with atomic_path(smk.output.sha256) as tmp:
         tmp.write_text(f"{digest}  {Path(out).name}\n")

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from cellduality.data.pairing import pair_cells
 from cellduality.errors import CellDualityError
 from cellduality.io import atomic_path
 
@@ -38,6 +39,7 @@ class PreprocessReport:
     dropped: dict = field(default_factory=dict)
     duplicate_genes: int = 0
     expression_setting: str = "auto"  # preprocess.expression
+    pairing: dict = field(default_factory=dict)  # counts of data.pairing when the catalog entry pairs cells
 
 
 def read_h5ad(path: str | Path) -> ad.AnnData:
@@ -271,6 +273,11 @@ def preprocess(adata: ad.AnnData, ds: dict, params: dict, dataset: str, where: s
         raise CellDualityError(f"{where}: no genes pass QC (preprocess.min_cells={params.get('min_cells')}: a gene "
                                f"must be expressed in that many of the {X.shape[0]} cells left); lower it")
     X, obs = _missing_labels(X, obs, ds, params.get("missing_labels", "drop"), report, where, dataset)
+    if (ds.get("pairing") or {}).get("control"):
+        rows = adata.obs_names.get_indexer(obs.index) if adata.obs_names.is_unique else None
+        if rows is None:
+            raise CellDualityError(f"{where}: datasets.{dataset}.pairing needs unique cell ids (obs_names)")
+        report.pairing = pair_cells(obs, adata.obs.iloc[rows].set_index(obs.index), ds["pairing"], where, dataset)
 
     if kind == "counts":
         totals = np.asarray(X.sum(axis=1)).ravel()

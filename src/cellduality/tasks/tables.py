@@ -258,6 +258,24 @@ def check_task_inputs(cells: pd.DataFrame, tasks: Iterable[str], source: object 
                                        f"use a dataset with several classes or remove it from tasks.{task}")
 
 
+PAIRING_COLUMNS = ("condition", "pair_id")  # what a catalog entry's pairing (cellduality.data.pairing) sets
+
+
+def check_catalog(config: Mapping[str, Any], source: object = "config") -> None:
+    """When the workflow starts: every dataset listed under a task maps the label columns that task needs
+    (``labels``, or ``pairing`` for condition / pair_id), so a run cannot end with an empty task table."""
+    for task, names in config.get("tasks", {}).items():
+        spec = get_task(task)
+        for name in names or ():
+            ds = config["datasets"][name]
+            present = set(ds.get("labels", {})) | (set(PAIRING_COLUMNS) if ds.get("pairing", {}).get("control") else set())
+            missing = [c for c in spec.columns if c not in present]
+            if missing:
+                raise CellDualityError(f"{source}: dataset {name} cannot serve task {task}: it maps no {missing} "
+                                       f"column(s); add them under datasets.{name}.labels (condition/pair_id: or a "
+                                       f"pairing), or remove {name} from tasks.{task}")
+
+
 def check_task_prompts(table: pd.DataFrame, tasks: Iterable[str], source: object = "task table") -> None:
     """Every configured task has SFT and evaluation prompts (else one line saying why there are none)."""
     for task in tasks:
