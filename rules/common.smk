@@ -7,7 +7,12 @@ from types import SimpleNamespace
 
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
-from cellduality.config import load_schema, validate_config  # noqa: E402
+from cellduality.config import (
+    apply_preset,
+    load_schema,
+    validate_config,
+    minimal_config_warning,
+)  # noqa: E402
 from cellduality.data.builtin import builtin_resource_files  # noqa: E402
 from cellduality.errors import CellDualityError, fail  # noqa: E402
 from cellduality.provenance import audit_only, code_digest  # noqa: E402
@@ -41,6 +46,13 @@ if not workflow.overwrite_configfiles:
 
 
 try:
+    _preset = apply_preset(
+        dict(config), os.path.join(workflow.basedir, "config"), source="config"
+    )
+    config.clear()
+    config.update(_preset)
+    if _warning := minimal_config_warning(config):
+        print(f"cellduality warning: {_warning}", file=sys.stderr)
     validate_config(
         config,
         load_schema(os.path.join(workflow.basedir, "config", "schema.yaml")),
@@ -210,6 +222,13 @@ MODEL_CARD = dict(
         model=config["model"]["source"],
         annotation=config["tasks"].get("annotation", []),
     ),
+    # the README.md model card names the data and their terms (catalog license, description)
+    data={
+        name: dict(
+            license=DATASETS[name]["license"], description=DATASETS[name]["description"]
+        )
+        for name in USED_DATASETS
+    },
 )
 
 
@@ -294,6 +313,33 @@ LABEL_SIGNAL_SETTINGS = dict(
         max_new_tokens=config["grpo"]["dual_max_new_tokens"],
     )
 )
+
+
+def report_spec(run_name):
+    """Where a training step also sends its metrics (config training.report_to): results/logs/<report_to>/
+    <run name>. Only in the --spec, never in `settings`: changing it reruns nothing."""
+    report_to = config["training"]["report_to"]
+    folder = f"{LOGS}/{report_to}/{run_name}" if report_to != "none" else None
+    return dict(report_to=report_to, run_name=run_name, logging_dir=folder)
+
+
+# ---------------------------------------------------------------- hub upload (rule push_to_hub)
+HUB_SETTINGS = dict(
+    repo_id=config["hub"]["repo_id"],
+    private=config["hub"]["private"],
+    token_env=config["hub"]["token_env"],
+)
+
+
+def hub_model(wildcards):
+    """push_to_hub's input: the trained model of hub.variant (replicate 0). Without hub.repo_id the
+    target stops here with one line (only push_to_hub asks for it)."""
+    if not config["hub"]["repo_id"]:
+        fail(
+            "config: hub.repo_id is not set; name the Hugging Face repository to upload to, "
+            "e.g. --config hub='{repo_id: my-org/cellduality-pbmc}'"
+        )
+    return variant_model(SimpleNamespace(variant=config["hub"]["variant"], rep=0))
 
 
 # ---------------------------------------------------------------- evaluation (rules/evaluation.smk)

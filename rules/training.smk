@@ -8,6 +8,7 @@ wildcard_constraints:
 
 localrules:
     fetch_model,  # on the submit node: compute nodes may have no network
+    push_to_hub,  # likewise: an upload needs the network
 
 
 rule build_model:
@@ -84,6 +85,7 @@ rule sft:
             checkpoints=f"{RESULTS}/checkpoints/sft/rep{wildcards.rep}",
             tables=list(input.tables),
             card=MODEL_CARD,
+            report=report_spec(f"sft_rep{wildcards.rep}"),
             **sft_settings(wildcards),
         ),
     shell:
@@ -120,6 +122,7 @@ rule grpo:
             out=output.model,
             checkpoints=f"{RESULTS}/checkpoints/grpo_{wildcards.reward}/rep{wildcards.rep}",
             label_signal=input.label_signal[0] if input.label_signal else None,
+            report=report_spec(f"grpo_{wildcards.reward}_rep{wildcards.rep}"),
             **grpo_settings(wildcards),
         ),
     shell:
@@ -165,3 +168,24 @@ rule training:
             if TASKS.get("annotation")
             else []
         ),
+
+
+# Optional target (never part of all): upload a trained model folder with its model card to the Hugging Face
+# Hub (config hub.*; the token only from the environment variable hub.token_env). The receipt names the commit.
+rule push_to_hub:
+    input:
+        hub_model,
+    output:
+        f"{RESULTS}/hub/push_to_hub.json",
+    log:
+        f"{LOGS}/push_to_hub.log",
+    conda:
+        "../envs/training.yaml"
+    params:
+        code=cli_code("training.publish"),
+        settings=HUB_SETTINGS,
+        spec=lambda wildcards, input, output: spec(
+            folder=input[0], out=output[0], **HUB_SETTINGS
+        ),
+    shell:
+        "python -m cellduality.cli push-model --spec {params.spec:q} --log {log:q}"

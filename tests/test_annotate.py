@@ -11,7 +11,13 @@ import pytest
 from conftest import make_adata, make_task_row
 
 from cellduality.cli import main
-from cellduality.evaluation.annotate import CARD, annotate, read_model_card, write_model_card
+from cellduality.evaluation.annotate import (
+    CARD,
+    annotate,
+    derive_model_card,
+    read_model_card,
+    write_model_card,
+)
 from cellduality.tasks import prompts
 from cellduality.tasks.prompts import format_answer
 from cellduality.tasks.schema import rows_frame
@@ -114,3 +120,30 @@ def test_model_card_round_trip(model):
     assert json.loads((model / "sft" / CARD).read_text())["trained"] == {"test": True}
     readme = (model / "sft" / "README.md").read_text()
     assert "cellduality annotate --model" in readme and "- Monocyte" in readme
+
+
+def test_model_card_states_base_model_data_licences_settings_and_metrics(model, tmp_path):
+    """README.md: Hugging Face front matter (license other, tags, base_model for a hub base), each dataset's
+    description and licence, the training settings, where the metrics are; GRPO's card extends the SFT card."""
+    import yaml
+
+    sft, grpo = tmp_path / "sft", tmp_path / "grpo"
+    sft.mkdir()
+    grpo.mkdir()
+    write_model_card(sft, tables=[model / "tasks.parquet"], preprocess=PREPROCESS, cell_sentence={"top_k": 8},
+                     species="human", source={"model": "acme/tiny-llm", "datasets": ["pbmc"], "annotation": ["pbmc"]},
+                     data={"pbmc": {"license": "CC BY 4.0", "description": "10x PBMC\n cells."}},
+                     settings={"sft": {"max_steps": 40}, "lora": {"enabled": False}}, variant="sft")
+    readme = (sft / "README.md").read_text()
+    meta = yaml.safe_load(readme.split("---\n")[1])
+    assert meta["license"] == "other" and meta["base_model"] == "acme/tiny-llm"
+    assert {"single-cell", "cellduality"} <= set(meta["tags"])
+    assert "- **pbmc**: 10x PBMC cells. Licence: CC BY 4.0." in readme and '"max_steps": 40' in readme
+    assert "variant `sft`" in readme and "results/report/results.tsv" in readme
+    assert derive_model_card(sft, grpo, variant="grpo_duality", settings={"grpo": {"beta": 0.04}}) == grpo / CARD
+    card = read_model_card(grpo)
+    assert card["labels"] == sorted(MARKERS) and set(card["settings"]) == {"sft", "lora", "grpo"}
+    text = (grpo / "README.md").read_text()
+    assert "variant `grpo_duality`" in text and "Licence: CC BY 4.0" in text and '"beta": 0.04' in text
+    assert "base_model" not in (model / "sft" / "README.md").read_text()  # no hub base: no base_model
+    assert derive_model_card(tmp_path / "no-card", tmp_path / "out", variant="grpo_oracle", settings={}) is None

@@ -95,3 +95,40 @@ def test_scgpt_embedding_needs_a_checkpoint():
     config["evaluation"]["embedding"] = {"method": "scgpt"}
     with pytest.raises(CellDualityError, match="scgpt_checkpoint is not set"):
         validate_config(config)
+
+
+BRING_YOUR_OWN = """
+preset: demo
+results_dir: results/mycells
+datasets:
+  mycells:
+    source: data/mycells.h5ad
+    species: human
+    labels: {cell_type: cell_type}
+    metadata: {donor: donor}
+tasks:
+  annotation: [mycells]
+  cellpuzzles: [mycells]
+grpo:
+  max_steps: 4
+"""
+
+
+def test_preset_demo_keeps_laptop_scale_and_replaces_the_catalog(tmp_path):
+    from cellduality.config import minimal_config_warning
+
+    path = tmp_path / "mine.yaml"
+    path.write_text(BRING_YOUR_OWN)
+    config = load_config(path)
+    demo = load_config(ROOT / "config" / "config.yaml")
+    assert list(config["datasets"]) == ["mycells"]  # the demo's datasets are not inherited
+    assert config["tasks"] == {"annotation": ["mycells"], "generation": [], "sensitivity": [], "perturbation": [],
+                               "cellpuzzles": ["mycells"]}
+    assert config["grpo"]["max_steps"] == 4  # the user's value
+    assert config["grpo"]["train_batch_size"] == demo["grpo"]["train_batch_size"] != 512  # the demo's
+    assert config["sft"] == demo["sft"] and config["model"] == demo["model"]
+    assert minimal_config_warning(yaml.safe_load(BRING_YOUR_OWN)) is None
+    bare = {"datasets": {"d": {"source": "x"}}, "tasks": {"annotation": ["d"]}}
+    assert "add `preset: demo`" in minimal_config_warning(bare)
+    with pytest.raises(CellDualityError, match="preset"):
+        validate_config({"preset": "huge"})

@@ -66,3 +66,27 @@ def test_incomplete_checkpoints_are_skipped_and_reported(tmp_path, caplog):
         (tmp_path / f"checkpoint-{step}").rmdir()
     assert last_checkpoint(tmp_path) == str(good)  # checkpoint-9 has no weights
     assert last_checkpoint(tmp_path / "missing") is None
+
+
+def test_each_attempt_is_kept_when_snakemake_deletes_the_log(tmp_path, monkeypatch):
+    """A retry (--retries) starts with the rule log deleted by Snakemake; <log>.attempts keeps every attempt."""
+    import logging
+
+    from cellduality.errors import CellDualityError
+
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    log = tmp_path / "logs" / "sft.log"
+
+    def failing():
+        logging.getLogger("cellduality").info("loss 1.23 at step 10")
+        raise CellDualityError("node lost")
+
+    with pytest.raises(SystemExit):
+        harness("rule sft", log, failing)
+    log.unlink()  # what Snakemake does before the next attempt
+    harness("rule sft", log, lambda: logging.getLogger("cellduality").info("loss 0.50 at step 20"))
+    assert "loss 1.23" not in log.read_text() and "loss 0.50" in log.read_text()
+    history = (tmp_path / "logs" / "sft.log.attempts").read_text()
+    assert history.count("===== rule sft: attempt ended") == 2 and history.count("(SLURM job 4242)") == 2
+    assert history.index("loss 1.23") < history.index("cellduality error in rule sft: node lost") < \
+        history.index("loss 0.50")

@@ -1,6 +1,9 @@
 """The training stage on the embedded tiny model: tokenizer contract, rewards, SFT (+resume) and GRPO."""
 
 import json
+import os
+import sys
+import types
 from pathlib import Path
 
 import pandas as pd
@@ -164,6 +167,60 @@ def test_short_grpo_run(workspace, mode):
     assert curve["reward"].between(-1, 1).all() and curve["oracle_reward"].between(-1, 1).all()
     assert (out / "model.safetensors").exists()
     assert len(list(Path(workspace / f"ckpt_{mode}").glob("*/checkpoint-2"))) == 1
+
+
+def test_sft_reports_to_tensorboard(workspace, tmp_path):
+    """training.report_to: tensorboard: event files with the train/loss scalar of every logged step in the run's
+    folder (results/logs/tensorboard/<run name> in the workflow); the environment is left as it was."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from cellduality.training.grpo import grpo_config
+    from cellduality.training.settings import ReportSettings
+    from cellduality.training.sft import run_sft
+
+    before = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    logs = tmp_path / "logs" / "tensorboard" / "sft_rep0"
+    report = {"report_to": "tensorboard", "logging_dir": str(logs), "run_name": "sft_rep0"}
+    run_sft(str(workspace / "base"), [workspace / "sft.parquet"], tmp_path / "sft", tmp_path / "ckpt",
+            {**SFT_CFG, "max_steps": 2, "save_steps": 100}, NO_LORA, report=report)
+    assert len(list(logs.glob("events.out.tfevents.*"))) == 1
+    events = EventAccumulator(str(logs))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
+    assert os.environ.get("TENSORBOARD_LOGGING_DIR") == before
+    args = grpo_config(dict(num_generations=2, train_batch_size=4, mini_batch_size=4), tmp_path,
+                       report=ReportSettings(**report))
+    assert list(args.report_to) == ["tensorboard"] and args.run_name == "sft_rep0"
+
+
+def test_wandb_without_the_package_is_one_line(workspace, tmp_path, monkeypatch):
+    from cellduality.errors import CellDualityError
+    from cellduality.training.sft import run_sft
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
+    with pytest.raises(CellDualityError, match="training.report_to is wandb but wandb is not installed; "
+                                               "pip install wandb") as err:
+        run_sft(str(workspace / "base"), [workspace / "sft.parquet"], tmp_path / "sft", tmp_path / "ckpt", SFT_CFG,
+                NO_LORA, report={"report_to": "wandb", "logging_dir": str(tmp_path / "wandb"), "run_name": "sft_rep0"})
+    assert "\n" not in str(err.value) and not (tmp_path / "ckpt").exists()  # before any work
+
+
+def test_wandb_runs_offline_in_the_run_folder_unless_the_environment_says_otherwise(monkeypatch):
+    from importlib.machinery import ModuleSpec
+
+    from cellduality.training.settings import ReportSettings
+    from cellduality.training.setup import report_env
+
+    fake = types.ModuleType("wandb")
+    fake.__spec__ = ModuleSpec("wandb", None)
+    monkeypatch.setitem(sys.modules, "wandb", fake)  # installed, as far as the check can tell
+    report = ReportSettings(report_to="wandb", logging_dir="results/logs/wandb/sft_rep0", run_name="sft_rep0")
+    assert report_env(report, {}) == {"WANDB_MODE": "offline", "WANDB_PROJECT": "cellduality",
+                                      "WANDB_DIR": "results/logs/wandb/sft_rep0"}
+    mine = {"WANDB_MODE": "online", "WANDB_PROJECT": "atlas", "WANDB_DIR": "/scratch/wandb", "WANDB_API_KEY": "k3y"}
+    assert report_env(report, mine) == {"WANDB_MODE": "online", "WANDB_PROJECT": "atlas"}  # the key is not touched
+    assert report_env(ReportSettings(), {}) == {} and ReportSettings().report_to == "none"
 
 
 def test_unloadable_model_is_a_one_line_error(tmp_path):

@@ -1,6 +1,6 @@
 """Console entry point `cellduality` (also `python -m cellduality.cli`, `accelerate launch -m cellduality.cli`).
 
-    cellduality {build-model,fetch-model,sft,grpo,true-label-wins,predict} --spec '<json>' [--log FILE]
+    cellduality {build-model,fetch-model,sft,grpo,true-label-wins,predict,push-model} --spec '<json>' [--log FILE]
     cellduality annotate --model DIR --h5ad IN --out OUT.h5ad   (new cells; see cellduality.evaluation.annotate)
     cellduality doctor [--profile DIR] [--configfile YAML] [--partition NAME]   (cluster preflight; cellduality.doctor)
 
@@ -30,20 +30,23 @@ def _sft(spec: dict) -> None:
     from cellduality.evaluation.annotate import write_model_card
     from cellduality.training.sft import run_sft
 
-    run_sft(spec["model"], spec["data"], spec["out"], spec["checkpoints"], spec["sft"], spec["lora"])
+    run_sft(spec["model"], spec["data"], spec["out"], spec["checkpoints"], spec["sft"], spec["lora"],
+            report=spec.get("report"))
     if spec.get("tables") and int(os.environ.get("RANK", "0")) == 0:
-        write_model_card(spec["out"], tables=spec["tables"], **spec["card"])
+        write_model_card(spec["out"], tables=spec["tables"], settings={"sft": spec["sft"], "lora": spec["lora"]},
+                         variant="sft", **spec["card"])
 
 
 def _grpo(spec: dict) -> None:
-    from cellduality.evaluation.annotate import CARD
+    from cellduality.evaluation.annotate import derive_model_card
     from cellduality.training.grpo import run_grpo
 
     run_grpo(spec["model"], spec["tables"], spec["out"], spec["checkpoints"], spec["grpo"], spec["rewards"],
-             spec["lora"], n_processes=int(os.environ.get("WORLD_SIZE", "1")), label_signal=spec.get("label_signal"))
-    card = os.path.join(spec["model"], CARD)
-    if os.path.isfile(card) and int(os.environ.get("RANK", "0")) == 0:
-        shutil.copyfile(card, os.path.join(spec["out"], CARD))  # the policy keeps the SFT model's label set
+             spec["lora"], n_processes=int(os.environ.get("WORLD_SIZE", "1")), label_signal=spec.get("label_signal"),
+             report=spec.get("report"))
+    if int(os.environ.get("RANK", "0")) == 0:  # the policy keeps the SFT model's label set, data and base model
+        derive_model_card(spec["model"], spec["out"], variant=f"grpo_{spec['rewards']['mode']}",
+                          settings={"grpo": spec["grpo"], "rewards": spec["rewards"]})
 
 
 def _annotate(args: argparse.Namespace) -> None:
@@ -65,6 +68,18 @@ def _fetch_model(spec: dict) -> None:
     fetch_base_model(spec["source"], spec["out"], revision=spec.get("revision"), token_env=spec["token_env"])
 
 
+def _push_model(spec: dict) -> None:
+    from cellduality.io import atomic_path
+    from cellduality.training.publish import push_model
+
+    url = push_model(spec["folder"], spec["repo_id"], private=spec["private"], token_env=spec["token_env"],
+                     endpoint=spec.get("endpoint"))
+    if spec.get("out"):  # the rule's receipt: what was pushed where
+        with atomic_path(spec["out"]) as tmp:
+            tmp.write_text(json.dumps({"folder": spec["folder"], "repo_id": spec["repo_id"],
+                                       "private": spec["private"], "commit_url": url}, indent=1) + "\n")
+
+
 def _predict(spec: dict) -> None:
     from cellduality.evaluation.predict import predict
 
@@ -72,7 +87,7 @@ def _predict(spec: dict) -> None:
 
 
 COMMANDS = {"build-model": _build_model, "fetch-model": _fetch_model, "sft": _sft, "grpo": _grpo,
-            "true-label-wins": _true_label_wins, "predict": _predict}
+            "true-label-wins": _true_label_wins, "predict": _predict, "push-model": _push_model}
 
 
 def relaunch_on_all_gpus(argv: list[str], accelerate_config: str | None) -> None:

@@ -142,7 +142,42 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
         raise CellDualityError(f"{path}:{line} is not valid YAML ({getattr(err, 'problem', err)})") from None
     if overrides:
         config = deep_merge(config, overrides)
-    return validate_config(config, source=str(path))
+    return validate_config(apply_preset(config, SCHEMA_PATH.resolve().parent, str(path)), source=str(path))
+
+
+PRESETS = {"demo": "config.yaml", "paper": "paper.yaml"}  # config ``preset`` -> file under config/
+REPLACED_BY_USER = ("datasets", "tasks")  # sections a user config replaces as a whole instead of merging
+
+
+def apply_preset(config: dict, config_dir: str | Path, source: str = "config") -> dict:
+    """``config`` laid over the shipped preset it names (``preset: demo | paper``): sections merge key by key,
+    except :data:`REPLACED_BY_USER`, which the user's config replaces when it sets them (a user's own datasets
+    never inherit the demo's). A config without ``preset`` is returned unchanged."""
+    name = config.get("preset")
+    if name is None:
+        return config
+    if not (Path(config_dir) / PRESETS.get(name, "")).is_file():
+        raise CellDualityError(f"{source}: preset {name}: {Path(config_dir) / PRESETS.get(name, '?')} not found (presets "
+                               "ship with the repository's config folder)")
+    if name not in PRESETS:
+        raise CellDualityError(f"{source}: preset must be one of {', '.join(PRESETS)}; got {name!r}")
+    with open(Path(config_dir) / PRESETS[name]) as fh:
+        base = yaml.safe_load(fh) or {}
+    for key in REPLACED_BY_USER:
+        if key in config:
+            base.pop(key, None)
+    return deep_merge(base, config)
+
+
+def minimal_config_warning(config: Mapping) -> str | None:
+    """A warning for a config without ``preset`` that leaves training at the schema defaults, which are paper
+    scale (a laptop run would take days); None otherwise. Call before defaults are filled."""
+    if config.get("preset") is not None or {"sft", "grpo"} & set(config):
+        return None
+    return ("config sets no preset and no sft/grpo section, so training takes the schema defaults (paper scale: "
+            f"SFT {schema_default('sft.epochs')} epochs, GRPO train batch {schema_default('grpo.train_batch_size')}, "
+            f"{schema_default('grpo.max_steps')} steps); add `preset: demo` for laptop-scale settings or "
+            "`preset: paper` to say this is meant")
 
 
 def deep_merge(base: Mapping, update: Mapping) -> dict:

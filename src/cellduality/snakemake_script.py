@@ -88,6 +88,24 @@ def harness(step: str, log_file: str | Path | None, main: Callable[[], object]) 
     finally:
         logging.getLogger().handlers.clear()
         terminal.flush()
+        if log_path:
+            keep_attempt(log_path, step)
+
+
+def keep_attempt(log_path: Path, step: str) -> None:
+    """Append this run's log to ``<log>.attempts``: Snakemake deletes a rule's log before each retry
+    (``--retries``) and rerun, so without it the log of a failed attempt would be lost. One header per attempt
+    names the time, the host and the SLURM job."""
+    if os.environ.get("RANK", "0") != "0" or not log_path.is_file():
+        return
+    import datetime
+    import socket
+
+    job = os.environ.get("SLURM_JOB_ID")
+    header = (f"===== {step}: attempt ended {datetime.datetime.now().isoformat(timespec='seconds')} on "
+              f"{socket.gethostname()}{f' (SLURM job {job})' if job else ''} =====\n")
+    with open(log_path.with_name(log_path.name + ".attempts"), "a") as history:
+        history.write(header + log_path.read_text(errors="replace"))
 
 
 def run(snakemake, main: Callable[[], object]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +19,14 @@ from cellduality.tasks.rewards import RewardSettings
 from cellduality.training.datasets import rl_dataset
 from cellduality.training.duality import TaskReward, model_dual_generator, policy_dual_generator
 from cellduality.training.label_signal import label_signal_gate
-from cellduality.training.settings import GRPOSettings
+from cellduality.training.settings import GRPOSettings, ReportSettings
 from cellduality.training.setup import (
     last_checkpoint,
     load_tokenizer,
     peft_config,
     precision_flags,
+    report_args,
+    reporting,
     run_checkpoint_dir,
     save_final,
 )
@@ -32,7 +34,8 @@ from cellduality.training.setup import (
 log = logging.getLogger(__name__)
 
 
-def grpo_config(cfg: dict[str, Any] | GRPOSettings, checkpoint_dir: str | Path, n_processes: int = 1):
+def grpo_config(cfg: dict[str, Any] | GRPOSettings, checkpoint_dir: str | Path, n_processes: int = 1,
+                report: ReportSettings | None = None):
     from trl import GRPOConfig
 
     s = cfg if isinstance(cfg, GRPOSettings) else GRPOSettings.from_config(cfg)
@@ -44,8 +47,8 @@ def grpo_config(cfg: dict[str, Any] | GRPOSettings, checkpoint_dir: str | Path, 
         steps_per_generation=s.train_batch_size // s.mini_batch_size, max_completion_length=s.max_completion_length,
         temperature=s.temperature, beta=s.beta, epsilon=s.epsilon, loss_type=s.loss_type,
         scale_rewards=s.scale_rewards, logging_steps=1,
-        save_strategy="steps", save_steps=s.save_steps, save_total_limit=2, report_to="none", seed=s.seed,
-        disable_tqdm=True, **precision_flags(s.gradient_checkpointing), **extra,
+        save_strategy="steps", save_steps=s.save_steps, save_total_limit=2, seed=s.seed,
+        disable_tqdm=True, **report_args(report), **precision_flags(s.gradient_checkpointing), **extra,
     )
 
 
@@ -63,12 +66,14 @@ def write_reward_curve(log_history: list[dict[str, Any]], path: str | Path) -> N
 
 def run_grpo(model_path: str, tables: Sequence[str | Path], out_dir: str | Path, checkpoint_dir: str | Path,
              cfg: dict[str, Any], reward_cfg: dict[str, Any], lora: dict[str, Any], n_processes: int = 1,
-             label_signal: str | Path | None = None) -> Path:
+             label_signal: str | Path | None = None, report: Mapping[str, Any] | None = None) -> Path:
     """GRPO from ``model_path`` on the RL prompts of ``tables``; resume from ``checkpoint_dir``. With the duality
-    reward, ``label_signal`` (the SFT model's true-label-wins JSON) is checked first: a warning when at chance."""
+    reward, ``label_signal`` (the SFT model's true-label-wins JSON) is checked first: a warning when at chance.
+    ``report``: :class:`ReportSettings` fields (config ``training.report_to``, the metrics folder, run name)."""
     from transformers import AutoModelForCausalLM
     from trl import GRPOTrainer
 
+    r = ReportSettings.from_config(report)  # a missing tensorboard / wandb is one line before any work
     checkpoint_dir = run_checkpoint_dir(checkpoint_dir, {"grpo": cfg, "rewards": reward_cfg, "lora": lora},
                                         [model_path, *tables])
     s = GRPOSettings.from_config(cfg)
@@ -78,19 +83,21 @@ def run_grpo(model_path: str, tables: Sequence[str | Path], out_dir: str | Path,
     dataset = rl_dataset(tables, s.max_prompts, seed=s.seed)
     tokenizer = load_tokenizer(model_path)
     reward = TaskReward(settings)
-    trainer = GRPOTrainer(model=model_path, reward_funcs=[reward], args=grpo_config(s, checkpoint_dir, n_processes),
-                          train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config(lora))
-    if settings.mode == "duality":
-        dual = dict(max_new_tokens=s.dual_max_new_tokens, temperature=s.dual_temperature)
-        if s.dual_model == "frozen":
-            frozen = AutoModelForCausalLM.from_pretrained(model_path).to(trainer.accelerator.device).eval()
-            reward.dual_generator = model_dual_generator(frozen, tokenizer, **dual)
-        else:
-            reward.dual_generator = policy_dual_generator(trainer, **dual)
-    resume = last_checkpoint(checkpoint_dir)
-    log.info("GRPO (%s reward) on %d prompts from %s%s", settings.mode, len(dataset), model_path,
-             f", resuming {resume}" if resume else "")
-    trainer.train(resume_from_checkpoint=resume)
+    with reporting(r):
+        trainer = GRPOTrainer(model=model_path, reward_funcs=[reward],
+                              args=grpo_config(s, checkpoint_dir, n_processes, report=r), train_dataset=dataset,
+                              processing_class=tokenizer, peft_config=peft_config(lora))
+        if settings.mode == "duality":
+            dual = dict(max_new_tokens=s.dual_max_new_tokens, temperature=s.dual_temperature)
+            if s.dual_model == "frozen":
+                frozen = AutoModelForCausalLM.from_pretrained(model_path).to(trainer.accelerator.device).eval()
+                reward.dual_generator = model_dual_generator(frozen, tokenizer, **dual)
+            else:
+                reward.dual_generator = policy_dual_generator(trainer, **dual)
+        resume = last_checkpoint(checkpoint_dir)
+        log.info("GRPO (%s reward) on %d prompts from %s%s", settings.mode, len(dataset), model_path,
+                 f", resuming {resume}" if resume else "")
+        trainer.train(resume_from_checkpoint=resume)
     save_final(trainer, out_dir)
     write_reward_curve(trainer.state.log_history, Path(out_dir) / "reward_curve.tsv")
     return Path(out_dir)

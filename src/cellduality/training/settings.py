@@ -4,6 +4,7 @@ default are in config/schema.yaml, read through :func:`cellduality.config.settin
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -103,3 +104,29 @@ class GRPOSettings:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# config training.report_to -> the packages its trainer callback needs (any one of them)
+REPORT_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """Config ``training.report_to`` and where the workflow puts the run's metrics: ``logging_dir``
+    (results/logs/<report_to>/<run name>, from rules/training.smk) and ``run_name`` (e.g. sft_rep0)."""
+
+    report_to: str = setting("training.report_to")
+    logging_dir: str | None = None
+    run_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.report_to not in ("none", *REPORT_PACKAGES):
+            raise CellDualityError(f"training.report_to must be none, tensorboard or wandb; got {self.report_to!r}")
+        packages = REPORT_PACKAGES.get(self.report_to, ())
+        if packages and not any(importlib.util.find_spec(name) for name in packages):
+            raise CellDualityError(f"training.report_to is {self.report_to} but {packages[0]} is not installed; "
+                                   f"pip install {packages[0]} (or set training.report_to: none)")
+
+    @classmethod
+    def from_config(cls, values: Mapping[str, Any] | None) -> ReportSettings:
+        return settings_from_config(cls, dict(values or {}), "training.report_to")

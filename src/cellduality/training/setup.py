@@ -1,15 +1,19 @@
-"""What SFT and GRPO share: device/precision flags, LoRA/DoRA, checkpoint resume, saving the final model."""
+"""What SFT and GRPO share: device/precision flags, LoRA/DoRA, checkpoint resume, saving the final model,
+metrics reporting (config ``training.report_to``)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from cellduality.errors import CellDualityError
 from cellduality.io import atomic_path
-from cellduality.training.settings import LoraSettings
+from cellduality.training.settings import LoraSettings, ReportSettings
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,50 @@ def peft_config(lora: dict[str, Any]):
     modules = list(s.target_modules) if isinstance(s.target_modules, tuple) else s.target_modules
     return LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, use_dora=s.use_dora,
                       target_modules=modules, task_type="CAUSAL_LM")
+
+
+def report_args(report: ReportSettings | None) -> dict[str, Any]:
+    """The TrainingArguments (SFTConfig, GRPOConfig) of config ``training.report_to``."""
+    report = report or ReportSettings()
+    return {"report_to": report.report_to, "run_name": report.run_name}
+
+
+def report_env(report: ReportSettings, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The environment variables transformers' metrics callbacks read: TensorBoard event files in
+    ``report.logging_dir``; W&B offline unless WANDB_MODE is set, project WANDB_PROJECT or cellduality, its files
+    in ``report.logging_dir`` unless WANDB_DIR is set. API keys are never read or set here (wandb takes
+    WANDB_API_KEY from the environment itself)."""
+    if report.report_to == "tensorboard" and report.logging_dir:
+        return {"TENSORBOARD_LOGGING_DIR": str(report.logging_dir)}
+    if report.report_to == "wandb":
+        env = {"WANDB_MODE": environ.get("WANDB_MODE") or "offline",
+               "WANDB_PROJECT": environ.get("WANDB_PROJECT") or "cellduality"}
+        if report.logging_dir and not environ.get("WANDB_DIR"):
+            env["WANDB_DIR"] = str(report.logging_dir)
+        return env
+    return {}
+
+
+@contextmanager
+def reporting(report: ReportSettings) -> Iterator[None]:
+    """:func:`report_env` set while the trainer is built and trains (the callbacks read it then), restored after."""
+    env = report_env(report)
+    folder = env.get("TENSORBOARD_LOGGING_DIR") or env.get("WANDB_DIR")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    if report.report_to != "none":
+        mode = f", mode {env['WANDB_MODE']}, project {env['WANDB_PROJECT']}" if "WANDB_MODE" in env else ""
+        log.info("training metrics also go to %s (%s%s)", folder or "its default folder", report.report_to, mode)
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def run_checkpoint_dir(root: str | Path, settings: dict[str, Any], inputs: list[str | Path]) -> Path:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from cellduality.training.datasets import sft_dataset
-from cellduality.training.settings import SFTSettings
+from cellduality.training.settings import ReportSettings, SFTSettings
 from cellduality.training.setup import (
     last_checkpoint,
     load_tokenizer,
     peft_config,
     precision_flags,
+    report_args,
+    reporting,
     run_checkpoint_dir,
     save_final,
 )
@@ -22,12 +24,15 @@ log = logging.getLogger(__name__)
 
 
 def run_sft(model_path: str, data: Sequence[str | Path], out_dir: str | Path, checkpoint_dir: str | Path,
-            cfg: dict[str, Any], lora: dict[str, Any], callbacks: Sequence[Any] = ()) -> Path:
+            cfg: dict[str, Any], lora: dict[str, Any], callbacks: Sequence[Any] = (),
+            report: Mapping[str, Any] | None = None) -> Path:
     """Fine-tune ``model_path`` on ``data``; resume from the newest checkpoint of the same run (same model,
-    data and settings) under ``checkpoint_dir``."""
+    data and settings) under ``checkpoint_dir``. ``report``: :class:`ReportSettings` fields (config
+    ``training.report_to``, the metrics folder and run name; not part of the run's identity)."""
     from trl import SFTConfig, SFTTrainer
 
     s = SFTSettings.from_config(cfg)
+    r = ReportSettings.from_config(report)  # a missing tensorboard / wandb is one line before any work
     checkpoint_dir = run_checkpoint_dir(checkpoint_dir, {"sft": cfg, "lora": lora}, [model_path, *data])
     dataset = sft_dataset(data, seed=s.seed, task_weights=s.task_weights)
     args = SFTConfig(
@@ -35,15 +40,16 @@ def run_sft(model_path: str, data: Sequence[str | Path], out_dir: str | Path, ch
         learning_rate=s.learning_rate, per_device_train_batch_size=s.per_device_batch_size,
         gradient_accumulation_steps=s.gradient_accumulation_steps, max_length=s.max_length,
         save_strategy="steps", save_steps=s.save_steps, save_total_limit=2, logging_steps=s.logging_steps,
-        report_to="none", seed=s.seed, completion_only_loss=True, disable_tqdm=True,
+        seed=s.seed, **report_args(r), completion_only_loss=True, disable_tqdm=True,
         train_sampling_strategy="group_by_length" if s.group_by_length else "random",
         **precision_flags(s.gradient_checkpointing),
     )
     tokenizer = load_tokenizer(model_path)
-    trainer = SFTTrainer(model=model_path, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config(lora), callbacks=list(callbacks))
-    resume = last_checkpoint(checkpoint_dir)
-    log.info("SFT on %d examples from %s%s", len(dataset), model_path, f", resuming {resume}" if resume else "")
-    trainer.train(resume_from_checkpoint=resume)
+    with reporting(r):
+        trainer = SFTTrainer(model=model_path, args=args, train_dataset=dataset, processing_class=tokenizer,
+                             peft_config=peft_config(lora), callbacks=list(callbacks))
+        resume = last_checkpoint(checkpoint_dir)
+        log.info("SFT on %d examples from %s%s", len(dataset), model_path, f", resuming {resume}" if resume else "")
+        trainer.train(resume_from_checkpoint=resume)
     save_final(trainer, out_dir)
     return Path(out_dir)

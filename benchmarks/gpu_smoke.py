@@ -1,0 +1,237 @@
+"""GPU smoke check of the training stage: SFT, GRPO (duality and oracle rewards) and predict on one GPU.
+
+    bash benchmarks/gpu_smoke.sh [--allow-cpu]      (or: python benchmarks/gpu_smoke.py [--allow-cpu])
+
+Builds everything locally (no network): the annotation task tables from scanpy's shipped pbmc68k_reduced (as
+benchmarks/grpo_step.py does), then a Llama of ~35M parameters with the embedded tokenizer
+(cellduality.training.tiny_model.build_tiny_model, saved in Hugging Face format and loaded back with
+AutoModelForCausalLM like a hub model), SFT on the reference answers (cellduality.training.sft.run_sft), a few
+GRPO steps with each reward (cellduality.training.grpo.run_grpo) and greedy answers to the eval prompts
+(cellduality.evaluation.predict.predict). Fails with one line when no GPU is visible or a trainer's model was
+not on it. Prints one figure per line (``name: value unit``) and writes them to $OUT/gpu_smoke.json (else
+results/benchmarks/gpu_smoke.json). ``--allow-cpu`` runs tiny sizes on the CPU: a logic check, not GPU figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from transformers import TrainerCallback
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from cellduality.data.download import fetch  # noqa: E402
+from cellduality.data.preprocess import preprocess_file  # noqa: E402
+from cellduality.data.sentence_table import write_sentence_table  # noqa: E402
+from cellduality.evaluation.predict import predict  # noqa: E402
+from cellduality.tasks.prompts import format_answer  # noqa: E402
+from cellduality.tasks.tables import TaskTableParams, write_task_tables  # noqa: E402
+from cellduality.training.grpo import run_grpo  # noqa: E402
+from cellduality.training.setup import load_tokenizer  # noqa: E402
+from cellduality.training.sft import run_sft  # noqa: E402
+from cellduality.training.tiny_model import build_tiny_model  # noqa: E402
+
+# GPU sizes fill a few minutes on one H200; CPU sizes (--allow-cpu) only check that every stage runs.
+SIZES = {
+    "gpu": dict(model=dict(hidden_size=512, intermediate_size=2048, num_layers=8, num_heads=8), cells=(None, 256, 128),
+                sft_steps=600, sft_batch=16, sft_lr=5e-4, sft_seconds=180, grpo_steps=4, generations=8, grpo_batch=64,
+                completion=64, dual_tokens=48, temperature=1.0, predict_new_tokens=64, predict_batch=64),
+    "cpu": dict(model=dict(hidden_size=64, intermediate_size=256, num_layers=1, num_heads=4), cells=(64, 8, 8),
+                sft_steps=150, sft_batch=8, sft_lr=5e-3, sft_seconds=60, grpo_steps=2, generations=2, grpo_batch=4,
+                completion=24, dual_tokens=32, temperature=0.1, predict_new_tokens=24, predict_batch=8),
+}
+NO_LORA = {"enabled": False}
+
+
+class Probe(TrainerCallback):
+    """Where the trained model lives, wall time and steps; stops training after ``budget_s`` seconds."""
+
+    def __init__(self, budget_s: float | None = None) -> None:
+        self.budget_s, self.devices, self.start, self.step_times = budget_s, [], 0.0, {}
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.devices.append(next(model.parameters()).device.type)
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.step_times[state.global_step] = time.perf_counter() - self.start
+        if self.budget_s and self.step_times[state.global_step] > self.budget_s:
+            control.should_training_stop = True
+
+
+@contextlib.contextmanager
+def probed_grpo(probe: Probe, rollouts: list[tuple[int, float]]):
+    """run_grpo takes no callbacks: swap in a GRPOTrainer that adds ``probe`` and times its rollouts
+    (completion tokens, seconds per generation round; the duality reward's dual generations are not counted)."""
+    import trl
+
+    base = trl.GRPOTrainer
+
+    class GRPOTrainer(base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.add_callback(probe)
+
+        def _generate_single_turn(self, *args, **kwargs):
+            start = time.perf_counter()
+            out = super()._generate_single_turn(*args, **kwargs)  # (completion_ids, logprobs) in TRL 1.16
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            rollouts.append((sum(map(len, out[0])), time.perf_counter() - start))
+            return out
+
+    trl.GRPOTrainer = GRPOTrainer
+    try:
+        yield
+    finally:
+        trl.GRPOTrainer = base
+
+
+def prepare(work: Path, size: dict) -> tuple[Path, Path]:
+    """Task tables (annotation, K=32) and accepted SFT examples (primal and dual reference answers)."""
+    fetch("builtin:scanpy/pbmc68k_reduced", work / "raw.h5ad")
+    preprocess_file(work / "raw.h5ad", work / "processed.h5ad", work / "qc.json",
+                    {"labels": {"cell_type": "bulk_labels"}, "constants": {"tissue": "peripheral blood"}},
+                    {"min_genes": 10}, "pbmc68k")
+    write_sentence_table(work / "processed.h5ad", work / "sentences.parquet", dataset="pbmc68k", top_k=32)
+    sft_cells, rl_cells, eval_cells = size["cells"]
+    write_task_tables(work / "sentences.parquet", work / "tasks.parquet",
+                      TaskTableParams(tasks=("annotation",), top_k=32, max_cells_sft=sft_cells, max_cells_rl=rl_cells,
+                                      max_cells_eval=eval_cells))
+    table = pd.read_parquet(work / "tasks.parquet")
+    sft = table[table.stage == "sft"].copy()
+    sft["completion"] = [format_answer("Marker genes decide.", a) for a in sft.answer]
+    sft["accepted"] = True
+    sft.to_parquet(work / "sft.parquet")
+    return work / "tasks.parquet", work / "sft.parquet"
+
+
+class Report:
+    """Figures as they come: one ``name: value unit`` line each on stdout (so a run cut by the timeout still shows
+    what it measured) and the whole set rewritten to ``path`` as JSON."""
+
+    def __init__(self, path: Path, gpu: bool, size: dict) -> None:
+        self.path, self.data = path, {"gpu_figures": gpu, "sizes": size, "figures": {}}
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, name: str, value, unit: str = "") -> None:
+        print(f"{name}: {value} {unit}".rstrip(), file=sys.__stdout__, flush=True)
+        self.data["figures"][name] = {"value": value, "unit": unit}
+        self.path.write_text(json.dumps(self.data, indent=1))
+
+
+def mean(entries: list[dict], key: str) -> float:
+    return round(sum(e.get(key, 0) for e in entries) / max(1, len(entries)), 3)
+
+
+def run(work: Path, size: dict, gpu: bool, report: Report) -> None:
+    peak: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(name: str, uses_gpu: bool = True):
+        if gpu:
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        yield
+        report(f"{name}_wall", round(time.perf_counter() - start, 2), "s")
+        if gpu and uses_gpu:
+            peak[name] = torch.cuda.max_memory_allocated() / 2**30
+            report(f"{name}_peak_mem", round(peak[name], 3), "GiB")
+
+    def on_device(probe: Probe, name: str) -> None:  # a CPU run checks the probe itself
+        want = "cuda" if gpu else "cpu"
+        if probe.devices != [want]:
+            sys.exit(f"gpu_smoke: FAIL: {name} trained on {probe.devices or 'nothing seen'}, not {want}")
+
+    with stage("prepare", uses_gpu=False):
+        tasks, sft_data = prepare(work, size)
+        build_tiny_model([work / "sentences.parquet"], [tasks], work / "base", **size["model"])
+    from transformers import AutoModelForCausalLM  # the saved base model loads back like a hub model
+
+    report("model_params", round(sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(work / "base")
+                                     .parameters()) / 1e6, 2), "M")
+    tokenizer = load_tokenizer(work / "base")
+
+    probe = Probe(size["sft_seconds"])
+    cfg = dict(seed=0, epochs=1000, max_steps=size["sft_steps"], learning_rate=size["sft_lr"],
+               per_device_batch_size=size["sft_batch"], gradient_accumulation_steps=1, max_length=1024,
+               save_steps=100_000, logging_steps=1, gradient_checkpointing=False)
+    with stage("sft"):
+        run_sft(str(work / "base"), [sft_data], work / "sft", work / "sft_ckpt", cfg, NO_LORA, callbacks=[probe])
+    on_device(probe, "SFT")
+    last = [e for e in json.loads((work / "sft" / "log_history.json").read_text()) if "num_tokens" in e][-1]
+    report("sft_steps", last["step"], "steps")  # TRL's num_tokens: attention-mask sum, the non-padding tokens
+    report("sft_tokens_per_s", round(last["num_tokens"] / probe.step_times[last["step"]], 1), "tok/s")
+
+    for mode in ("duality", "oracle"):
+        probe, rollouts = Probe(), []
+        g = dict(num_generations=size["generations"], train_batch_size=size["grpo_batch"],
+                 mini_batch_size=size["grpo_batch"], max_steps=size["grpo_steps"], learning_rate=1e-5, beta=0.04,
+                 epsilon=0.2, temperature=size["temperature"], max_completion_length=size["completion"],
+                 max_prompts=None, dual_model="policy", dual_max_new_tokens=size["dual_tokens"], dual_temperature=0.0,
+                 save_steps=100_000, use_vllm=False, seed=0, gradient_checkpointing=False)
+        with stage(f"grpo_{mode}"), probed_grpo(probe, rollouts):
+            run_grpo(str(work / "sft"), [tasks], work / f"grpo_{mode}", work / f"grpo_{mode}_ckpt", g,
+                     {"mode": mode}, NO_LORA)
+        on_device(probe, f"GRPO ({mode})")
+        logged = [e for e in json.loads((work / f"grpo_{mode}" / "log_history.json").read_text()) if "reward" in e]
+        steps, seconds = max(probe.step_times), sum(s for _, s in rollouts)
+        report(f"grpo_{mode}_s_per_step", round(probe.step_times[steps] / steps, 3), "s")
+        report(f"grpo_{mode}_rollout_tokens_per_s", round(sum(t for t, _ in rollouts) / seconds, 1) if seconds
+               else "n/a", "tok/s")
+        report(f"grpo_{mode}_format_ok", mean(logged, "format_ok"), "fraction")
+        if mode == "duality":  # 0: no well-formed rollout, so the dual task (the reward's generation) never ran
+            report("grpo_duality_dual_generations_per_step", mean(logged, "dual_generations"), "prompts")
+
+    with stage("predict"):
+        start = time.perf_counter()
+        rows = predict(str(work / "grpo_oracle"), [tasks], work / "predictions.parquet", max_prompts_per_table=None,
+                       max_new_tokens=size["predict_new_tokens"], batch_size=size["predict_batch"])
+        seconds = time.perf_counter() - start
+    # generated tokens: the answers re-tokenized (the final EOS not counted)
+    generated = sum(map(len, tokenizer(list(rows.response), add_special_tokens=False).input_ids))
+    report("predict_prompts", len(rows), "prompts")
+    report("predict_tokens_per_s", round(generated / seconds, 1), "tok/s")
+    report("predict_format_ok", round(float(rows.format_ok.mean()), 3), "fraction")
+    if gpu:
+        if min(peak.values()) <= 0:
+            sys.exit(f"gpu_smoke: FAIL: a stage allocated no GPU memory: {peak}")
+        report("peak_gpu_mem", round(max(peak.values()), 3), "GiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--allow-cpu", action="store_true", help="no GPU: run tiny sizes on the CPU (logic check)")
+    parser.add_argument("--workdir", type=Path, help="keep the models and tables here (default: a temporary folder)")
+    args = parser.parse_args()
+    gpu = torch.cuda.is_available()
+    if not gpu and not args.allow_cpu:
+        sys.exit(f"gpu_smoke: FAIL: no GPU visible (torch {torch.__version__}, CUDA build {torch.version.cuda}, "
+                 f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); --allow-cpu for a CPU run")
+    size = SIZES["gpu" if gpu else "cpu"]
+    out = Path(os.environ["OUT"]) if os.environ.get("OUT") else Path("results/benchmarks")
+    report = Report(out / "gpu_smoke.json", gpu, size)
+    if not gpu:
+        print("gpu_smoke: CPU run (--allow-cpu), tiny sizes: these are not GPU figures", flush=True)
+    report("gpu", torch.cuda.get_device_name(0) if gpu else "none")
+    start = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        work = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gpu_smoke_")))
+        work.mkdir(parents=True, exist_ok=True)
+        with contextlib.redirect_stdout(sys.stderr):  # the trainers print their logs: stdout holds the figures
+            run(work, size, gpu, report)
+    report("total_wall", round(time.perf_counter() - start, 2), "s")
+    print(f"gpu_smoke: {'OK' if gpu else 'OK (CPU, not GPU figures)'}; figures in {report.path}")
+
+
+if __name__ == "__main__":
+    main()
