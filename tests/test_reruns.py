@@ -130,7 +130,7 @@ def test_replacing_a_local_source_reruns_from_the_download(project):
     adata = ad.read_h5ad(source)
     adata[:-10].copy().write_h5ad(source)
     try:
-        assert planned(project) == {"download": 1, "preprocess": 1, "cell_sentences": 1, "task_table": 3}
+        assert planned(project) == {"download": 1, "convert": 1, "preprocess": 1, "cell_sentences": 1, "task_table": 3}
     finally:
         shutil.move(backup, source)
 

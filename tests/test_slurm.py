@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import ci_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT_S = 900  # one snakemake run; the data stage takes ~1 min here
@@ -48,23 +49,23 @@ def write_config(workdir: Path, label_column: str = "bulk_labels") -> None:
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, target: str = "data", timeout: int = RUN_TIMEOUT_S) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
            "--profile", str(ROOT / "profiles" / "slurm"), "--configfile", str(workdir / "config.yaml"),
            "--sdm", "env-modules",                      # no conda here
            "--slurm-status-command", "squeue",          # no slurmdbd here
            "--slurm-keep-successful-logs",              # so the test can read the logs of successful jobs
            "--slurm-init-seconds-before-status-checks", "5",  # default 40 s per job; only for speed
-           *args, "data"]
+           *args, target]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     try:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=env,
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
                                 start_new_session=True)
     except subprocess.TimeoutExpired as exc:  # never hang: cancel the jobs this run left in the queue
         partial = "".join(x.decode() if isinstance(x, bytes) else (x or "") for x in (exc.stdout, exc.stderr))
         for run_id in re.findall(r"SLURM run ID: (\S+)", partial):
             subprocess.run(["scancel", "--name", run_id], capture_output=True, timeout=30)
-        pytest.fail(f"snakemake on SLURM did not finish in {RUN_TIMEOUT_S}s: {partial[-2000:]}")
+        pytest.fail(f"snakemake on SLURM did not finish in {timeout}s: {partial[-2000:]}")
     runs = len(list(workdir.glob("snakemake.*.out")))
     (workdir / f"snakemake.{runs + 1}.out").write_text(result.stdout + result.stderr)  # kept for debugging
     return result
@@ -104,9 +105,9 @@ def test_data_stage_runs_through_slurm(data_run):
     assert len(table) == 700 and table["sentence"].str.len().gt(0).all()
     assert (workdir / "results" / "processed" / "pbmc68k.qc.json").exists()
     assert (workdir / "results" / "raw" / "pbmc68k.sha256").exists()
-    # preprocess and cell_sentences went to SLURM; download and data are localrules (run by the submitter)
+    # convert, preprocess and cell_sentences went to SLURM; download and data are localrules (run by the submitter)
     jobs = slurm_job_ids(result)
-    assert set(jobs) == {"preprocess", "cell_sentences"}, jobs
+    assert set(jobs) == {"convert", "preprocess", "cell_sentences"}, jobs
     assert slurm_logs(workdir, "preprocess") and slurm_logs(workdir, "cell_sentences")
     assert "--executor slurm-jobstep" in slurm_logs(workdir, "preprocess")[0].read_text()
     states = squeue_states([j for ids in jobs.values() for j in ids])  # MinJobAge=600 keeps them listed
@@ -132,3 +133,22 @@ def test_failing_job_is_reported_and_retried(tmp_path, retries, attempts):
         assert re.search(r"cellduality error.*no_such_column", log.read_text()), log.read_text()[-2000:]
     assert set(squeue_states(jobs["preprocess"]).values()) == {"FAILED"}
     assert not (tmp_path / "results" / "processed" / "pbmc68k.h5ad").exists()
+
+
+LOCAL_RULES = {"download", "download_obs_table", "data", "teacher", "sft_data", "fetch_model", "push_to_hub"}
+
+
+def test_whole_embedded_pipeline_runs_through_slurm(tmp_path):
+    """The CI-sized embedded default, every stage, through the shipped profile on a node without GPUs: no
+    resource override; every rule that is not a localrule runs as a SLURM job, and the report is written."""
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(ci_config()))
+    result = snakemake(tmp_path, target="all", timeout=3000)
+    text = result.stdout + result.stderr
+    assert result.returncode == 0, text[-4000:]
+    assert (tmp_path / "results" / "report" / "results.tsv").exists()
+    jobs = slurm_job_ids(result)
+    planned = set(re.findall(r"^(?:local)?rule (\w+):", text, re.M)) - {"all"}
+    assert planned - LOCAL_RULES == set(jobs), (planned, jobs)
+    assert {"convert", "sft", "grpo", "predict", "evaluate", "report_tables"} <= set(jobs)
+    states = squeue_states([j for ids in jobs.values() for j in ids])
+    assert set(states.values()) == {"COMPLETED"}, states

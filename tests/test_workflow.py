@@ -172,7 +172,7 @@ def test_bad_label_column_is_one_line_and_leaves_no_output(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.startswith("cellduality error")]
     assert len(lines) == 1 and "obs column 'celltype_typo', which does not exist" in lines[0]
     assert "Traceback" not in result.stderr
-    assert (tmp_path / "results" / "raw" / "pbmc68k.h5ad").exists()  # earlier work kept
+    assert (tmp_path / "results" / "raw" / "pbmc68k.download").exists()  # earlier work kept
     assert list((tmp_path / "results" / "processed").glob("pbmc68k*")) == []  # nothing half-written
 
 
@@ -181,7 +181,7 @@ def test_slurm_profile_parses_and_plans_the_data_stage(tmp_path):
     # --sdm env-modules: this machine has no conda; the profile itself asks for conda envs
     result = snakemake(tmp_path, "-n", "data", "--profile", str(ROOT / "profiles" / "slurm"), "--sdm", "env-modules")
     n = len(yaml.safe_load((tmp_path / "config.yaml").read_text())["datasets"])
-    assert planned_jobs(result) == {"download": n, "preprocess": n, "cell_sentences": n, "data": 1}
+    assert planned_jobs(result) == {"download": n, "convert": n, "preprocess": n, "cell_sentences": n, "data": 1}
 
 
 def test_paper_run_asks_slurm_for_the_configured_gpus():
