@@ -168,6 +168,15 @@ USED_DATASETS = sorted({n for names in TASKS.values() for n in names}) or sorted
 )
 
 
+def task_table_inputs(wildcards):
+    """The dataset's cell sentences; for a role adapt dataset also those of adapt_from (its label set)."""
+    ds = DATASETS[wildcards.dataset]
+    inputs = {"cells": f"{RESULTS}/cell_sentences/{wildcards.dataset}.parquet"}
+    if ds["role"] == "adapt":
+        inputs["candidates"] = f"{RESULTS}/cell_sentences/{ds['adapt_from']}.parquet"
+    return inputs
+
+
 # ---------------------------------------------------------------- teacher (rules/teacher.smk)
 _MARKERS = config["teacher"]["provider"] == "markers"
 
@@ -232,10 +241,11 @@ MODEL_CARD = dict(
 )
 
 
-SFT_DATA = [
+SFT_DATA = [  # role adapt datasets have no SFT stage: their cells are for duality GRPO only
     f"{RESULTS}/sft/{task}/{name}.parquet"
     for task, names in TASKS.items()
     for name in names
+    if DATASETS[name]["role"] != "adapt"
 ]
 
 # a paid teacher needs its API key before any job runs, unless its answers are all on disk already (a dry

@@ -7,7 +7,7 @@ wildcard_constraints:
 
 rule task_table:
     input:
-        rules.cell_sentences.output.table,
+        unpack(task_table_inputs),
     output:
         f"{RESULTS}/tasks/{{task}}/{{dataset}}.parquet",
     log:

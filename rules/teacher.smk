@@ -42,7 +42,4 @@ rule teacher:
 
 rule sft_data:
     input:
-        [
-            expand(rules.teacher.output.sft, task=task, dataset=names)
-            for task, names in TASKS.items()
-        ],
+        SFT_DATA,

@@ -100,6 +100,13 @@ def _check_datasets(config: dict, source: str) -> None:
             if origin not in datasets or datasets[origin]["source"].startswith("dataset:"):
                 raise CellDualityError(f"{where}.source reuses the download of '{origin}', which is not a catalog "
                                        "entry with a source of its own; name one")
+        if ds.get("role") == "adapt":
+            origin = ds.get("adapt_from")
+            if origin not in datasets or datasets[origin].get("role", "train") != "train":
+                raise CellDualityError(f"{where}.adapt_from must name a train dataset of the catalog (its cell types "
+                                       f"are the labels offered); got {origin!r}")
+        elif ds.get("adapt_from"):
+            raise CellDualityError(f"{where}.adapt_from is only for role: adapt")
         table = ds.get("obs_table") or {}
         if table.get("source") and table.get("member"):
             raise CellDualityError(f"{where}.obs_table: give either source (a separate file) or member (a file in "

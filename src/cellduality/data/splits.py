@@ -38,12 +38,14 @@ def split_keys(cell_ids: Sequence[str], obs: pd.DataFrame) -> Sequence[str]:
 
 def assign_splits(cell_ids: Sequence[str], obs: pd.DataFrame, *, dataset: str, role: str, test_fraction: float,
                   seed: int, ood_labels: Mapping[str, Sequence[str]] | None = None) -> np.ndarray:
-    """Return an array of "train" / "test" / "ood" per cell."""
+    """Return an array of "train" / "test" / "ood" per cell ("adapt" instead of "train" for role adapt: cells
+    that only duality GRPO sees, without their labels)."""
     n = len(cell_ids)
     if role == "ood":
         return np.full(n, "ood", dtype=object)
     keys = split_keys(cell_ids, obs)
-    split = np.where(unit_hash(keys, f"{dataset}:{seed}") < test_fraction, "test", "train").astype(object)
+    rest = "adapt" if role == "adapt" else "train"
+    split = np.where(unit_hash(keys, f"{dataset}:{seed}") < test_fraction, "test", rest).astype(object)
     for column, values in (ood_labels or {}).items():
         if column in obs:
             split[obs[column].isin(list(values)).to_numpy()] = "ood"

@@ -23,6 +23,7 @@ Generation (``prediction`` = a space-joined sentence as long as the reference):
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from cellduality.tasks.registry import TaskSpec, get_task, tasks_with
 from cellduality.tasks.schema import decode_column, read_task_frame
 from cellduality.tasks.tables import TaskTableParams
 
+log = logging.getLogger(__name__)
 BASELINE_COLUMNS = ("model", "prompt_id", "task", "dataset", "split", "label", "prediction")
 CLASSIFIERS = ("logreg", "knn")
 #: generation baselines per metric family (a task's ``metric`` in the task registry)
@@ -207,6 +209,9 @@ def _classification_baselines(task_table, cells, h5ad, *, task, methods, prompt_
     dataset = rows["dataset"].iloc[0]
     table = read_cells(cells, dataset=dataset, columns=(label, *onehot))
     train = table[(table["split"] == "train") & table[label].notna()]
+    if train.empty and (table["split"] == "adapt").any():
+        log.info("dataset %s (role adapt) has no labelled training cells: no %s baseline", dataset, task)
+        return pd.DataFrame(columns=list(BASELINE_COLUMNS))
     if train[label].nunique() < 2:
         raise CellDualityError(f"dataset {dataset}: fewer than two {label} values among train cells; no baseline")
     if max_train_cells is not None and len(train) > max_train_cells:

@@ -79,10 +79,12 @@ def prompt_id(task: str, direction: str, stage: str, dataset: str, key: str) -> 
 class BuildContext:
     """What builders share: the settings, every cell record (all stages) and the output rows."""
 
-    def __init__(self, params: Any, records: list[dict[str, Any]]) -> None:
-        """``params``: :class:`cellduality.tasks.tables.TaskTableParams` (which imports this module)."""
+    def __init__(self, params: Any, records: list[dict[str, Any]], candidates: Sequence[str] | None = None) -> None:
+        """``params``: :class:`cellduality.tasks.tables.TaskTableParams` (which imports this module);
+        ``candidates``: cell types offered in annotation prompts instead of each dataset's own."""
         self.params = params
         self.records = records
+        self.candidates = sorted(candidates) if candidates else None
         self.out = RowSink()
         self._label_sets: dict[str, dict[str, list[str]]] = {}
 
@@ -106,10 +108,18 @@ def identity_rows(ctx: BuildContext, recs: list[dict[str, Any]], stage: str, spe
     with_dual = stage != "rl"
     for rec in recs:
         label = rec["cell_type"]
-        if label is None:
+        unlabelled = label is None and rec["split"] == "adapt"  # role adapt: annotation RL prompts, no answer
+        if label is None and not unlabelled:
             continue
         genes, meta, ds = rec["genes"], rec["metadata"], rec["dataset"]
-        cands = types[ds]
+        cands = ctx.candidates or types[ds]
+        if unlabelled:
+            if annotation is not None:
+                pid = prompt_id("annotation", "primal", stage, ds, rec["cell_id"])
+                out.add(direction="primal", prompt_id=pid, task="annotation", stage=stage, rec=rec, label="",
+                        prompt=annotation.primal_prompt(genes, meta, cands if params.annotation_candidates else None),
+                        answer="", candidates=cands, mask=masker.mask(genes, pid), input_sentence=join_genes(genes))
+            continue
         shown = cands if params.annotation_candidates else None
         sentence = join_genes(genes)
         if annotation is not None:

@@ -35,7 +35,7 @@ from cellduality.tasks.rows import BuildContext, cellpuzzles_batches
 from cellduality.tasks.schema import ROW_COLUMNS
 
 REQUIRED_COLUMNS = ("cell_id", "dataset", "split", "sentence")
-SPLITS = ("train", "test", "ood")
+SPLITS = ("train", "test", "ood", "adapt")  # adapt: a role adapt dataset's unlabelled RL cells
 STAGES = ("sft", "rl", "eval")
 OUTPUT_COLUMNS = ROW_COLUMNS
 DATA_MARKERS = "data"  # inpainting.markers: learn the marker set from the SFT cells
@@ -162,6 +162,8 @@ def data_markers(records: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
 
 
 def _stage_of(row: Mapping[str, Any], params: TaskTableParams) -> str:
+    if row["split"] == "adapt":
+        return "rl"
     if row["split"] != "train":
         return "eval"
     u = stable_uniform("rl-cells", params.seed, row["dataset"], row["cell_id"])
@@ -203,12 +205,18 @@ def _label_keys() -> tuple[str, ...]:
     return tuple(dict.fromkeys(c for s in TASK_REGISTRY.values() for c in (*s.columns, s.label_column)))
 
 
-def build_task_tables(cells: pd.DataFrame, params: TaskTableParams | None = None) -> pd.DataFrame:
+def build_task_tables(cells: pd.DataFrame, params: TaskTableParams | None = None,
+                      candidates: Sequence[str] | None = None) -> pd.DataFrame:
     """All prompt rows for the tasks the table supports (see module docstring). Rows are built per stage,
-    task by task in registration order; tasks sharing a row builder (annotation, generation) interleave."""
+    task by task in registration order; tasks sharing a row builder (annotation, generation) interleave.
+    ``candidates``: the cell types offered in annotation prompts instead of the table's own (a role adapt
+    dataset offers the label set of its ``adapt_from`` dataset). Cells of split ``adapt`` lose their labels
+    here: they reach the RL stage as unlabelled annotation prompts only."""
     params = params or TaskTableParams()
     table = _validate(cells)
     tasks = set(available_tasks(table.columns, params.tasks))
+    if (table["split"] == "adapt").any() and "annotation" in params.tasks:
+        tasks.add("annotation")  # an unlabelled adapt dataset needs no label column
     label_keys = _label_keys()
     records: list[dict[str, Any]] = []
     for row in table.to_dict("records"):
@@ -219,7 +227,7 @@ def build_task_tables(cells: pd.DataFrame, params: TaskTableParams | None = None
             continue
         rec = {"cell_id": row["cell_id"], "dataset": row["dataset"], "split": row["split"], "genes": genes,
                "metadata": _metadata(row)}
-        rec.update({k: _text(row, k) for k in label_keys})
+        rec.update({k: None if row["split"] == "adapt" else _text(row, k) for k in label_keys})
         rec["stage"] = _stage_of(rec, params)
         records.append(rec)
     if params.markers == DATA_MARKERS:
@@ -228,7 +236,7 @@ def build_task_tables(cells: pd.DataFrame, params: TaskTableParams | None = None
     for spec in TASK_REGISTRY.values():
         if spec.name in tasks:
             builders.setdefault(spec.build_rows, []).append(spec)
-    ctx = BuildContext(params, records)
+    ctx = BuildContext(params, records, candidates)
     for stage in STAGES:
         recs = _limit([r for r in records if r["stage"] == stage], stage, params)
         for build, specs in builders.items():
@@ -240,6 +248,8 @@ def check_task_inputs(cells: pd.DataFrame, tasks: Iterable[str], source: object 
     """Fail early, in one line, where a configured task cannot be built or learned from these cells: a label
     column it needs is missing or empty, or a classification task's training cells hold fewer than two
     classes (nothing to classify; the baselines would fail only at the end of the run)."""
+    if (cells["split"] == "adapt").any() and not (cells["split"] == "train").any():
+        return  # a role adapt dataset: its labels, where it has any, are only for evaluation
     for task in tasks:
         spec = get_task(task)
         missing = [c for c in spec.columns if c not in cells.columns]
@@ -268,6 +278,14 @@ def check_catalog(config: Mapping[str, Any], source: object = "config") -> None:
         spec = get_task(task)
         for name in names or ():
             ds = config["datasets"][name]
+            if ds.get("role") == "adapt":
+                if task != "annotation":
+                    raise CellDualityError(f"{source}: dataset {name} has role adapt, which serves tasks.annotation "
+                                           f"only; remove it from tasks.{task}")
+                if ds.get("adapt_from") not in names:
+                    raise CellDualityError(f"{source}: datasets.{name}.adapt_from ({ds.get('adapt_from')}) must be "
+                                           "listed under tasks.annotation too (the model learns its labels there)")
+                continue
             present = set(ds.get("labels", {})) | (set(PAIRING_COLUMNS) if ds.get("pairing", {}).get("control") else set())
             missing = [c for c in spec.columns if c not in present]
             if missing:
@@ -280,6 +298,8 @@ def check_task_prompts(table: pd.DataFrame, tasks: Iterable[str], source: object
     """Every configured task has SFT and evaluation prompts (else one line saying why there are none)."""
     for task in tasks:
         rows = table[(table["task"] == task) & (table["direction"] == "primal")]
+        if (rows["split"] == "adapt").any():  # role adapt: unlabelled RL prompts, evaluation where labelled
+            continue
         for stage, split in (("sft", "train"), ("eval", "test")):
             if not (rows["stage"] == stage).any():
                 raise CellDualityError(f"{source}: task {task} has no {stage} prompts (too few labelled cells in "
@@ -288,15 +308,20 @@ def check_task_prompts(table: pd.DataFrame, tasks: Iterable[str], source: object
 
 
 def write_task_tables(cells: pd.DataFrame | str | Path, path: str | Path, params: TaskTableParams | None = None,
-                      *, required: Iterable[str] = ()) -> pd.DataFrame:
+                      *, required: Iterable[str] = (), candidates_from: str | Path | None = None) -> pd.DataFrame:
     """Build the tables from a DataFrame or Parquet path and write them to ``path`` as Parquet. The
     ``required`` tasks (the configured ones) must be buildable and yield prompts: otherwise one line, and no
-    file (:func:`check_task_inputs`, :func:`check_task_prompts`)."""
+    file (:func:`check_task_inputs`, :func:`check_task_prompts`). ``candidates_from``: the cell-sentence table
+    whose cell types the annotation prompts offer (a role adapt dataset's ``adapt_from``)."""
     frame = pd.read_parquet(cells) if isinstance(cells, (str, Path)) else cells
     source = cells if isinstance(cells, (str, Path)) else "cell-sentence table"
     required = tuple(required)
     check_task_inputs(frame, required, source)
-    result = build_task_tables(frame, params)
+    candidates = None
+    if candidates_from is not None:
+        labels = pd.read_parquet(candidates_from, columns=["cell_type"])["cell_type"]
+        candidates = sorted({str(v) for v in labels if is_present(v)})
+    result = build_task_tables(frame, params, candidates)
     check_task_prompts(result, required, source)
     with atomic_path(path) as tmp:
         result.to_parquet(tmp, index=False)

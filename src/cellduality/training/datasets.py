@@ -52,12 +52,16 @@ def sft_dataset(paths: Sequence[str | Path], seed: int = 0, task_weights: Mappin
     return Dataset.from_dict(records).shuffle(seed=seed)
 
 
-def rl_dataset(paths: Sequence[str | Path], max_prompts: int | None = None, seed: int = 0):
-    """RL-stage primal prompts with the columns the reward functions read (labels only for the oracle)."""
+def rl_dataset(paths: Sequence[str | Path], max_prompts: int | None = None, seed: int = 0,
+               labelled_only: bool = False):
+    """RL-stage primal prompts with the columns the reward functions read (labels only for the oracle, which
+    gets ``labelled_only``: a role adapt dataset's unlabelled prompts are for the duality reward alone)."""
     from datasets import Dataset
 
     table = _read_tasks(paths, ("prompt", "stage", "direction", *REWARD_COLUMNS))
     table = table[(table["stage"] == "rl") & (table["direction"] == "primal")]
+    if labelled_only:
+        table = table[table["label"].fillna("").astype(str) != ""]
     if table.empty:
         raise CellDualityError(f"no RL prompts in {', '.join(map(str, paths))}; check task_tables.rl_fraction")
     table = table.sample(frac=1.0, random_state=seed)

@@ -80,7 +80,7 @@ def run_grpo(model_path: str, tables: Sequence[str | Path], out_dir: str | Path,
     settings = RewardSettings(**reward_cfg)
     if settings.mode == "duality":
         label_signal_gate(label_signal)
-    dataset = rl_dataset(tables, s.max_prompts, seed=s.seed)
+    dataset = rl_dataset(tables, s.max_prompts, seed=s.seed, labelled_only=settings.mode == "oracle")
     tokenizer = load_tokenizer(model_path)
     reward = TaskReward(settings)
     with reporting(r):

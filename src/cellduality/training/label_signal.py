@@ -137,7 +137,7 @@ def true_label_wins_for_model(model_path: str, tables: Sequence[str | Path], out
 
     from cellduality.training.duality import model_dual_generator
 
-    rows = rl_dataset(tables, max_cells, seed=seed)
+    rows = rl_dataset(tables, max_cells, seed=seed, labelled_only=True)
     examples = [DiagnosticExample(genes=row["input_sentence"].split(), label=row["label"],
                                   candidates=decode_value("candidates", row["candidates"], row_id=row["prompt_id"]),
                                   prompt_id=row["prompt_id"],
