@@ -194,6 +194,10 @@ def test_paper_run_asks_slurm_for_the_configured_gpus():
         assert resources[rule]["gpu"] == "8" and resources[rule]["mem_mb"] == "256000", resources[rule]
     for rule in ("predict", "true_label_wins"):
         assert resources[rule]["gpu"] == "1" and resources[rule]["mem_mb"] == "32000", resources[rule]
+    for rule in ("sft", "grpo", "predict", "true_label_wins"):
+        assert resources[rule]["runtime"] == "2880", resources[rule]  # training.runtime, minutes
+    for rule in ("convert", "preprocess", "cell_sentences", "task_table"):  # data rules ask for no GPU
+        assert resources[rule].get("gpu", "0") == "0" and int(resources[rule]["runtime"]) <= 240, resources[rule]
 
 
 def test_paper_table6_layer_reuses_the_sciplex3_download(tmp_path):
