@@ -231,14 +231,15 @@ MODEL_CARD = dict(
         model=config["model"]["source"],
         annotation=config["tasks"].get("annotation", []),
     ),
-    # the README.md model card names the data and their terms (catalog license, description)
-    data={
-        name: dict(
-            license=DATASETS[name]["license"], description=DATASETS[name]["description"]
-        )
-        for name in USED_DATASETS
-    },
 )
+# the README.md model card also names the data and their terms (catalog license, description): only in the
+# --spec, not in the recorded settings, so editing a description never retrains a model
+CARD_DATA = {
+    name: dict(
+        license=DATASETS[name]["license"], description=DATASETS[name]["description"]
+    )
+    for name in USED_DATASETS
+}
 
 
 SFT_DATA = [  # role adapt datasets have no SFT stage: their cells are for duality GRPO only

@@ -84,7 +84,7 @@ rule sft:
             out=output[0],
             checkpoints=f"{RESULTS}/checkpoints/sft/rep{wildcards.rep}",
             tables=list(input.tables),
-            card=MODEL_CARD,
+            card=MODEL_CARD | dict(data=CARD_DATA),
             report=report_spec(f"sft_rep{wildcards.rep}"),
             **sft_settings(wildcards),
         ),
