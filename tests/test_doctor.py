@@ -3,6 +3,7 @@
 profiles/slurm runs once for the module."""
 
 import os
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -29,6 +30,7 @@ def cluster(tmp_path, monkeypatch, capsys, paper_resources):
     """``cluster(*args, sinfo=..., sacct=..., conda=...)`` -> (exit status, output lines) of the doctor, with fake
     programs (a shell body, or None for a missing one) first on PATH and the module's dry run."""
     monkeypatch.setattr(doctor, "dry_run_resources", lambda *args: paper_resources)
+    cat = shutil.which("cat")  # before PATH loses the folders that hold a real sinfo (often /usr/bin, with cat)
     fakes = tmp_path / "bin"
     fakes.mkdir()
     path = [d for d in os.environ["PATH"].split(os.pathsep)
@@ -36,7 +38,7 @@ def cluster(tmp_path, monkeypatch, capsys, paper_resources):
     monkeypatch.setenv("PATH", os.pathsep.join([str(fakes), *path]))
 
     def run(*args, sinfo=FITS, sacct=SACCT_WORKS, conda="exit 0", cli=False):
-        for name, body in {"sinfo": sinfo and f"cat <<'EOF'\n{sinfo}EOF", "sacct": sacct, "conda": conda}.items():
+        for name, body in {"sinfo": sinfo and f"{cat} <<'EOF'\n{sinfo}EOF", "sacct": sacct, "conda": conda}.items():
             if body is not None:
                 (fakes / name).write_text(f"#!/bin/bash\n{body}\n")
                 (fakes / name).chmod(0o755)
