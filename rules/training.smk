@@ -45,6 +45,9 @@ rule fetch_model:
         f"{LOGS}/fetch_model.log",
     conda:
         "../envs/training.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=240,
     params:
         code=cli_code("training.hub"),
         spec=spec(
@@ -181,6 +184,9 @@ rule push_to_hub:
         f"{LOGS}/push_to_hub.log",
     conda:
         "../envs/training.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=240,
     params:
         code=cli_code("training.publish"),
         settings=HUB_SETTINGS,
