@@ -255,7 +255,9 @@ if not _MARKERS and not all(os.path.exists(p) for p in SFT_DATA):
     try:
         api_key(TeacherSettings.from_config(config["teacher"]))
     except CellDualityError as _err:
-        if not (workflow.dryrun or audit_only(sys.argv)):
+        if not audit_only(
+            sys.argv
+        ):  # workflow.dryrun is not known yet while the Snakefile is parsed
             fail(f"config: {_err}")
         print(f"cellduality warning: {_err}", file=sys.stderr)
 

@@ -108,18 +108,12 @@ def identity_rows(ctx: BuildContext, recs: list[dict[str, Any]], stage: str, spe
     with_dual = stage != "rl"
     for rec in recs:
         label = rec["cell_type"]
-        unlabelled = label is None and rec["split"] == "adapt"  # role adapt: annotation RL prompts, no answer
+        unlabelled = label is None and rec["split"] == "adapt"  # role adapt: RL annotation prompts (no dual there)
         if label is None and not unlabelled:
             continue
+        label = label or ""
         genes, meta, ds = rec["genes"], rec["metadata"], rec["dataset"]
         cands = ctx.candidates or types[ds]
-        if unlabelled:
-            if annotation is not None:
-                pid = prompt_id("annotation", "primal", stage, ds, rec["cell_id"])
-                out.add(direction="primal", prompt_id=pid, task="annotation", stage=stage, rec=rec, label="",
-                        prompt=annotation.primal_prompt(genes, meta, cands if params.annotation_candidates else None),
-                        answer="", candidates=cands, mask=masker.mask(genes, pid), input_sentence=join_genes(genes))
-            continue
         shown = cands if params.annotation_candidates else None
         sentence = join_genes(genes)
         if annotation is not None:
@@ -133,7 +127,7 @@ def identity_rows(ctx: BuildContext, recs: list[dict[str, Any]], stage: str, spe
                 out.add(direction="dual", prompt_id=prompt_id("annotation", "dual", stage, ds, rec["cell_id"]),
                         prompt=annotation.dual_prompt(mask.visible, label, mask.n_hidden, meta),
                         answer=join_genes(mask.hidden), **common)
-        if generation is not None:
+        if generation is not None and not unlabelled:
             common = dict(task="generation", stage=stage, rec=rec, label=label, candidates=cands,
                           reference=sentence)
             out.add(direction="primal", prompt_id=prompt_id("generation", "primal", stage, ds, rec["cell_id"]),
