@@ -337,3 +337,46 @@ def test_training_is_deterministic_across_folders(workspace, tmp_path):
     for name, tensor in a["weights"].items():
         np.testing.assert_allclose(tensor, b["weights"][name], rtol=0, atol=DETERMINISM_ATOL, err_msg=name)
     assert a["responses"] == b["responses"] and len(a["responses"]) == 12
+
+
+def test_example_mean_loss_weighs_every_example_the_same():
+    """sft.loss_averaging: examples: the mean over examples of each example's own completion-token mean, against
+    cross-entropies computed by hand; TRL's token mean would weigh the 3-token answer three times the 1-token one."""
+    import math
+    import types as pytypes
+
+    import torch
+
+    from cellduality.training.sft import ExampleMeanLoss
+
+    vocab = 5
+    logits = torch.log_softmax(torch.randn(2, 5, vocab, generator=torch.Generator().manual_seed(0)), dim=-1)
+    labels = torch.tensor([[-100, -100, -100, 2, -100], [-100, 1, 4, 3, -100]])  # 1 and 3 completion tokens
+    outputs = pytypes.SimpleNamespace(logits=logits)
+
+    def ce(row, pos):  # label at position pos is predicted by the logits at pos - 1
+        return -logits[row, pos - 1, labels[row, pos]].item()
+
+    first, second = ce(0, 3), (ce(1, 1) + ce(1, 2) + ce(1, 3)) / 3
+    assert math.isclose(ExampleMeanLoss()(outputs, labels).item(), (first + second) / 2, rel_tol=1e-5)
+    token_mean = (ce(0, 3) + ce(1, 1) + ce(1, 2) + ce(1, 3)) / 4
+    assert not math.isclose((first + second) / 2, token_mean, rel_tol=1e-3)
+    assert math.isclose(ExampleMeanLoss(accumulation_steps=4)(outputs, labels).item(), (first + second) / 8,
+                        rel_tol=1e-5)
+    empty = torch.full_like(labels, -100)
+    assert ExampleMeanLoss()(outputs, empty).item() == 0.0
+
+
+def test_sft_with_example_averaging_trains(workspace, tmp_path):
+    """The loss function reaches SFTTrainer: two steps run, the loss is logged and the weights change."""
+    from safetensors.torch import load_file
+
+    from cellduality.training.sft import run_sft
+
+    out = tmp_path / "sft"
+    run_sft(str(workspace / "base"), [workspace / "sft.parquet"], out, tmp_path / "ckpt",
+            {**SFT_CFG, "max_steps": 2, "loss_averaging": "examples"}, NO_LORA)
+    history = json.loads((out / "log_history.json").read_text())
+    assert [entry["step"] for entry in history if "loss" in entry] == [1, 2]
+    before, after = load_file(workspace / "base" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert any(not before[k].equal(after[k]) for k in before)

@@ -46,6 +46,7 @@ class SFTSettings:
     logging_steps: int = setting("sft.logging_steps")
     group_by_length: bool = setting("sft.group_by_length")
     task_weights: Mapping[str, int] = setting("sft.task_weights")
+    loss_averaging: str = setting("sft.loss_averaging")
     gradient_checkpointing: bool = setting("sft.gradient_checkpointing")
     seed: int = setting("sft.seed")
 

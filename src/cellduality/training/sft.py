@@ -23,6 +23,35 @@ from cellduality.training.setup import (
 log = logging.getLogger(__name__)
 
 
+class ExampleMeanLoss:
+    """``sft.loss_averaging: examples``: the causal-LM loss of each example averaged over its own completion
+    tokens (``labels`` -100 elsewhere), then over the examples of the batch, so a one-token label answer weighs as
+    much as a 30-gene list. ``length_power`` p weighs example i by n_i ** p (n_i: its completion tokens): 0 is
+    the plain mean over examples, 1 is TRL's mean over tokens. Handed to SFTTrainer as ``compute_loss_func``
+    (called with the model outputs and the unshifted labels); divided by ``accumulation_steps`` because the
+    Trainer leaves that to a custom loss."""
+
+    def __init__(self, accumulation_steps: int = 1, length_power: float = 0.0) -> None:
+        self.accumulation_steps = accumulation_steps
+        self.length_power = length_power
+
+    def __call__(self, outputs, labels, num_items_in_batch=None):
+        import torch.nn.functional as F
+
+        logits = outputs.logits[:, :-1, :].float()
+        target = labels[:, 1:].to(logits.device)
+        per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100,
+                                    reduction="none").view(target.shape)
+        counts = (target != -100).sum(dim=1)
+        has_tokens = counts > 0
+        if not has_tokens.any():  # a batch without completion tokens: a finite zero, as TRL does
+            return per_token.sum() * 0.0
+        counts = counts[has_tokens].to(per_token.dtype)
+        per_example = per_token.sum(dim=1)[has_tokens] / counts
+        weights = counts ** self.length_power
+        return (per_example * weights).sum() / weights.sum() / self.accumulation_steps
+
+
 def run_sft(model_path: str, data: Sequence[str | Path], out_dir: str | Path, checkpoint_dir: str | Path,
             cfg: dict[str, Any], lora: dict[str, Any], callbacks: Sequence[Any] = (),
             report: Mapping[str, Any] | None = None) -> Path:
@@ -46,8 +75,9 @@ def run_sft(model_path: str, data: Sequence[str | Path], out_dir: str | Path, ch
     )
     tokenizer = load_tokenizer(model_path)
     with reporting(r):
+        loss = ExampleMeanLoss(s.gradient_accumulation_steps) if s.loss_averaging == "examples" else None
         trainer = SFTTrainer(model=model_path, args=args, train_dataset=dataset, processing_class=tokenizer,
-                             peft_config=peft_config(lora), callbacks=list(callbacks))
+                             peft_config=peft_config(lora), callbacks=list(callbacks), compute_loss_func=loss)
         resume = last_checkpoint(checkpoint_dir)
         log.info("SFT on %d examples from %s%s", len(dataset), model_path, f", resuming {resume}" if resume else "")
         trainer.train(resume_from_checkpoint=resume)
