@@ -343,40 +343,41 @@ def test_example_mean_loss_weighs_every_example_the_same():
     """sft.loss_averaging: examples: the mean over examples of each example's own completion-token mean, against
     cross-entropies computed by hand; TRL's token mean would weigh the 3-token answer three times the 1-token one."""
     import math
-    import types as pytypes
 
     import torch
 
-    from cellduality.training.sft import ExampleMeanLoss
+    from cellduality.training.sft import example_mean_loss
 
     vocab = 5
     logits = torch.log_softmax(torch.randn(2, 5, vocab, generator=torch.Generator().manual_seed(0)), dim=-1)
     labels = torch.tensor([[-100, -100, -100, 2, -100], [-100, 1, 4, 3, -100]])  # 1 and 3 completion tokens
-    outputs = pytypes.SimpleNamespace(logits=logits)
 
     def ce(row, pos):  # label at position pos is predicted by the logits at pos - 1
         return -logits[row, pos - 1, labels[row, pos]].item()
 
     first, second = ce(0, 3), (ce(1, 1) + ce(1, 2) + ce(1, 3)) / 3
-    assert math.isclose(ExampleMeanLoss()(outputs, labels).item(), (first + second) / 2, rel_tol=1e-5)
+    assert math.isclose(example_mean_loss(logits, labels).item(), (first + second) / 2, rel_tol=1e-5)
     token_mean = (ce(0, 3) + ce(1, 1) + ce(1, 2) + ce(1, 3)) / 4
     assert not math.isclose((first + second) / 2, token_mean, rel_tol=1e-3)
-    assert math.isclose(ExampleMeanLoss(accumulation_steps=4)(outputs, labels).item(), (first + second) / 8,
-                        rel_tol=1e-5)
     empty = torch.full_like(labels, -100)
-    assert ExampleMeanLoss()(outputs, empty).item() == 0.0
+    assert example_mean_loss(logits, empty).item() == 0.0
 
 
 def test_sft_with_example_averaging_trains(workspace, tmp_path):
-    """The loss function reaches SFTTrainer: two steps run, the loss is logged and the weights change."""
+    """The loss reaches SFTTrainer and is scaled for gradient accumulation: the first step's logged loss over 4
+    examples is the same as one batch of 4 or as 2 accumulated micro-batches of 2; the weights change."""
     from safetensors.torch import load_file
 
     from cellduality.training.sft import run_sft
 
-    out = tmp_path / "sft"
-    run_sft(str(workspace / "base"), [workspace / "sft.parquet"], out, tmp_path / "ckpt",
-            {**SFT_CFG, "max_steps": 2, "loss_averaging": "examples"}, NO_LORA)
-    history = json.loads((out / "log_history.json").read_text())
-    assert [entry["step"] for entry in history if "loss" in entry] == [1, 2]
+    first_losses = []
+    for batch, accumulation in ((4, 1), (2, 2)):
+        out = tmp_path / f"sft{batch}"
+        run_sft(str(workspace / "base"), [workspace / "sft.parquet"], out, tmp_path / f"ckpt{batch}",
+                {**SFT_CFG, "max_steps": 2, "loss_averaging": "examples", "per_device_batch_size": batch,
+                 "gradient_accumulation_steps": accumulation}, NO_LORA)
+        history = json.loads((out / "log_history.json").read_text())
+        first_losses.append([entry["loss"] for entry in history if "loss" in entry][0])
+    assert first_losses[0] == pytest.approx(first_losses[1], rel=1e-3)
     before, after = load_file(workspace / "base" / "model.safetensors"), load_file(out / "model.safetensors")
     assert any(not before[k].equal(after[k]) for k in before)

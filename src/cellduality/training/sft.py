@@ -23,33 +23,41 @@ from cellduality.training.setup import (
 log = logging.getLogger(__name__)
 
 
-class ExampleMeanLoss:
-    """``sft.loss_averaging: examples``: the causal-LM loss of each example averaged over its own completion
-    tokens (``labels`` -100 elsewhere), then over the examples of the batch, so a one-token label answer weighs as
-    much as a 30-gene list. ``length_power`` p weighs example i by n_i ** p (n_i: its completion tokens): 0 is
-    the plain mean over examples, 1 is TRL's mean over tokens. Handed to SFTTrainer as ``compute_loss_func``
-    (called with the model outputs and the unshifted labels); divided by ``accumulation_steps`` because the
-    Trainer leaves that to a custom loss."""
+def example_mean_loss(logits, labels):
+    """``sft.loss_averaging: examples``: the causal-LM loss of each example averaged over its own completion tokens
+    (``labels`` -100 elsewhere, unshifted as the model gets them), then over the examples of the batch, so a
+    one-token label answer weighs as much as a 30-gene list (TRL averages over every token of the batch)."""
+    import torch.nn.functional as F
 
-    def __init__(self, accumulation_steps: int = 1, length_power: float = 0.0) -> None:
-        self.accumulation_steps = accumulation_steps
-        self.length_power = length_power
+    logits = logits[:, :-1, :].float()
+    target = labels[:, 1:].to(logits.device)
+    per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100,
+                                reduction="none").view(target.shape)
+    counts = (target != -100).sum(dim=1)
+    has_tokens = counts > 0
+    if not has_tokens.any():  # a batch without completion tokens: a finite zero, as TRL does
+        return per_token.sum() * 0.0
+    return (per_token.sum(dim=1)[has_tokens] / counts[has_tokens]).mean()
 
-    def __call__(self, outputs, labels, num_items_in_batch=None):
-        import torch.nn.functional as F
 
-        logits = outputs.logits[:, :-1, :].float()
-        target = labels[:, 1:].to(logits.device)
-        per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100,
-                                    reduction="none").view(target.shape)
-        counts = (target != -100).sum(dim=1)
-        has_tokens = counts > 0
-        if not has_tokens.any():  # a batch without completion tokens: a finite zero, as TRL does
-            return per_token.sum() * 0.0
-        counts = counts[has_tokens].to(per_token.dtype)
-        per_example = per_token.sum(dim=1)[has_tokens] / counts
-        weights = counts ** self.length_power
-        return (per_example * weights).sum() / weights.sum() / self.accumulation_steps
+def trainer_class(loss_averaging: str):
+    """TRL's SFTTrainer, or for ``examples`` a subclass whose ``compute_loss`` is :func:`example_mean_loss` (TRL's
+    advice for a custom loss: one forward pass; the Trainer divides by the gradient accumulation steps, and logs
+    the loss but not TRL's token accuracy and entropy)."""
+    from trl import SFTTrainer
+
+    if loss_averaging == "tokens":
+        return SFTTrainer
+
+    class ExampleMeanSFTTrainer(SFTTrainer):
+        loss_is_scaled_for_ga = False  # a per-micro-batch mean: the Trainer scales it for gradient accumulation
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            outputs = model(**{**{k: v for k, v in inputs.items() if k != "labels"}, "use_cache": False})
+            loss = example_mean_loss(outputs.logits, inputs["labels"])
+            return (loss, outputs) if return_outputs else loss
+
+    return ExampleMeanSFTTrainer
 
 
 def run_sft(model_path: str, data: Sequence[str | Path], out_dir: str | Path, checkpoint_dir: str | Path,
@@ -58,7 +66,7 @@ def run_sft(model_path: str, data: Sequence[str | Path], out_dir: str | Path, ch
     """Fine-tune ``model_path`` on ``data``; resume from the newest checkpoint of the same run (same model,
     data and settings) under ``checkpoint_dir``. ``report``: :class:`ReportSettings` fields (config
     ``training.report_to``, the metrics folder and run name; not part of the run's identity)."""
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     s = SFTSettings.from_config(cfg)
     r = ReportSettings.from_config(report)  # a missing tensorboard / wandb is one line before any work
@@ -75,9 +83,9 @@ def run_sft(model_path: str, data: Sequence[str | Path], out_dir: str | Path, ch
     )
     tokenizer = load_tokenizer(model_path)
     with reporting(r):
-        loss = ExampleMeanLoss(s.gradient_accumulation_steps) if s.loss_averaging == "examples" else None
-        trainer = SFTTrainer(model=model_path, args=args, train_dataset=dataset, processing_class=tokenizer,
-                             peft_config=peft_config(lora), callbacks=list(callbacks), compute_loss_func=loss)
+        trainer = trainer_class(s.loss_averaging)(model=model_path, args=args, train_dataset=dataset,
+                                                  processing_class=tokenizer, peft_config=peft_config(lora),
+                                                  callbacks=list(callbacks))
         resume = last_checkpoint(checkpoint_dir)
         log.info("SFT on %d examples from %s%s", len(dataset), model_path, f", resuming {resume}" if resume else "")
         trainer.train(resume_from_checkpoint=resume)
