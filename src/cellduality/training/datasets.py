@@ -33,8 +33,9 @@ def _read_tasks(paths: Sequence[str | Path], required: Sequence[str]) -> pd.Data
 
 def sft_dataset(paths: Sequence[str | Path], seed: int = 0, task_weights: Mapping[str, int] | None = None):
     """Accepted teacher examples as prompt-completion conversations (TRL trains on the completion only).
-    ``task_weights`` (``sft.task_weights``) repeats the primal examples of a task that many times: the loss is a
-    mean over completion tokens, so a one-token label answer weighs little beside 24- or 32-gene answers."""
+    ``task_weights`` (``sft.task_weights``) repeats the primal examples of a task that many times: with
+    ``sft.loss_averaging: tokens`` the loss is a mean over completion tokens, so a one-token label answer weighs
+    little beside 24- or 32-gene answers."""
     from datasets import Dataset
 
     table = _read(paths, ("prompt", "completion", "accepted"))
