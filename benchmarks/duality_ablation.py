@@ -31,6 +31,9 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from run_folder import run_folder  # noqa: E402
 
 from cellduality.evaluation.predict import predict  # noqa: E402
 from cellduality.tasks.tables import TaskTableParams, write_task_tables  # noqa: E402
@@ -129,13 +132,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--grpo", default="{}", help='JSON overriding config grpo settings, e.g. \'{"max_steps": 40}\'')
     args = parser.parse_args()
-    from cellduality.config import load_config
-
-    config = load_config(args.config)
-    out = args.out or args.results / "ablation"
-    out.mkdir(parents=True, exist_ok=True)
-    dataset = config["tasks"]["annotation"][0]
-    cells = args.results / "cell_sentences" / f"{dataset}.parquet"
+    config, out, cells = run_folder(args.results, args.config, args.out, "annotation", "ablation")
     sft = args.results / "models" / "sft" / "rep0"
     runs_path = out / "ablation.tsv"
     done = pd.read_csv(runs_path, sep="\t") if runs_path.exists() else pd.DataFrame()

@@ -106,3 +106,24 @@ def test_label_signal_gate_warns_at_chance_only(tmp_path, capfd):
     assert label_signal_gate(path)["win_rate"] == 0.33
     assert "cellduality warning" not in capfd.readouterr().err
     assert label_signal_gate(None) is None
+
+
+def test_label_signal_gate_warns_when_the_reward_is_less_accurate_than_the_model(tmp_path, capfd):
+    import json
+
+    from cellduality.training.label_signal import label_signal_gate, policy_summary
+
+    cells = [{"outcome": o, "policy_right": r} for o, r in
+             [("win", True), ("loss", True), ("tie", True), ("win", False)]]
+    assert policy_summary(cells) == {"policy_accuracy": 0.75, "win_rate_policy_right": 1 / 3,
+                                     "win_rate_policy_wrong": 1.0}
+    assert policy_summary(cells[:3])["win_rate_policy_wrong"] is None
+    path = tmp_path / "wins.json"
+    summary = {"n_cells": 4, "wins": 2, "win_rate": 0.5, "chance_rate": 0.1, **policy_summary(cells)}
+    path.write_text(json.dumps({"summary": summary, "per_cell": cells}))
+    label_signal_gate(path)
+    assert "picks the true label on 0.500 of 4 cells, less often than the SFT model already answers it (0.750)" \
+        in capfd.readouterr().err
+    path.write_text(json.dumps({"summary": {**summary, "policy_accuracy": 0.5}, "per_cell": cells}))
+    label_signal_gate(path)
+    assert "cellduality warning" not in capfd.readouterr().err

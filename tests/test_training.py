@@ -262,6 +262,19 @@ def test_generation_keeps_answer_items_distinct():
     assert torch.equal(proc(ids[:, :2], torch.zeros(2, 10)), torch.zeros(2, 10))  # nothing generated yet
 
 
+def test_generation_lets_reasoning_repeat_answer_items():
+    """With an <answer> token, only items after it count: the reasoning may name what the answer names."""
+    import torch
+
+    from cellduality.training.generation import UniqueAnswerItems
+
+    proc = UniqueAnswerItems({5: 0, 6: 0, 7: 1}, prompt_length=1, answer_token=3)
+    ids = torch.tensor([[1, 5, 7, 3, 7], [1, 5, 7, 9, 9]])  # row 0: item 0 and 1 in reasoning, item 1 in answer
+    scores = proc(ids, torch.zeros(2, 10))
+    assert torch.isinf(scores[0, 7]) and not torch.isinf(scores[0, [5, 6]]).any()
+    assert not torch.isinf(scores[1]).any()  # no <answer> yet: nothing is banned
+
+
 def test_candidate_constrained_decoding_names_only_candidates(workspace):
     from transformers import AutoModelForCausalLM
 

@@ -170,7 +170,7 @@ def read_model_card(model_dir: str | Path) -> dict[str, Any]:
     return card
 
 
-def _answer_probability(model, tokenizer, conversations, responses, answers, batch_size: int = 32) -> list[float]:
+def answer_probability(model, tokenizer, conversations, responses, answers, batch_size: int = 32) -> list[float]:
     """exp(sum of log-probabilities) of each answer's tokens, teacher-forced after the prompt and the response
     text before the answer (0 where the answer is None); scored in right-padded batches."""
     import torch
@@ -255,7 +255,7 @@ def annotate(model_dir: str | Path, h5ad: str | Path, out: str | Path, *, batch_
                                           allowed_labels=[labels] * len(conversations) if constrain else None)
                 parsed = [parse_response(r) for r in responses]
                 answers = [spec.parse_prediction(r, labels)[1] for r in responses]
-                confidence = _answer_probability(model, tokenizer, conversations, responses,
+                confidence = answer_probability(model, tokenizer, conversations, responses,
                                                  [p.answer if a is not None else None for p, a in zip(parsed, answers)],
                                                  batch_size)
                 result.loc[chunk, "cellduality_label"] = answers

@@ -59,6 +59,8 @@ def reward_curve_figure(curves: dict[str, str | Path], path: str | Path, label_s
             verdict = "above" if label_signal["win_rate"] > label_signal["chance_rate"] else "AT/BELOW"
             title += (f"\nSFT true-label wins {label_signal['win_rate']:.2f} ({verdict} chance "
                       f"{label_signal['chance_rate']:.2f}, n={label_signal['n_cells']})")
+            if label_signal.get("policy_accuracy") is not None:
+                title += f"; SFT accuracy on them {label_signal['policy_accuracy']:.2f}"
         ax.set_title(title, fontsize=8)
         ax.set_xlabel("optimizer step")
         ax.set_ylim(-1.05, 1.05)

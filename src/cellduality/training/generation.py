@@ -3,15 +3,19 @@
 Answers list distinct items: a cell sentence names each gene once, a CellPuzzles assignment uses each cell type
 once. With a tokenizer that knows its whole-item tokens (the embedded tokenizer records every gene and label
 token under ``answer_items``, see :mod:`cellduality.training.tiny_model`), :class:`UniqueAnswerItems` forbids
-generating an item token that the reply already contains (either spelling: ``CD74`` or `` CD74``), so a small
-model cannot loop on one gene. With ``allowed_labels`` (``evaluation.constrain_to_candidates``, ``annotate``),
-:class:`CandidateItems` also bans label tokens that are not among the prompt's candidates. Tokenizers
-without ``answer_items`` (Hugging Face models, whose genes span several tokens) decode unconstrained.
+generating an item token that the reply's answer already contains (either spelling: ``CD74`` or `` CD74``), so
+a small model cannot loop on one gene. When the tokenizer has an ``<answer>`` token, only what follows it
+counts: the reasoning may name a gene or a cell type that the answer names again. With ``allowed_labels``
+(``evaluation.constrain_to_candidates``, ``annotate``), :class:`CandidateItems` also bans label tokens that
+are not among the prompt's candidates. Tokenizers without ``answer_items`` (Hugging Face models, whose genes
+span several tokens) decode unconstrained.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+from cellduality.training.tiny_model import ANSWER_TAG
 
 Messages = list[dict[str, str]]
 
@@ -29,11 +33,13 @@ def answer_item_groups(tokenizer) -> dict[int, int]:
 
 
 class UniqueAnswerItems:
-    """Logits processor: an item token already generated in this reply (after ``prompt_length``) is banned."""
+    """Logits processor: an item token already generated in this reply (after ``prompt_length``) is banned;
+    with ``answer_token`` (the id of ``<answer>``) only items generated after that token count."""
 
-    def __init__(self, groups: dict[int, int], prompt_length: int) -> None:
+    def __init__(self, groups: dict[int, int], prompt_length: int, answer_token: int | None = None) -> None:
         self.groups = groups
         self.prompt_length = prompt_length
+        self.answer_token = answer_token
         self.n_groups = max(groups.values(), default=-1) + 1
         self._vocab_groups = None  # token id -> item index (n_groups = no item), built once per vocabulary size
 
@@ -55,8 +61,12 @@ class UniqueAnswerItems:
         if generated.shape[1] == 0 or self.n_groups == 0:
             return scores
         group_of = self._group_of(scores.shape[1], scores.device)
+        items = group_of[generated.clamp(max=scores.shape[1] - 1)]
+        if self.answer_token is not None:  # reasoning (before <answer>) maps to the "no item" column
+            in_answer = (generated == self.answer_token).cumsum(dim=1) > 0
+            items = items.masked_fill(~in_answer, self.n_groups)
         seen = torch.zeros(scores.shape[0], self.n_groups + 1, dtype=torch.bool, device=scores.device)
-        seen.scatter_(1, group_of[generated.clamp(max=scores.shape[1] - 1)], True)
+        seen.scatter_(1, items, True)
         banned = seen[:, group_of] & (group_of < self.n_groups)
         return scores.masked_fill(banned, float("-inf"))
 
@@ -109,6 +119,7 @@ def generate_chat(model, tokenizer, conversations: Sequence[Messages], *, max_ne
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     groups = answer_item_groups(tokenizer) if unique_items else {}
+    answer_token = tokenizer.get_vocab().get(ANSWER_TAG)
     labels = label_item_tokens(tokenizer) if allowed_labels is not None else {}
     replies: list[str] = []
     try:
@@ -118,7 +129,7 @@ def generate_chat(model, tokenizer, conversations: Sequence[Messages], *, max_ne
             batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
                 {"do_sample": False}
-            processors = [UniqueAnswerItems(groups, batch["input_ids"].shape[1])] if groups else []
+            processors = [UniqueAnswerItems(groups, batch["input_ids"].shape[1], answer_token)] if groups else []
             if labels:
                 processors.append(CandidateItems(labels, allowed_labels[start:start + batch_size]))
             if processors:

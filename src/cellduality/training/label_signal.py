@@ -4,6 +4,11 @@ For every cell, the dual inpainting prompt is built once per candidate label (sa
 reconstructs the hidden genes, and each reconstruction is scored with RWJS. The cell counts as a *win* when
 the true label's score is strictly the best, a *tie* when it shares the best score, a *loss* otherwise.
 A win rate near 1/len(candidates) means the reward barely depends on the label, so duality GRPO cannot help.
+The win rate is also the accuracy of the reward's own choice of label. :func:`true_label_wins_for_model` measures
+the model's greedy answers on the same cells as well (``policy_accuracy``, and the win rates on the cells it
+answers right and wrong): a reward that picks the true label less often than the model already answers it
+pulls the model away from right answers on more cells than it corrects, so GRPO on it is expected to lower
+annotation accuracy (README, Duality ablation).
 :func:`true_label_wins` is the model-free core; :func:`true_label_wins_for_model` runs it for a trained model
 on the RL cells (the cells the reward is used on).
 """
@@ -20,9 +25,11 @@ from pathlib import Path
 from cellduality.io import atomic_path
 from cellduality.tasks.inpainting import InpaintingConfig, InpaintingMask
 from cellduality.tasks.prompts import Messages, annotation_dual_prompt
+from cellduality.tasks.registry import get_task
 from cellduality.tasks.rewards import inpainting_reward
 from cellduality.tasks.schema import decode_value
 from cellduality.training.datasets import rl_dataset
+from cellduality.training.generation import generate_chat
 from cellduality.training.setup import load_tokenizer, on_device
 
 log = logging.getLogger(__name__)
@@ -148,10 +155,30 @@ def true_label_wins_for_model(model_path: str, tables: Sequence[str | Path], out
     model = on_device(AutoModelForCausalLM.from_pretrained(model_path))
     report = true_label_wins(examples, model_dual_generator(model, tokenizer, max_new_tokens, batch_size=batch_size),
                              batch_size=batch_size)
-    summary = {"model": str(model_path), "chance_rate": _chance(examples), **report.summary()}
+    prompts = [row["prompt"] for row in rows if row["task"] == "annotation" and row["label"]]
+    answers = generate_chat(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                            allowed_labels=[ex.candidates for ex in examples])
+    right = [get_task("annotation").parse_prediction(answer, ex.candidates)[1] == ex.label
+             for answer, ex in zip(answers, examples)]
+    for cell, ok in zip(report.per_cell, right):
+        cell["policy_right"] = ok
+    summary = {"model": str(model_path), "chance_rate": _chance(examples), **report.summary(),
+               **policy_summary(report.per_cell)}
     with atomic_path(out) as tmp:
         tmp.write_text(json.dumps({"summary": summary, "per_cell": report.per_cell}, indent=1))
     return summary
+
+
+def policy_summary(per_cell: Sequence[Mapping[str, object]]) -> dict[str, float | None]:
+    """The model's accuracy on the diagnostic's cells (``policy_right`` per cell) and the true-label win rate on
+    the cells it answers right (where the reward can only hurt) and wrong (where it can help); None: no such cell."""
+    def rate(cells: list) -> float | None:
+        return sum(c["outcome"] == "win" for c in cells) / len(cells) if cells else None
+
+    right = [c for c in per_cell if c["policy_right"]]
+    wrong = [c for c in per_cell if not c["policy_right"]]
+    return {"policy_accuracy": len(right) / len(per_cell) if per_cell else None,
+            "win_rate_policy_right": rate(right), "win_rate_policy_wrong": rate(wrong)}
 
 
 def _row_mask(row: Mapping[str, object]) -> InpaintingMask | None:
@@ -166,7 +193,9 @@ def _chance(examples: Sequence[DiagnosticExample]) -> float:
 
 def label_signal_gate(path: str | Path | None) -> dict | None:
     """Read the SFT model's "true label wins" summary before duality GRPO; warn (not fail) when its win rate is
-    at or below chance, because then the duality reward cannot prefer the right label. Returns the summary."""
+    at or below chance, because then the duality reward cannot prefer the right label, or below the model's own
+    accuracy on the same cells (``policy_accuracy``), because then GRPO on it is expected to lower accuracy.
+    Returns the summary."""
     if not path or not Path(path).is_file():
         return None
     summary = json.loads(Path(path).read_text())["summary"]
@@ -175,8 +204,16 @@ def label_signal_gate(path: str | Path | None) -> dict | None:
         message = (f"label-signal gate: the SFT model's true-label win rate is {rate:.3f} on {n} cells, at or below "
                    f"chance {chance:.3f}, so the duality reward carries no label signal and GRPO+duality is not "
                    "expected to improve annotation (train SFT longer or on more dual examples)")
-        log.warning("%s", message)
-        print(f"cellduality warning: {message}", file=sys.__stderr__, flush=True)
+        _warn(message)
+    elif summary.get("policy_accuracy") is not None and rate < summary["policy_accuracy"]:
+        _warn(f"label-signal gate: the duality reward picks the true label on {rate:.3f} of {n} cells, less often "
+              f"than the SFT model already answers it ({summary['policy_accuracy']:.3f}), so GRPO+duality is "
+              "expected to lower annotation accuracy (README: Duality ablation)")
     else:
         log.info("label-signal gate: true-label win rate %.3f on %d cells vs chance %.3f", rate, n, chance)
     return summary
+
+
+def _warn(message: str) -> None:
+    log.warning("%s", message)
+    print(f"cellduality warning: {message}", file=sys.__stderr__, flush=True)

@@ -1,0 +1,20 @@
+"""What the benchmarks that start from a finished embedded run share: its config, an output folder, the
+cell-sentence table of a task's first dataset."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+
+def run_folder(results: Path, config_path: Path, out: Path | None, task: str, name: str) -> tuple[dict, Path, Path]:
+    """(validated config, ``out`` or ``<results>/<name>`` created, cell-sentence table of ``task``'s dataset)."""
+    from cellduality.config import load_config
+
+    config = load_config(config_path)
+    out = out or results / name
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = config["tasks"][task][0]
+    return config, out, results / "cell_sentences" / f"{dataset}.parquet"
