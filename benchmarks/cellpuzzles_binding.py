@@ -181,10 +181,13 @@ def main() -> None:
         data = sft_data(table, kind, k, run_dir)
         sft = {**config["sft"], "max_steps": 600 if lr else 300, "save_steps": 100000,
                **({"learning_rate": lr} if lr else {})}
-        t0 = time.time()
-        run_sft(str(args.results / "models" / "base"), [data], run_dir / "model", run_dir / "checkpoints", sft,
-                {"enabled": False})
-        seconds = round(time.time() - t0)
+        timing = run_dir / "sft_seconds.txt"
+        if not timing.exists():  # a variant trained by an earlier (interrupted) run is not trained again
+            t0 = time.time()
+            run_sft(str(args.results / "models" / "base"), [data], run_dir / "model", run_dir / "checkpoints", sft,
+                    {"enabled": False})
+            timing.write_text(f"{time.time() - t0:.0f}\n")
+        seconds = int(timing.read_text())
         pred = predict(str(run_dir / "model"), [table], run_dir / "predictions.parquet", max_prompts_per_table=None,
                        max_new_tokens=64 + 5 * (k + 8), batch_size=64, constrain_to_candidates=True)
         scores = cellpuzzles_scores(pred["label"].tolist(), parsed_predictions(pred)).as_dict()
