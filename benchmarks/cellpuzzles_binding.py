@@ -1,7 +1,7 @@
 """CellPuzzles on the embedded default: can the tiny model bind answer slot i to cell i?
 
     python benchmarks/cellpuzzles_binding.py [--results results] [--config config/config.yaml]
-        [--variants answer_r8,answer_r48,answer_r48_lr1e-3,copy4_r8,copy4_r48,labels_r48] [--out DIR]
+        [--variants answer_r8,answer_r48,answer_r48_lr1e-3,copy4_r48,labels_r48,answer_r48_g8] [--out DIR]
 
 Needs a finished embedded run (``snakemake --cores 2``): its CellPuzzles dataset's cell-sentence table, base model
 (``models/base``) and SFT model (``models/sft/rep0``). Two measurements, each on every test puzzle:
@@ -16,7 +16,10 @@ Needs a finished embedded run (``snakemake --cores 2``): its CellPuzzles dataset
    (``cellpuzzles.train_rounds``), the config's ``sft`` settings with ``max_steps`` 300 (600 for ``lr1e-3``):
    - ``answer_rR``: ``<think></think>`` then the answer, as the embedded default trains;
    - ``copyK_rR``: reasoning lines ``Cell i: <its top K genes> -> <type>``, then the answer;
-   - ``labels_rR``: reasoning lines ``Cell i: <type>``, then the answer.
+   - ``labels_rR``: reasoning lines ``Cell i: <type>``, then the answer;
+   - a ``_gM`` suffix (e.g. ``answer_r48_g8``) shows each cell by its top M genes only, in training and test
+     puzzles (a prompt of ~250 tokens instead of ~540; the top 4 genes already tell a logistic regression the
+     cell type of 72% of pbmc68k's test cells).
    For reasoning variants it also counts how often a reasoning line copies its cell's genes exactly, names the
    cell's type, and agrees with the answer's slot.
 
@@ -51,7 +54,7 @@ from cellduality.tasks.schema import decode_column  # noqa: E402
 from cellduality.tasks.tables import TaskTableParams, write_task_tables  # noqa: E402
 from cellduality.training.sft import run_sft  # noqa: E402
 
-VARIANT = re.compile(r"^(answer|labels|copy(\d+))_r(\d+)(_lr([0-9.e-]+))?$")
+VARIANT = re.compile(r"^(answer|labels|copy(\d+))_r(\d+)(_g(\d+))?(_lr([0-9.e-]+))?$")
 
 
 def puzzle_table(config: dict, cells: Path, rounds: int, out: Path) -> Path:
@@ -60,6 +63,23 @@ def puzzle_table(config: dict, cells: Path, rounds: int, out: Path) -> Path:
         params = dataclasses.replace(TaskTableParams.from_config(config), tasks=("cellpuzzles",),
                                      cellpuzzles_rounds=rounds)
         write_task_tables(cells, path, params)
+    return path
+
+
+def shorter_cells(table: Path, genes: int, out: Path) -> Path:
+    """``table`` with each ``Cell i:`` line of every prompt cut to its top ``genes`` genes (a shorter puzzle)."""
+    rows = pd.read_parquet(table)
+
+    def cut(prompt: str) -> str:
+        messages = json.loads(prompt)
+        messages[-1]["content"] = re.sub(r"^(Cell \d+: )(.*)$",
+                                         lambda m: m.group(1) + ", ".join(m.group(2).split(", ")[:genes]),
+                                         messages[-1]["content"], flags=re.M)
+        return json.dumps(messages)
+
+    rows["prompt"] = rows["prompt"].map(cut)
+    path = out / "table.parquet"
+    rows.to_parquet(path, index=False)
     return path
 
 
@@ -159,7 +179,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("--config", type=Path, default=Path("config/config.yaml"))
-    parser.add_argument("--variants", default="answer_r8,answer_r48,answer_r48_lr1e-3,copy4_r8,copy4_r48,labels_r48")
+    parser.add_argument("--variants", default="answer_r8,answer_r48,answer_r48_lr1e-3,copy4_r48,labels_r48,answer_r48_g8")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     config, out, cells = run_folder(args.results, args.config, args.out, "cellpuzzles", "puzzle_binding")
@@ -172,12 +192,14 @@ def main() -> None:
     for name in [v for v in args.variants.split(",") if v]:
         match = VARIANT.match(name)
         if not match:
-            raise SystemExit(f"--variants: {name!r} is not answer_rR, labels_rR or copyK_rR (optionally _lrX)")
+            raise SystemExit(f"--variants: {name!r} is not answer_rR, labels_rR or copyK_rR (then optionally _gM, _lrX)")
         kind, k, rounds = match.group(1).rstrip("0123456789"), int(match.group(2) or 0), int(match.group(3))
-        lr = float(match.group(5)) if match.group(5) else None
+        lr = float(match.group(7)) if match.group(7) else None
         run_dir = out / name
         run_dir.mkdir(exist_ok=True)
         table = puzzle_table(config, cells, rounds, out)
+        if match.group(5):
+            table = shorter_cells(table, int(match.group(5)), run_dir)
         data = sft_data(table, kind, k, run_dir)
         sft = {**config["sft"], "max_steps": 600 if lr else 300, "save_steps": 100000,
                **({"learning_rate": lr} if lr else {})}

@@ -16,7 +16,10 @@ prompts only, seed = each ``--seeds`` value) from that SFT model, then measures
 among the SFT cells are hidden first), ``duality_frozen`` (dual answers by the frozen SFT model instead of the
 policy), ``oracle`` (ground-truth reward: the upper bound).
 Prints a table and writes ``ablation.tsv`` (one row per run), ``ablation.md`` (mean ± std per setting) and
-``ablation.png``.
+``ablation.png``, and ``kl_optimum.tsv``: on the SFT model's true-label-wins cells, the accuracy of the most
+likely answer of GRPO's KL-regularised optimum p*(y) ~ p_sft(y) exp(r(y) / beta) for a range of beta (inf: the
+SFT model alone; 0: the duality reward alone), i.e. what the duality reward could give at best with that KL
+coefficient when rewards are not rescaled (``grpo.scale_rewards: none``).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from run_folder import run_folder  # noqa: E402
 from cellduality.evaluation.predict import predict  # noqa: E402
 from cellduality.tasks.tables import TaskTableParams, write_task_tables  # noqa: E402
 from cellduality.training.grpo import run_grpo  # noqa: E402
-from cellduality.training.label_signal import true_label_wins_for_model  # noqa: E402
+from cellduality.training.label_signal import kl_optimum_accuracy, true_label_wins_for_model  # noqa: E402
 
 SETTINGS = {
     "duality": {"mode": "duality"},
@@ -75,6 +78,31 @@ def measure(model: Path, table: Path, inpainting: dict, config: dict, run_dir: P
                                      seed=config["task_tables"]["seed"],
                                      max_new_tokens=config["grpo"]["dual_max_new_tokens"])
     return scores | {"tlw_win_rate": wins["win_rate"], "tlw_chance": wins["chance_rate"], "tlw_cells": wins["n_cells"]}
+
+
+def kl_optimum(model: Path, table: Path, wins_json: Path, betas: list[float]) -> pd.DataFrame:
+    """Accuracy, on the true-label-wins cells, of the most likely answer of GRPO's KL-regularised optimum
+    p*(y) ~ p_sft(y) exp(r(y) / beta) for each beta (inf: the SFT model; 0: the duality reward alone); p_sft is
+    the SFT model's teacher-forced probability of each candidate answer, r the cell's duality reward per label."""
+    import numpy as np
+    from transformers import AutoModelForCausalLM
+
+    from cellduality.evaluation.annotate import answer_probability
+    from cellduality.training.setup import load_tokenizer
+
+    cells = json.loads(wins_json.read_text())["per_cell"]
+    labels = list(cells[0]["scores"])
+    prompts = pd.read_parquet(table).set_index("prompt_id")["prompt"]
+    conversations = [json.loads(prompts[c["prompt_id"]]) for c in cells for _ in labels]
+    answers = [label for _ in cells for label in labels]
+    responses = [f"<think></think>\n<answer>{a}</answer>" for a in answers]
+    p = answer_probability(AutoModelForCausalLM.from_pretrained(model), load_tokenizer(str(model)), conversations,
+                           responses, answers)
+    log_prior = np.log(np.maximum(np.array(p), 1e-30)).reshape(len(cells), len(labels))
+    rewards = [[c["scores"][label] for label in labels] for c in cells]
+    gold = [labels.index(c["label"]) for c in cells]
+    return pd.DataFrame({"beta": betas, "accuracy": [kl_optimum_accuracy(log_prior, rewards, gold, b) for b in betas],
+                         "n_cells": len(cells)})
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
@@ -148,6 +176,11 @@ def main() -> None:
     if ("sft", 0) not in have:
         record({"setting": "sft", "seed": 0, "grpo_s": 0.0,
                 **measure(sft, base_table, base_inpainting, config, out / "sft", args.tlw_cells)})
+    if (out / "sft" / "true_label_wins.json").exists():
+        optimum = kl_optimum(sft, base_table, out / "sft" / "true_label_wins.json",
+                             [float("inf"), 1.0, 0.5, 0.3, 0.2, 0.15, 0.1, 0.08, 0.04, 0.02, 0.0])
+        optimum.to_csv(out / "kl_optimum.tsv", sep="\t", index=False)
+        print(optimum.to_markdown(index=False), flush=True)
     for name in args.settings.split(","):
         setting = SETTINGS[name]
         table, inpainting = table_for(setting, config, cells, out)

@@ -127,3 +127,17 @@ def test_label_signal_gate_warns_when_the_reward_is_less_accurate_than_the_model
     path.write_text(json.dumps({"summary": {**summary, "policy_accuracy": 0.5}, "per_cell": cells}))
     label_signal_gate(path)
     assert "cellduality warning" not in capfd.readouterr().err
+
+
+def test_kl_optimum_trades_the_model_against_the_reward():
+    from cellduality.training.label_signal import kl_optimum_accuracy
+
+    log_prior = [[-0.1, -2.5], [-0.2, -1.8], [-1.0, -0.5]]  # the model: cell 0 and 1 -> label 0, cell 2 -> label 1
+    rewards = [[0.2, 0.4], [0.1, 0.5], [0.9, 0.1]]  # the reward: label 1, label 1, label 0
+    gold = [0, 1, 0]
+    assert kl_optimum_accuracy(log_prior, rewards, gold, float("inf")) == pytest.approx(1 / 3)  # the model alone
+    assert kl_optimum_accuracy(log_prior, rewards, gold, 0.0) == pytest.approx(2 / 3)  # the reward alone
+    # beta 0.2: cell 0 keeps the model's label (-0.1 + 1 > -2.5 + 2), cells 1 and 2 follow the reward
+    assert kl_optimum_accuracy(log_prior, rewards, gold, 0.2) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="shapes"):
+        kl_optimum_accuracy(log_prior, rewards[:2], gold, 0.1)

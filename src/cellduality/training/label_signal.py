@@ -181,6 +181,22 @@ def policy_summary(per_cell: Sequence[Mapping[str, object]]) -> dict[str, float 
             "win_rate_policy_right": rate(right), "win_rate_policy_wrong": rate(wrong)}
 
 
+def kl_optimum_accuracy(log_prior: Sequence[Sequence[float]], rewards: Sequence[Sequence[float]],
+                        gold: Sequence[int], beta: float) -> float:
+    """Accuracy of the label that maximises ``log p_ref(y) + r(y) / beta`` in each row (a cell; columns: its
+    candidates): the most likely answer of GRPO's KL-regularised optimum p*(y) ~ p_ref(y) exp(r(y) / beta), where
+    p_ref is the SFT model and r the reward. ``beta`` inf: the SFT model's own choice; 0: the reward's."""
+    import numpy as np
+
+    prior, reward = np.asarray(log_prior, dtype=float), np.asarray(rewards, dtype=float)
+    if prior.shape != reward.shape or prior.shape[0] != len(gold):
+        raise ValueError(f"kl_optimum_accuracy: shapes {prior.shape}, {reward.shape} and {len(gold)} labels differ")
+    if not len(gold):
+        return 0.0
+    objective = prior if np.isinf(beta) else reward if beta == 0 else prior + reward / beta
+    return float((objective.argmax(axis=1) == np.asarray(gold)).mean())
+
+
 def _row_mask(row: Mapping[str, object]) -> InpaintingMask | None:
     hidden = decode_value("hidden_genes", row["hidden_genes"], row_id=row["prompt_id"])
     visible = decode_value("visible_genes", row["visible_genes"], row_id=row["prompt_id"])
