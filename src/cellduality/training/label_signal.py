@@ -7,8 +7,9 @@ A win rate near 1/len(candidates) means the reward barely depends on the label, 
 The win rate is also the accuracy of the reward's own choice of label. :func:`true_label_wins_for_model` measures
 the model's greedy answers on the same cells as well (``policy_accuracy``, and the win rates on the cells it
 answers right and wrong): a reward that picks the true label less often than the model already answers it
-pulls the model away from right answers on more cells than it corrects, so GRPO on it is expected to lower
-annotation accuracy (README, Duality ablation).
+pulls the model away from right answers on more cells than it corrects: GRPO on it is not expected to raise
+annotation accuracy, and lowers it where the reward outweighs the KL term to the SFT model (README, Duality
+ablation).
 :func:`true_label_wins` is the model-free core; :func:`true_label_wins_for_model` runs it for a trained model
 on the RL cells (the cells the reward is used on).
 """
@@ -210,7 +211,7 @@ def _chance(examples: Sequence[DiagnosticExample]) -> float:
 def label_signal_gate(path: str | Path | None) -> dict | None:
     """Read the SFT model's "true label wins" summary before duality GRPO; warn (not fail) when its win rate is
     at or below chance, because then the duality reward cannot prefer the right label, or below the model's own
-    accuracy on the same cells (``policy_accuracy``), because then GRPO on it is expected to lower accuracy.
+    accuracy on the same cells (``policy_accuracy``), because then GRPO on it is not expected to raise accuracy.
     Returns the summary."""
     if not path or not Path(path).is_file():
         return None
@@ -223,8 +224,9 @@ def label_signal_gate(path: str | Path | None) -> dict | None:
         _warn(message)
     elif summary.get("policy_accuracy") is not None and rate < summary["policy_accuracy"]:
         _warn(f"label-signal gate: the duality reward picks the true label on {rate:.3f} of {n} cells, less often "
-              f"than the SFT model already answers it ({summary['policy_accuracy']:.3f}), so GRPO+duality is "
-              "expected to lower annotation accuracy (README: Duality ablation)")
+              f"than the SFT model already answers it ({summary['policy_accuracy']:.3f}), so GRPO+duality is not "
+              "expected to raise annotation accuracy, and lowers it where the reward outweighs the KL term (small "
+              "grpo.beta, grpo.scale_rewards: group; README: Duality ablation)")
     else:
         log.info("label-signal gate: true-label win rate %.3f on %d cells vs chance %.3f", rate, n, chance)
     return summary
