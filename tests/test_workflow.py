@@ -147,6 +147,13 @@ def test_pipeline_reaches_the_report(data_run):
     assert len(curve) == config["grpo"]["max_steps"] and curve["reward"].between(-1, 1).all()
     signal = pd.read_csv(results / "report" / "true_label_wins.tsv", sep="\t")
     assert signal["n_cells"].iloc[0] == config["diagnostics"]["true_label_wins_cells"]
+    # the SFT model's own accuracy on the same cells, and the win rate split by it, sit beside the win rate
+    row = signal.iloc[0]
+    assert 0 <= row["policy_accuracy"] <= 1 and row["wins"] <= row["n_cells"]
+    right, wrong = row["win_rate_policy_right"], row["win_rate_policy_wrong"]
+    expected = sum(rate * share for rate, share in ((right, row["policy_accuracy"]), (wrong, 1 - row["policy_accuracy"]))
+                   if pd.notna(rate))
+    assert abs(expected - row["win_rate"]) < 1e-9, row.to_dict()
     report = data_run / "report.html"
     result = snakemake(data_run, "--report", str(report))
     assert result.returncode == 0, result.stderr[-2000:]
