@@ -256,8 +256,8 @@ def annotate(model_dir: str | Path, h5ad: str | Path, out: str | Path, *, batch_
                 parsed = [parse_response(r) for r in responses]
                 answers = [spec.parse_prediction(r, labels)[1] for r in responses]
                 confidence = answer_probability(model, tokenizer, conversations, responses,
-                                                 [p.answer if a is not None else None for p, a in zip(parsed, answers)],
-                                                 batch_size)
+                                                [p.answer if a is not None else None for p, a in zip(parsed, answers)],
+                                                batch_size)
                 result.loc[chunk, "cellduality_label"] = answers
                 result.loc[chunk, "cellduality_confidence"] = confidence
                 result.loc[chunk, "cellduality_format_error"] = [a is None for a in answers]

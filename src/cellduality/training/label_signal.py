@@ -145,20 +145,20 @@ def true_label_wins_for_model(model_path: str, tables: Sequence[str | Path], out
 
     from cellduality.training.duality import model_dual_generator
 
-    rows = rl_dataset(tables, max_cells, seed=seed, labelled_only=True)
+    rows = [row for row in rl_dataset(tables, max_cells, seed=seed, labelled_only=True)
+            if row["task"] == "annotation" and row["label"]]
     examples = [DiagnosticExample(genes=row["input_sentence"].split(), label=row["label"],
                                   candidates=decode_value("candidates", row["candidates"], row_id=row["prompt_id"]),
                                   prompt_id=row["prompt_id"],
                                   metadata=decode_value("metadata", row["metadata"], row_id=row["prompt_id"]),
                                   mask=_row_mask(row))
-                for row in rows if row["task"] == "annotation" and row["label"]]
+                for row in rows]
     tokenizer = load_tokenizer(model_path)
     model = on_device(AutoModelForCausalLM.from_pretrained(model_path))
     report = true_label_wins(examples, model_dual_generator(model, tokenizer, max_new_tokens, batch_size=batch_size),
                              batch_size=batch_size)
-    prompts = [row["prompt"] for row in rows if row["task"] == "annotation" and row["label"]]
-    answers = generate_chat(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                            allowed_labels=[ex.candidates for ex in examples])
+    answers = generate_chat(model, tokenizer, [row["prompt"] for row in rows], max_new_tokens=max_new_tokens,
+                            batch_size=batch_size, allowed_labels=[ex.candidates for ex in examples])
     right = [get_task("annotation").parse_prediction(answer, ex.candidates)[1] == ex.label
              for answer, ex in zip(answers, examples)]
     for cell, ok in zip(report.per_cell, right):
