@@ -43,9 +43,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run_folder import run_folder  # noqa: E402
+from run_folder import candidate_log_probs, run_folder  # noqa: E402
 
-from cellduality.evaluation.annotate import answer_probability  # noqa: E402
 from cellduality.evaluation.classification_metrics import cellpuzzles_scores  # noqa: E402
 from cellduality.evaluation.predict import predict  # noqa: E402
 from cellduality.evaluation.score import parsed_predictions  # noqa: E402
@@ -158,14 +157,9 @@ def per_cell_assignment(model_dir: Path, table: Path, cells: Path) -> dict:
     predictions, argmax = [], []
     for ids, meta, candidates in zip(decode_column(rows, "cell_ids"), decode_column(rows, "metadata"),
                                      decode_column(rows, "candidates")):
-        conversations, answers = [], []
-        for cell in ids:
-            prompt = annotation_prompt(sentences[cell].split(), meta, candidates)
-            conversations += [prompt] * len(candidates)
-            answers += list(candidates)
-        responses = [f"<think></think>\n<answer>{a}</answer>" for a in answers]
-        p = np.array(answer_probability(model, tokenizer, conversations, responses, answers)).reshape(len(ids), -1)
-        cell_idx, cand_idx = linear_sum_assignment(-np.log(np.maximum(p, 1e-30)))
+        prompts = [annotation_prompt(sentences[cell].split(), meta, candidates) for cell in ids]
+        p = candidate_log_probs(model, tokenizer, prompts, list(candidates))
+        cell_idx, cand_idx = linear_sum_assignment(-p)
         predictions.append([candidates[j] for _, j in sorted(zip(cell_idx, cand_idx))])
         argmax.append([candidates[j] for j in p.argmax(axis=1)])
     gold = rows["label"].tolist()

@@ -36,7 +36,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run_folder import run_folder  # noqa: E402
+from run_folder import candidate_log_probs, run_folder  # noqa: E402
 
 from cellduality.evaluation.predict import predict  # noqa: E402
 from cellduality.tasks.tables import TaskTableParams, write_task_tables  # noqa: E402
@@ -84,21 +84,15 @@ def kl_optimum(model: Path, table: Path, wins_json: Path, betas: list[float]) ->
     """Accuracy, on the true-label-wins cells, of the most likely answer of GRPO's KL-regularised optimum
     p*(y) ~ p_sft(y) exp(r(y) / beta) for each beta (inf: the SFT model; 0: the duality reward alone); p_sft is
     the SFT model's teacher-forced probability of each candidate answer, r the cell's duality reward per label."""
-    import numpy as np
     from transformers import AutoModelForCausalLM
 
-    from cellduality.evaluation.annotate import answer_probability
     from cellduality.training.setup import load_tokenizer
 
     cells = json.loads(wins_json.read_text())["per_cell"]
     labels = list(cells[0]["scores"])
     prompts = pd.read_parquet(table).set_index("prompt_id")["prompt"]
-    conversations = [json.loads(prompts[c["prompt_id"]]) for c in cells for _ in labels]
-    answers = [label for _ in cells for label in labels]
-    responses = [f"<think></think>\n<answer>{a}</answer>" for a in answers]
-    p = answer_probability(AutoModelForCausalLM.from_pretrained(model), load_tokenizer(str(model)), conversations,
-                           responses, answers)
-    log_prior = np.log(np.maximum(np.array(p), 1e-30)).reshape(len(cells), len(labels))
+    log_prior = candidate_log_probs(AutoModelForCausalLM.from_pretrained(model), load_tokenizer(str(model)),
+                                    [json.loads(prompts[c["prompt_id"]]) for c in cells], labels)
     rewards = [[c["scores"][label] for label in labels] for c in cells]
     gold = [labels.index(c["label"]) for c in cells]
     return pd.DataFrame({"beta": betas, "accuracy": [kl_optimum_accuracy(log_prior, rewards, gold, b) for b in betas],

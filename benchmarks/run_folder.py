@@ -1,5 +1,5 @@
 """What the benchmarks that start from a finished embedded run share: its config, an output folder, the
-cell-sentence table of a task's first dataset."""
+cell-sentence table of a task's first dataset, and a model's log-probability of each candidate answer."""
 
 from __future__ import annotations
 
@@ -18,3 +18,18 @@ def run_folder(results: Path, config_path: Path, out: Path | None, task: str, na
     out.mkdir(parents=True, exist_ok=True)
     dataset = config["tasks"][task][0]
     return config, out, results / "cell_sentences" / f"{dataset}.parquet"
+
+
+def candidate_log_probs(model, tokenizer, prompts: list, candidates: list[str]):
+    """``len(prompts) x len(candidates)`` array: the model's teacher-forced log-probability of answering each
+    prompt with each candidate, in the answer-only format the embedded default trains
+    (``<think></think>`` then ``<answer>candidate</answer>``)."""
+    import numpy as np
+
+    from cellduality.evaluation.annotate import answer_probability
+
+    conversations = [prompt for prompt in prompts for _ in candidates]
+    answers = [c for _ in prompts for c in candidates]
+    responses = [f"<think></think>\n<answer>{a}</answer>" for a in answers]
+    p = np.array(answer_probability(model, tokenizer, conversations, responses, answers))
+    return np.log(np.maximum(p, 1e-30)).reshape(len(prompts), len(candidates))
