@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pandas as pd
@@ -106,5 +107,28 @@ def test_cellpuzzles_train_rounds_add_puzzles_but_test_cells_form_one_pass():
         assert len(set(batches)) == len(batches)
     assert primal(four, "eval").reset_index(drop=True).equals(primal(one, "eval").reset_index(drop=True))
     assert set(primal(one, "sft")["prompt_id"]) <= set(primal(four, "sft")["prompt_id"])  # round 0 unchanged
+    dual_cells = [json.loads(ids)[0] for ids in four.loc[(four["direction"] == "dual") & (four["stage"] == "sft"),
+                                                         "cell_ids"]]
+    puzzle_cells = set().union(*(json.loads(ids) for ids in primal(four, "sft")["cell_ids"]))
+    assert sorted(dual_cells) == sorted(puzzle_cells)  # one inpainting dual per cell, not one per puzzle
     with pytest.raises(CellDualityError, match="train_rounds"):
         TaskTableParams(cellpuzzles_rounds=0)
+
+
+def test_cellpuzzles_eval_rounds_evaluate_more_test_cells_in_new_puzzles():
+    cells = brain_cells(80)
+    params = TaskTableParams(tasks=("cellpuzzles",), cellpuzzles_n=2)
+    one = build_task_tables(cells, params)
+    four = build_task_tables(cells, dataclasses.replace(params, cellpuzzles_eval_rounds=4))
+    primal = lambda t, stage: t[(t["direction"] == "primal") & (t["stage"] == stage)]  # noqa: E731
+    assert len(primal(four, "eval")) > 2 * len(primal(one, "eval"))
+    assert primal(four, "eval")["prompt_id"].is_unique
+    batches = [frozenset(json.loads(ids)) for ids in primal(four, "eval")["cell_ids"]]
+    assert len(set(batches)) == len(batches)
+    test_cells = lambda t: set().union(*(json.loads(ids) for ids in primal(t, "eval")["cell_ids"]))  # noqa: E731
+    assert test_cells(one) <= test_cells(four)
+    assert test_cells(four).isdisjoint(set().union(*(json.loads(i) for i in primal(four, "sft")["cell_ids"])))
+    for stage in ("sft", "rl"):  # only the test puzzles change
+        assert primal(four, stage).reset_index(drop=True).equals(primal(one, stage).reset_index(drop=True))
+    with pytest.raises(CellDualityError, match="eval_rounds"):
+        TaskTableParams(cellpuzzles_eval_rounds=0)

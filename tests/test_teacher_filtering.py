@@ -194,6 +194,12 @@ def test_write_sft_dataset_outputs(tmp_path):
     frame = pd.read_parquet(tmp_path / "sft" / "generation" / "d.parquet")
     assert set(frame["provider"]) == {"markers"} and frame["prompt"].map(json.loads).map(len).eq(2).all()
     assert {"primal", "filtering", "usage", "overall"} <= set(saved)
+    every = int(((table["stage"] == "sft") & (table["direction"] == "primal")).sum())
+    assert every > 5
+    for per_task, expected in (({"generation": 5}, 5), ({"generation": None}, every), ({"annotation": 5}, 3)):
+        settings = TeacherSettings(n_samples=1, progress=False, max_prompts=3, max_prompts_per_task=per_task)
+        _, stats = build_sft_dataset(table, settings, FilterSettings())
+        assert stats["primal"]["prompts"] == expected, per_task  # the task's own cap, else max_prompts
 
 
 def test_data_duals_cover_every_primal_prompt_without_asking_the_teacher():

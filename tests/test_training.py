@@ -394,3 +394,55 @@ def test_sft_with_example_averaging_trains(workspace, tmp_path):
     assert first_losses[0] == pytest.approx(first_losses[1], rel=1e-3)
     before, after = load_file(workspace / "base" / "model.safetensors"), load_file(out / "model.safetensors")
     assert any(not before[k].equal(after[k]) for k in before)
+
+
+def test_sft_second_phase_adds_held_back_tasks_and_resumes_after_the_first(workspace, tmp_path, caplog):
+    """``sft.held_back_tasks``: phase 1 trains without them, phase 2 continues from phase 1's model on every
+    task; a rerun after a crash in phase 2 does not retrain phase 1; the log history keeps both phases."""
+    from transformers import TrainerCallback
+
+    from cellduality.errors import CellDualityError
+    from cellduality.training.settings import SFTSettings
+    from cellduality.training.sft import run_sft
+
+    with pytest.raises(CellDualityError, match="second_phase_steps"):
+        SFTSettings.from_config({**SFT_CFG, "held_back_tasks": ["cellpuzzles"]})
+    data = pd.read_parquet(workspace / "sft.parquet")
+    data.loc[data.index[::3], "task"] = "cellpuzzles"  # 4 of the 12 examples
+    data.to_parquet(tmp_path / "two_tasks.parquet")
+    cfg = {**SFT_CFG, "max_steps": 2, "held_back_tasks": ["cellpuzzles"], "second_phase_steps": 4,
+           "second_phase_learning_rate": 5e-4}
+
+    class Interrupt(Exception):
+        pass
+
+    class KillInPhaseTwo(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if "phase2" in args.output_dir:
+                raise Interrupt
+
+    class Steps(TrainerCallback):
+        seen: list[tuple[str, int]] = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            Steps.seen.append((Path(args.output_dir).name, state.global_step))
+
+    out, ckpt = tmp_path / "sft", tmp_path / "ckpt"
+    with caplog.at_level("INFO", logger="cellduality.training.sft"), pytest.raises(Interrupt):
+        run_sft(str(workspace / "base"), [tmp_path / "two_tasks.parquet"], out, ckpt, cfg, NO_LORA,
+                callbacks=[KillInPhaseTwo(), Steps()])
+    assert "SFT on 8 examples" in caplog.text  # phase 1: the 8 annotation examples only
+    assert Steps.seen == [("phase1", 1), ("phase1", 2), ("phase2", 1), ("phase2", 2)]
+    assert not out.exists()
+    (phase1,) = ckpt.glob("*/phase1/final")
+    Steps.seen = []
+    with caplog.at_level("INFO", logger="cellduality.training.sft"):
+        run_sft(str(workspace / "base"), [tmp_path / "two_tasks.parquet"], out, ckpt, cfg, NO_LORA,
+                callbacks=[Steps()])
+    assert "SFT phase1 already trained" in caplog.text
+    assert Steps.seen == [("phase2", 3), ("phase2", 4)]  # phase 1 kept, phase 2 resumed from its checkpoint
+    history = json.loads((out / "log_history.json").read_text())
+    assert [(e["phase"], e["step"]) for e in history if "loss" in e] == [
+        ("phase1", 1), ("phase1", 2), ("phase2", 1), ("phase2", 2), ("phase2", 3), ("phase2", 4)]
+    assert max(e["learning_rate"] for e in history if e["phase"] == "phase2" and "learning_rate" in e) <= 5e-4
+    assert (out / "model.safetensors").exists()

@@ -252,11 +252,13 @@ def _shared_metadata(recs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def cellpuzzles_rows(ctx: BuildContext, recs: list[dict[str, Any]], stage: str, specs: Sequence[TaskSpec]) -> None:
-    """N cells + N shuffled types -> assignment (Cell-o1); one inpainting dual per cell given its type."""
+    """N cells + N shuffled types -> assignment (Cell-o1); one inpainting dual per cell given its type, in the
+    first puzzle that holds the cell (later rounds add puzzles, not more duals of the same cells)."""
     (spec,) = specs
     params, out = ctx.params, ctx.out
     masker = params.inpainting(stage)
-    rounds = 1 if stage == "eval" else params.cellpuzzles_rounds  # each test cell is evaluated once
+    rounds = params.cellpuzzles_eval_rounds if stage == "eval" else params.cellpuzzles_rounds
+    with_dual: set[str] = set()
     for batch in cellpuzzles_batches(recs, params.cellpuzzles_n, params.seed, stage, rounds):
         cells = [recs[i] for i in batch]
         ids = [c["cell_id"] for c in cells]
@@ -274,6 +276,9 @@ def cellpuzzles_rows(ctx: BuildContext, recs: list[dict[str, Any]], stage: str, 
         if stage == "rl":
             continue
         for j, (cell, mask) in enumerate(zip(cells, masks)):
+            if cell["cell_id"] in with_dual:
+                continue
+            with_dual.add(cell["cell_id"])
             out.add(task=spec.name, direction="dual", stage=stage, prompt_id=f"{pid}#{j}", rec=cell,
                     prompt=spec.dual_prompt(mask.visible, cell["cell_type"], mask.n_hidden, meta),
                     answer=join_genes(mask.hidden), label=cell["cell_type"], candidates=candidates, mask=mask,

@@ -60,6 +60,7 @@ class TaskTableParams:
     max_cells_eval: int | None = setting("task_tables.max_cells_eval")
     cellpuzzles_n: int = setting("cellpuzzles.batch_size")
     cellpuzzles_rounds: int = setting("cellpuzzles.train_rounds")
+    cellpuzzles_eval_rounds: int = setting("cellpuzzles.eval_rounds")
     annotation_candidates: bool = setting("task_tables.annotation_candidates")
     control_values: tuple[str, ...] = setting("task_tables.control_values")
 
@@ -71,8 +72,9 @@ class TaskTableParams:
             raise CellDualityError(f"task_tables.rl_fraction must be in [0, 1]; got {self.rl_fraction}")
         if self.cellpuzzles_n < 2:
             raise CellDualityError(f"cellpuzzles.batch_size must be at least 2; got {self.cellpuzzles_n}")
-        if self.cellpuzzles_rounds < 1:
-            raise CellDualityError(f"cellpuzzles.train_rounds must be at least 1; got {self.cellpuzzles_rounds}")
+        for key, rounds in (("train_rounds", self.cellpuzzles_rounds), ("eval_rounds", self.cellpuzzles_eval_rounds)):
+            if rounds < 1:
+                raise CellDualityError(f"cellpuzzles.{key} must be at least 1; got {rounds}")
         if self.top_k is not None and self.top_k < 1:
             raise CellDualityError(f"cell_sentence.top_k must be positive; got {self.top_k}")
         self.inpainting("sft")  # validates fraction / strategy / markers
@@ -89,12 +91,13 @@ class TaskTableParams:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TaskTableParams:
         """Build from the pipeline config: ``task_tables.*``, ``inpainting.{hidden_fraction,strategy,markers}``,
-        ``cellpuzzles.{batch_size,train_rounds}`` and ``cell_sentence.top_k`` (absent sections keep the defaults)."""
+        ``cellpuzzles.{batch_size,train_rounds,eval_rounds}`` and ``cell_sentence.top_k`` (absent sections keep the defaults)."""
         values: dict[str, Any] = dict(config.get("task_tables") or {})
         inpainting = config.get("inpainting") or {}
         values.update({k: inpainting[k] for k in ("hidden_fraction", "strategy", "markers") if k in inpainting})
         puzzles = config.get("cellpuzzles") or {}
-        for key, name in (("batch_size", "cellpuzzles_n"), ("train_rounds", "cellpuzzles_rounds")):
+        for key, name in (("batch_size", "cellpuzzles_n"), ("train_rounds", "cellpuzzles_rounds"),
+                          ("eval_rounds", "cellpuzzles_eval_rounds")):
             if key in puzzles:
                 values[name] = puzzles[key]
         if "top_k" in (config.get("cell_sentence") or {}):

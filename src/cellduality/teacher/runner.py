@@ -57,7 +57,8 @@ DEFAULT_MODELS = {"markers": "markers-v1", "openai": "gpt-4o", "gemini": "gemini
 DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "gemini": "GEMINI_API_KEY"}
 # settings that change what ends up in the SFT outputs (the rule's params); the rest are operational
 OUTPUT_KEYS = ("provider", "model", "n_samples", "temperature", "max_tokens", "top_p", "seed", "price_in",
-               "price_out", "batch_discount", "max_prompts", "max_reasoning_lines", "knowledge", "dual_answers")
+               "price_out", "batch_discount", "max_prompts", "max_prompts_per_task", "max_reasoning_lines", "knowledge",
+               "dual_answers")
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class TeacherSettings:
     cache_dir: str | None = setting("teacher.cache_dir")
     cache_sync: str = setting("teacher.cache_sync")
     max_prompts: int | None = setting("teacher.max_prompts")
+    max_prompts_per_task: Mapping[str, int | None] = setting("teacher.max_prompts_per_task")
     progress: bool = setting("teacher.progress")
     max_reasoning_lines: int | None = setting("teacher.max_reasoning_lines")
     knowledge: str = setting("teacher.knowledge")
@@ -114,6 +116,10 @@ class TeacherSettings:
     @property
     def key_env(self) -> str | None:
         return self.api_key_env or DEFAULT_KEY_ENV.get(self.provider)
+
+    def prompt_cap(self, task: str) -> int | None:
+        """Most primal SFT prompts of ``task`` sent to the teacher (None = all)."""
+        return self.max_prompts_per_task.get(task, self.max_prompts)
 
     def params(self) -> GenerationParams:
         return GenerationParams(self.temperature, self.max_tokens, self.top_p, self.seed)

@@ -1,7 +1,8 @@
 """Teacher chain-of-thought SFT data for one task table: primal samples, filtering, then duals.
 
-1. The task table's ``stage == "sft"`` primal prompts (optionally ``teacher.max_prompts`` of them, chosen by
-   seed) get ``n_samples`` teacher samples each, judged by :mod:`cellduality.teacher.filtering`.
+1. The task table's ``stage == "sft"`` primal prompts (optionally ``teacher.max_prompts`` of them, or the
+   task's ``teacher.max_prompts_per_task``, chosen by seed) get ``n_samples`` teacher samples each, judged
+   by :mod:`cellduality.teacher.filtering`.
 2. The dual prompts of the primal prompts with at least one accepted sample — the (y*, x_k) -> x_u rows of
    the task table — get ``n_samples`` each and are judged the same way (categorical duals exactly,
    gene-list duals by RWJS). With ``teacher.dual_answers: data`` the teacher is not asked for duals: every
@@ -141,9 +142,9 @@ def build_sft_dataset(
     table = _read_table(task_table)
     rows = table[table["stage"] == stage]
     primal = rows[rows["direction"] == "primal"]
-    if teacher.max_prompts is not None and len(primal) > teacher.max_prompts:
-        keep = set(stable_sample(list(primal["prompt_id"]), teacher.max_prompts, "teacher-prompts",
-                                 teacher.seed or 0, label))
+    cap = teacher.prompt_cap(str(primal["task"].iloc[0])) if len(primal) else None
+    if cap is not None and len(primal) > cap:
+        keep = set(stable_sample(list(primal["prompt_id"]), cap, "teacher-prompts", teacher.seed or 0, label))
         primal = primal[primal["prompt_id"].isin(keep)]
     dual = rows[rows["direction"] == "dual"]
     parents = dict(zip(dual["prompt_id"], link_duals(primal, dual))) if len(dual) else {}

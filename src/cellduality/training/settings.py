@@ -46,6 +46,9 @@ class SFTSettings:
     logging_steps: int = setting("sft.logging_steps")
     group_by_length: bool = setting("sft.group_by_length")
     task_weights: Mapping[str, int] = setting("sft.task_weights")
+    held_back_tasks: tuple[str, ...] = setting("sft.held_back_tasks")
+    second_phase_steps: int = setting("sft.second_phase_steps")
+    second_phase_learning_rate: float | None = setting("sft.second_phase_learning_rate")
     loss_averaging: str = setting("sft.loss_averaging")
     gradient_checkpointing: bool = setting("sft.gradient_checkpointing")
     seed: int = setting("sft.seed")
@@ -53,6 +56,17 @@ class SFTSettings:
     def __post_init__(self) -> None:
         if self.max_steps < 1 and self.max_steps != -1:
             raise CellDualityError(f"sft.max_steps must be -1 (use sft.epochs) or a positive number; got {self.max_steps}")
+        if self.held_back_tasks and self.second_phase_steps < 1:
+            raise CellDualityError(f"sft.held_back_tasks {list(self.held_back_tasks)} are only trained in the second "
+                                   "phase: set sft.second_phase_steps > 0 (or empty sft.held_back_tasks)")
+
+    def phases(self) -> list[tuple[str, int, float, tuple[str, ...]]]:
+        """``(name, max_steps, learning_rate, tasks left out)`` of each SFT phase, in order."""
+        first = ("phase1", self.max_steps, self.learning_rate, tuple(self.held_back_tasks))
+        if self.second_phase_steps < 1:
+            return [first[:3] + ((),)]
+        second_lr = self.second_phase_learning_rate or self.learning_rate
+        return [first, ("phase2", self.second_phase_steps, second_lr, ())]
 
     @classmethod
     def from_config(cls, values: Mapping[str, Any]) -> SFTSettings:

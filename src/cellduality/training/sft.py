@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from cellduality.io import atomic_path
 from cellduality.training.datasets import sft_dataset
 from cellduality.training.settings import ReportSettings, SFTSettings
 from cellduality.training.setup import (
@@ -65,29 +67,59 @@ def run_sft(model_path: str, data: Sequence[str | Path], out_dir: str | Path, ch
             report: Mapping[str, Any] | None = None) -> Path:
     """Fine-tune ``model_path`` on ``data``; resume from the newest checkpoint of the same run (same model,
     data and settings) under ``checkpoint_dir``. ``report``: :class:`ReportSettings` fields (config
-    ``training.report_to``, the metrics folder and run name; not part of the run's identity)."""
-    from trl import SFTConfig
+    ``training.report_to``, the metrics folder and run name; not part of the run's identity).
 
+    With ``sft.second_phase_steps`` the run has two phases (:meth:`SFTSettings.phases`): the first leaves out
+    ``sft.held_back_tasks`` and saves its model under ``checkpoint_dir/<run>/phase1/final``; the second continues
+    from it on every task. A rerun skips a finished first phase; ``log_history.json`` holds both phases'
+    logs, each entry tagged with its ``phase``."""
     s = SFTSettings.from_config(cfg)
     r = ReportSettings.from_config(report)  # a missing tensorboard / wandb is one line before any work
     checkpoint_dir = run_checkpoint_dir(checkpoint_dir, {"sft": cfg, "lora": lora}, [model_path, *data])
-    dataset = sft_dataset(data, seed=s.seed, task_weights=s.task_weights)
+    phases = s.phases()
+    model, history = model_path, []
+    for index, (name, max_steps, learning_rate, left_out) in enumerate(phases):
+        last = index == len(phases) - 1
+        phase_dir = checkpoint_dir if len(phases) == 1 else checkpoint_dir / name
+        final = Path(out_dir) if last else phase_dir / "final"
+        if not last and (final / "log_history.json").is_file():  # written last by save_final: a finished phase
+            log.info("SFT %s already trained: %s", name, final)
+        else:
+            dataset = sft_dataset(data, seed=s.seed, task_weights=s.task_weights, exclude_tasks=left_out)
+            trainer = _train(model, dataset, phase_dir, s, max_steps, learning_rate, lora, callbacks, r)
+            save_final(trainer, final)
+            if len(phases) > 1:
+                log.info("SFT %s: %d examples%s", name, len(dataset),
+                         f" (without {', '.join(left_out)})" if left_out else "")
+        if len(phases) > 1:
+            history += [{**entry, "phase": name} for entry in json.loads((final / "log_history.json").read_text())]
+        model = str(final)
+    if len(phases) > 1:
+        with atomic_path(Path(out_dir) / "log_history.json") as tmp:
+            tmp.write_text(json.dumps(history, indent=1))
+    return Path(out_dir)
+
+
+def _train(model: str, dataset, checkpoint_dir: Path, s: SFTSettings, max_steps: int, learning_rate: float,
+           lora: dict[str, Any], callbacks: Sequence[Any], r: ReportSettings):
+    """One SFTTrainer run of ``model`` on ``dataset``, resumed from ``checkpoint_dir``'s newest checkpoint."""
+    from trl import SFTConfig
+
     args = SFTConfig(
-        output_dir=str(checkpoint_dir), num_train_epochs=s.epochs, max_steps=s.max_steps,
-        learning_rate=s.learning_rate, per_device_train_batch_size=s.per_device_batch_size,
+        output_dir=str(checkpoint_dir), num_train_epochs=s.epochs, max_steps=max_steps,
+        learning_rate=learning_rate, per_device_train_batch_size=s.per_device_batch_size,
         gradient_accumulation_steps=s.gradient_accumulation_steps, max_length=s.max_length,
         save_strategy="steps", save_steps=s.save_steps, save_total_limit=2, logging_steps=s.logging_steps,
         seed=s.seed, **report_args(r), completion_only_loss=True, disable_tqdm=True,
         train_sampling_strategy="group_by_length" if s.group_by_length else "random",
         **precision_flags(s.gradient_checkpointing),
     )
-    tokenizer = load_tokenizer(model_path)
+    tokenizer = load_tokenizer(model)
     with reporting(r):
-        trainer = trainer_class(s.loss_averaging)(model=model_path, args=args, train_dataset=dataset,
+        trainer = trainer_class(s.loss_averaging)(model=model, args=args, train_dataset=dataset,
                                                   processing_class=tokenizer, peft_config=peft_config(lora),
                                                   callbacks=list(callbacks))
         resume = last_checkpoint(checkpoint_dir)
-        log.info("SFT on %d examples from %s%s", len(dataset), model_path, f", resuming {resume}" if resume else "")
+        log.info("SFT on %d examples from %s%s", len(dataset), model, f", resuming {resume}" if resume else "")
         trainer.train(resume_from_checkpoint=resume)
-    save_final(trainer, out_dir)
-    return Path(out_dir)
+    return trainer
