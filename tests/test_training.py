@@ -376,6 +376,36 @@ def test_example_mean_loss_weighs_every_example_the_same():
     assert example_mean_loss(logits, empty).item() == 0.0
 
 
+def test_example_mean_loss_from_completion_logits_only_matches_full_logits(workspace):
+    """The SFT subclass asks the model for the logits of completion positions only (logits_to_keep mask): same
+    loss and gradients as from the full logits, including a row without completion tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cellduality.training.sft import example_mean_loss, example_mean_loss_at, predicting_positions
+
+    model = AutoModelForCausalLM.from_pretrained(workspace / "base")
+    ids = torch.randint(5, 300, (3, 12), generator=torch.Generator().manual_seed(0))
+    labels = torch.full_like(ids, -100)
+    labels[0, 9:] = ids[0, 9:]
+    labels[1, 4:7] = ids[1, 4:7]  # a completion followed by padding
+    keep = predicting_positions(labels)
+    assert keep.sum() == 6 and keep[0, 8] and not keep[0, 11] and keep[1, 3] and not keep[2].any()
+    full = example_mean_loss(model(input_ids=ids).logits, labels)
+    full.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    logits = model(input_ids=ids, logits_to_keep=keep).logits
+    assert logits.shape == (6, model.config.vocab_size)
+    kept = example_mean_loss_at(logits, labels, keep)
+    kept.backward()
+    assert torch.allclose(full, kept, atol=1e-6)
+    assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(grads, model.parameters()))
+    empty = torch.full_like(labels, -100)
+    nothing = predicting_positions(empty)
+    assert example_mean_loss_at(model(input_ids=ids, logits_to_keep=nothing).logits, empty, nothing).item() == 0.0
+
+
 def test_sft_with_example_averaging_trains(workspace, tmp_path):
     """The loss reaches SFTTrainer and is scaled for gradient accumulation: the first step's logged loss over 4
     examples is the same as one batch of 4 or as 2 accumulated micro-batches of 2; the weights change."""
@@ -411,7 +441,7 @@ def test_sft_second_phase_adds_held_back_tasks_and_resumes_after_the_first(works
     data.loc[data.index[::3], "task"] = "cellpuzzles"  # 4 of the 12 examples
     data.to_parquet(tmp_path / "two_tasks.parquet")
     cfg = {**SFT_CFG, "max_steps": 2, "held_back_tasks": ["cellpuzzles"], "second_phase_steps": 4,
-           "second_phase_learning_rate": 5e-4}
+           "second_phase_learning_rate": 5e-4, "first_phase_preview": 1}
 
     class Interrupt(Exception):
         pass
@@ -431,7 +461,8 @@ def test_sft_second_phase_adds_held_back_tasks_and_resumes_after_the_first(works
     with caplog.at_level("INFO", logger="cellduality.training.sft"), pytest.raises(Interrupt):
         run_sft(str(workspace / "base"), [tmp_path / "two_tasks.parquet"], out, ckpt, cfg, NO_LORA,
                 callbacks=[KillInPhaseTwo(), Steps()])
-    assert "SFT on 8 examples" in caplog.text  # phase 1: the 8 annotation examples only
+    assert "SFT on 9 examples" in caplog.text  # phase 1: the 8 annotation examples and 1 puzzle as a preview
+    assert "SFT on 12 examples" in caplog.text  # phase 2: all of them
     assert Steps.seen == [("phase1", 1), ("phase1", 2), ("phase2", 1), ("phase2", 2)]
     assert not out.exists()
     (phase1,) = ckpt.glob("*/phase1/final")

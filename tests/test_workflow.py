@@ -1,6 +1,7 @@
 """The whole embedded pipeline through real Snakemake, once (data -> teacher -> SFT -> GRPO -> evaluation ->
 report): outputs, a no-op rerun, and param changes that rerun only what depends on them."""
 
+import json
 import re
 import subprocess
 import sys
@@ -143,6 +144,10 @@ def test_pipeline_reaches_the_report(data_run):
     assert (errors["sft"] < errors["base"]).any(), errors[["base", "sft"]]
     for name in ("confusion_matrices.png", "reward_curves.png", "umap_generated_vs_real.png", "tables.html"):
         assert (results / "report" / name).stat().st_size > 1000
+    # the config holds CellPuzzles back to a second SFT phase: both phases ran, with their configured steps
+    history = json.loads((results / "models" / "sft" / "rep0" / "log_history.json").read_text())
+    steps = {phase: max(e["step"] for e in history if e["phase"] == phase) for phase in ("phase1", "phase2")}
+    assert steps == {"phase1": config["sft"]["max_steps"], "phase2": config["sft"]["second_phase_steps"]}
     curve = pd.read_csv(results / "models" / "grpo_duality" / "rep0" / "reward_curve.tsv", sep="\t")
     assert len(curve) == config["grpo"]["max_steps"] and curve["reward"].between(-1, 1).all()
     signal = pd.read_csv(results / "report" / "true_label_wins.tsv", sep="\t")

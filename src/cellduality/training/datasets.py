@@ -32,18 +32,21 @@ def _read_tasks(paths: Sequence[str | Path], required: Sequence[str]) -> pd.Data
 
 
 def sft_dataset(paths: Sequence[str | Path], seed: int = 0, task_weights: Mapping[str, int] | None = None,
-                exclude_tasks: Sequence[str] = ()):
+                exclude_tasks: Sequence[str] = (), preview: int = 0):
     """Accepted teacher examples as prompt-completion conversations (TRL trains on the completion only).
     ``task_weights`` (``sft.task_weights``) repeats the primal examples of a task that many times: with
     ``sft.loss_averaging: tokens`` the loss is a mean over completion tokens, so a one-token label answer weighs
-    little beside 24- or 32-gene answers. ``exclude_tasks`` leaves out every example of those tasks (the first
-    phase of ``sft.held_back_tasks``)."""
+    little beside 24- or 32-gene answers. ``exclude_tasks`` leaves out the examples of those tasks (the first
+    phase of ``sft.held_back_tasks``) but ``preview`` primal examples of each, chosen by ``seed``."""
     from datasets import Dataset
 
-    table = _read(paths, ("prompt", "completion", "accepted", *(("task",) if exclude_tasks else ())))
+    table = _read(paths, ("prompt", "completion", "accepted", *(("task", "direction") if exclude_tasks else ())))
     table = table[table["accepted"].astype(bool)]
     if exclude_tasks:
-        table = table[~table["task"].isin(list(exclude_tasks))]
+        held = table["task"].isin(list(exclude_tasks))
+        shown = [group.sample(n=min(preview, len(group)), random_state=seed)
+                 for _, group in table[held & (table["direction"] == "primal")].groupby("task")]
+        table = pd.concat([table[~held], *shown], ignore_index=True)
         if table.empty:
             raise CellDualityError(f"sft.held_back_tasks {list(exclude_tasks)} leave no examples in "
                                    f"{', '.join(map(str, paths))} for the first phase; hold back fewer tasks")

@@ -47,6 +47,7 @@ class SFTSettings:
     group_by_length: bool = setting("sft.group_by_length")
     task_weights: Mapping[str, int] = setting("sft.task_weights")
     held_back_tasks: tuple[str, ...] = setting("sft.held_back_tasks")
+    first_phase_preview: int = setting("sft.first_phase_preview")
     second_phase_steps: int = setting("sft.second_phase_steps")
     second_phase_learning_rate: float | None = setting("sft.second_phase_learning_rate")
     loss_averaging: str = setting("sft.loss_averaging")
@@ -61,7 +62,8 @@ class SFTSettings:
                                    "phase: set sft.second_phase_steps > 0 (or empty sft.held_back_tasks)")
 
     def phases(self) -> list[tuple[str, int, float, tuple[str, ...]]]:
-        """``(name, max_steps, learning_rate, tasks left out)`` of each SFT phase, in order."""
+        """``(name, max_steps, learning_rate, tasks left out)`` of each SFT phase, in order (the first phase
+        still keeps ``first_phase_preview`` primal examples of each task it leaves out)."""
         first = ("phase1", self.max_steps, self.learning_rate, tuple(self.held_back_tasks))
         if self.second_phase_steps < 1:
             return [first[:3] + ((),)]
