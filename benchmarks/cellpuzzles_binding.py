@@ -11,7 +11,8 @@ Needs a finished embedded run (``snakemake --cores 2``): its CellPuzzles dataset
    as the answer gives an N x N score matrix, and the one-to-one assignment with the highest total
    log-probability is the answer (``per_cell_argmax_accuracy``: each cell's most likely candidate, without the
    one-to-one constraint). This is NOT the model answering the puzzle prompt: it says whether what the
-   model knows about single cells would solve the puzzles if each answer slot were bound to its cell.
+   model knows about single cells would solve the puzzles if each answer slot were bound to its cell. (README's
+   figures come from a one-phase SFT model; the default's two-phase model has also been trained on puzzles.)
 2. Puzzle-only SFT from the base model, answers from the data (no teacher), ``R`` passes over the SFT cells
    (``cellpuzzles.train_rounds``), the config's ``sft`` settings with ``max_steps`` 300 (600 for ``lr1e-3``):
    - ``answer_rR``: ``<think></think>`` then the answer, as the embedded default trains;
@@ -196,6 +197,7 @@ def main() -> None:
             table = shorter_cells(table, int(match.group(5)), run_dir)
         data = sft_data(table, kind, k, run_dir)
         sft = {**config["sft"], "max_steps": 600 if lr else 300, "save_steps": 100000,
+               "held_back_tasks": [], "second_phase_steps": 0,  # one phase: the data is puzzles only
                **({"learning_rate": lr} if lr else {})}
         timing = run_dir / "sft_seconds.txt"
         if not timing.exists():  # a variant trained by an earlier (interrupted) run is not trained again
