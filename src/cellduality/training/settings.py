@@ -64,11 +64,11 @@ class SFTSettings:
     def phases(self) -> list[tuple[str, int, float, tuple[str, ...]]]:
         """``(name, max_steps, learning_rate, tasks left out)`` of each SFT phase, in order (the first phase
         still keeps ``first_phase_preview`` primal examples of each task it leaves out)."""
-        first = ("phase1", self.max_steps, self.learning_rate, tuple(self.held_back_tasks))
         if self.second_phase_steps < 1:
-            return [first[:3] + ((),)]
+            return [("phase1", self.max_steps, self.learning_rate, ())]
         second_lr = self.second_phase_learning_rate or self.learning_rate
-        return [first, ("phase2", self.second_phase_steps, second_lr, ())]
+        return [("phase1", self.max_steps, self.learning_rate, tuple(self.held_back_tasks)),
+                ("phase2", self.second_phase_steps, second_lr, ())]
 
     @classmethod
     def from_config(cls, values: Mapping[str, Any]) -> SFTSettings:
