@@ -29,17 +29,8 @@ def example_mean_loss(logits, labels):
     """``sft.loss_averaging: examples``: the causal-LM loss of each example averaged over its own completion tokens
     (``labels`` -100 elsewhere, unshifted as the model gets them), then over the examples of the batch, so a
     one-token label answer weighs as much as a 30-gene list (TRL averages over every token of the batch)."""
-    import torch.nn.functional as F
-
-    logits = logits[:, :-1, :].float()
-    target = labels[:, 1:].to(logits.device)
-    per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100,
-                                reduction="none").view(target.shape)
-    counts = (target != -100).sum(dim=1)
-    has_tokens = counts > 0
-    if not has_tokens.any():  # a batch without completion tokens: a finite zero, as TRL does
-        return per_token.sum() * 0.0
-    return (per_token.sum(dim=1)[has_tokens] / counts[has_tokens]).mean()
+    keep = predicting_positions(labels)
+    return example_mean_loss_at(logits[keep.to(logits.device)], labels, keep)
 
 
 def predicting_positions(labels):
@@ -54,7 +45,8 @@ def predicting_positions(labels):
 
 def example_mean_loss_at(logits, labels, keep):
     """:func:`example_mean_loss` from the logits of the ``keep`` positions only (``(keep.sum(), vocab)``, in
-    row-major order, as a model given ``logits_to_keep=keep`` returns them)."""
+    row-major order, as a model given ``logits_to_keep=keep`` returns them); a batch without completion tokens
+    gives a finite zero, as TRL does."""
     import torch
     import torch.nn.functional as F
 
