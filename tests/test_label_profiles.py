@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 
 import pandas as pd
 import pytest
@@ -113,6 +114,26 @@ def test_cellpuzzles_train_rounds_add_puzzles_but_test_cells_form_one_pass():
     assert sorted(dual_cells) == sorted(puzzle_cells)  # one inpainting dual per cell, not one per puzzle
     with pytest.raises(CellDualityError, match="train_rounds"):
         TaskTableParams(cellpuzzles_rounds=0)
+
+
+def test_cellpuzzles_duals_per_cell_gives_each_cell_that_many_masks():
+    cells = brain_cells(80)
+    params = TaskTableParams(tasks=("cellpuzzles",), cellpuzzles_n=2, cellpuzzles_rounds=4, cellpuzzles_duals=3)
+    table = build_task_tables(cells, params)
+    duals = table[(table["direction"] == "dual") & (table["stage"] == "sft")]
+    per_cell = duals.groupby(duals["cell_ids"].map(lambda ids: json.loads(ids)[0]))
+    primal = table[(table["direction"] == "primal") & (table["stage"] == "sft")]
+    puzzles_per_cell = Counter(cell for ids in primal["cell_ids"] for cell in json.loads(ids))
+    assert per_cell.size().to_dict() == {cell: min(n, 3) for cell, n in puzzles_per_cell.items()}
+    assert (per_cell.size() == 3).mean() > 0.5
+    puzzles = duals["prompt_id"].str.rsplit("#", n=1).str[0]
+    assert all(puzzles[group.index].is_unique for _, group in per_cell)  # each from another puzzle, own mask
+    assert duals["answer"].nunique() > len(per_cell)
+    none = build_task_tables(cells, dataclasses.replace(params, cellpuzzles_duals=0))
+    assert not ((none["direction"] == "dual").any())
+    assert TaskTableParams.from_config({"cellpuzzles": {"duals_per_cell": 2}}).cellpuzzles_duals == 2
+    with pytest.raises(CellDualityError, match="duals_per_cell"):
+        TaskTableParams(cellpuzzles_duals=-1)
 
 
 def test_cellpuzzles_eval_rounds_evaluate_more_test_cells_in_new_puzzles():

@@ -275,6 +275,28 @@ def test_generation_lets_reasoning_repeat_answer_items():
     assert not torch.isinf(scores[1]).any()  # no <answer> yet: nothing is banned
 
 
+def test_label_answer_grammar_keeps_answers_to_labels_joined_by_the_separator():
+    """After <answer> (3) or the separator (8) only labels (5, 6, 7); after a label the separator or </answer>
+    (4), only </answer> once as many labels as candidates are named; reasoning and rows without candidates free."""
+    import torch
+
+    from cellduality.training.generation import LabelAnswerGrammar
+
+    proc = LabelAnswerGrammar({5: "A", 6: "B", 7: "C"}, [["A", "B"], ["A", "B"], ["A", "B"], None, ["A", "B"]],
+                              prompt_length=1, open_token=3, close_token=4, separator=8)
+    ids = torch.tensor([[1, 9, 9, 9, 3],  # just opened: labels only
+                        [1, 9, 3, 5, 8],  # after the separator: labels only
+                        [1, 3, 5, 8, 6],  # two labels of two candidates: </answer> only
+                        [1, 9, 3, 5, 8],  # no candidates: free
+                        [1, 9, 9, 9, 9]])  # reasoning: free
+    scores = proc(ids, torch.zeros(5, 10))
+    allowed = [set(torch.nonzero(~torch.isinf(row)).flatten().tolist()) for row in scores]
+    assert allowed[:3] == [{5, 6, 7}, {5, 6, 7}, {4}]
+    assert allowed[3] == allowed[4] == set(range(10))
+    one = proc(torch.tensor([[1, 3, 5]] * 5), torch.zeros(5, 10))
+    assert set(torch.nonzero(~torch.isinf(one[0])).flatten().tolist()) == {4, 8}  # one of two named: go on or close
+
+
 def test_candidate_constrained_decoding_names_only_candidates(workspace):
     from transformers import AutoModelForCausalLM
 
@@ -293,6 +315,9 @@ def test_candidate_constrained_decoding_names_only_candidates(workspace):
         named = {t for t in TYPES if t in reply}
         if ok is not None:
             assert named <= set(ok), reply
+            answer = reply.split("<answer>")[-1] if "<answer>" in reply else None
+            if answer is not None and "</answer>" in answer:  # the grammar: one candidate label, then closed
+                assert answer.split("</answer>")[0].strip() in ok, reply
     assert any(t in reply for reply in free for t in TYPES)
 
 

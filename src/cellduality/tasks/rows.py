@@ -9,7 +9,7 @@ with :meth:`RowSink.add`; prompts come from the spec's ``primal_prompt`` / ``dua
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -252,13 +252,14 @@ def _shared_metadata(recs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def cellpuzzles_rows(ctx: BuildContext, recs: list[dict[str, Any]], stage: str, specs: Sequence[TaskSpec]) -> None:
-    """N cells + N shuffled types -> assignment (Cell-o1); one inpainting dual per cell given its type, in the
-    first puzzle that holds the cell (later rounds add puzzles, not more duals of the same cells)."""
+    """N cells + N shuffled types -> assignment (Cell-o1); ``cellpuzzles.duals_per_cell`` inpainting duals per
+    cell given its type, one in each of the first puzzles that hold the cell, each with that puzzle's mask (later
+    rounds add puzzles, not more duals of the same cells)."""
     (spec,) = specs
     params, out = ctx.params, ctx.out
     masker = params.inpainting(stage)
     rounds = params.cellpuzzles_eval_rounds if stage == "eval" else params.cellpuzzles_rounds
-    with_dual: set[str] = set()
+    duals: Counter[str] = Counter()
     for batch in cellpuzzles_batches(recs, params.cellpuzzles_n, params.seed, stage, rounds):
         cells = [recs[i] for i in batch]
         ids = [c["cell_id"] for c in cells]
@@ -276,9 +277,9 @@ def cellpuzzles_rows(ctx: BuildContext, recs: list[dict[str, Any]], stage: str, 
         if stage == "rl":
             continue
         for j, (cell, mask) in enumerate(zip(cells, masks)):
-            if cell["cell_id"] in with_dual:
+            if duals[cell["cell_id"]] >= params.cellpuzzles_duals:
                 continue
-            with_dual.add(cell["cell_id"])
+            duals[cell["cell_id"]] += 1
             out.add(task=spec.name, direction="dual", stage=stage, prompt_id=f"{pid}#{j}", rec=cell,
                     prompt=spec.dual_prompt(mask.visible, cell["cell_type"], mask.n_hidden, meta),
                     answer=join_genes(mask.hidden), label=cell["cell_type"], candidates=candidates, mask=mask,

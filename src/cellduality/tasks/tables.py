@@ -61,6 +61,7 @@ class TaskTableParams:
     cellpuzzles_n: int = setting("cellpuzzles.batch_size")
     cellpuzzles_rounds: int = setting("cellpuzzles.train_rounds")
     cellpuzzles_eval_rounds: int = setting("cellpuzzles.eval_rounds")
+    cellpuzzles_duals: int = setting("cellpuzzles.duals_per_cell")
     annotation_candidates: bool = setting("task_tables.annotation_candidates")
     control_values: tuple[str, ...] = setting("task_tables.control_values")
 
@@ -75,6 +76,8 @@ class TaskTableParams:
         for key, rounds in (("train_rounds", self.cellpuzzles_rounds), ("eval_rounds", self.cellpuzzles_eval_rounds)):
             if rounds < 1:
                 raise CellDualityError(f"cellpuzzles.{key} must be at least 1; got {rounds}")
+        if self.cellpuzzles_duals < 0:
+            raise CellDualityError(f"cellpuzzles.duals_per_cell must be 0 or more; got {self.cellpuzzles_duals}")
         if self.top_k is not None and self.top_k < 1:
             raise CellDualityError(f"cell_sentence.top_k must be positive; got {self.top_k}")
         self.inpainting("sft")  # validates fraction / strategy / markers
@@ -91,13 +94,14 @@ class TaskTableParams:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TaskTableParams:
         """Build from the pipeline config: ``task_tables.*``, ``inpainting.{hidden_fraction,strategy,markers}``,
-        ``cellpuzzles.{batch_size,train_rounds,eval_rounds}`` and ``cell_sentence.top_k`` (absent sections keep the defaults)."""
+        ``cellpuzzles.{batch_size,train_rounds,eval_rounds,duals_per_cell}`` and ``cell_sentence.top_k`` (absent
+        sections keep the defaults)."""
         values: dict[str, Any] = dict(config.get("task_tables") or {})
         inpainting = config.get("inpainting") or {}
         values.update({k: inpainting[k] for k in ("hidden_fraction", "strategy", "markers") if k in inpainting})
         puzzles = config.get("cellpuzzles") or {}
         for key, name in (("batch_size", "cellpuzzles_n"), ("train_rounds", "cellpuzzles_rounds"),
-                          ("eval_rounds", "cellpuzzles_eval_rounds")):
+                          ("eval_rounds", "cellpuzzles_eval_rounds"), ("duals_per_cell", "cellpuzzles_duals")):
             if key in puzzles:
                 values[name] = puzzles[key]
         if "top_k" in (config.get("cell_sentence") or {}):

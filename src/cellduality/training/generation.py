@@ -7,7 +7,8 @@ generating an item token that the reply's answer already contains (either spelli
 a small model cannot loop on one gene. When the tokenizer has an ``<answer>`` token, only what follows it
 counts: the reasoning may name a gene or a cell type that the answer names again. With ``allowed_labels``
 (``evaluation.constrain_to_candidates``, ``annotate``), :class:`CandidateItems` also bans label tokens that
-are not among the prompt's candidates. Tokenizers without ``answer_items`` (Hugging Face models, whose genes
+are not among the prompt's candidates, and :class:`LabelAnswerGrammar` keeps the answer to candidate labels
+joined by the separator. Tokenizers without ``answer_items`` (Hugging Face models, whose genes
 span several tokens) decode unconstrained.
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cellduality.training.tiny_model import ANSWER_TAG
+from cellduality.training.tiny_model import ANSWER_CLOSE, ANSWER_TAG
 
 Messages = list[dict[str, str]]
 
@@ -104,6 +105,55 @@ class CandidateItems:
         return scores.masked_fill(self._banned(scores.shape[1], scores.device)[: scores.shape[0]], float("-inf"))
 
 
+class LabelAnswerGrammar:
+    """Logits processor for the rows with candidates: inside the answer (after the last ``<answer>``), a label or
+    CellPuzzles answer is labels joined by the separator and closed by ``</answer>``: after ``<answer>`` or a
+    separator only a label token may follow, after a label only the separator (while fewer labels than
+    candidates were named) or ``</answer>``. Without it a small model that must name the one candidate left for
+    the last cell of a puzzle writes a gene or a tag there instead (a format error)."""
+
+    def __init__(self, labels: dict[int, str], allowed: Sequence[Sequence[str] | None], prompt_length: int,
+                 open_token: int, close_token: int, separator: int) -> None:
+        self.label_ids = sorted(labels)
+        self.n_allowed = [None if a is None else len(set(a)) for a in allowed]
+        self.prompt_length = prompt_length
+        self.open, self.close, self.separator = open_token, close_token, separator
+
+    def __call__(self, input_ids, scores):
+        labels = set(self.label_ids)
+        for row, n_allowed in enumerate(self.n_allowed[: scores.shape[0]]):
+            generated = input_ids[row, self.prompt_length:].tolist()
+            if n_allowed is None or self.open not in generated:
+                continue
+            answer = generated[len(generated) - generated[::-1].index(self.open):]
+            last = answer[-1] if answer else self.open
+            if self.close in answer:
+                continue
+            if last in (self.open, self.separator):
+                keep = self.label_ids
+            elif last in labels:
+                named = sum(token in labels for token in answer)
+                keep = [self.separator, self.close] if named < n_allowed else [self.close]
+            else:
+                continue
+            kept = scores[row, keep].clone()
+            scores[row] = float("-inf")
+            scores[row, keep] = kept
+        return scores
+
+
+def answer_grammar_tokens(tokenizer) -> tuple[int, int, int] | None:
+    """``(<answer>, </answer>, separator)`` token ids where each is one token of ``tokenizer`` (the embedded
+    tokenizer), else None (no grammar)."""
+    from cellduality.tasks.prompts import CELLPUZZLES_ANSWER_SEP
+
+    vocab = tokenizer.get_vocab()
+    separator = tokenizer(CELLPUZZLES_ANSWER_SEP.rstrip(), add_special_tokens=False)["input_ids"]
+    if ANSWER_TAG not in vocab or ANSWER_CLOSE not in vocab or len(separator) != 1:
+        return None
+    return vocab[ANSWER_TAG], vocab[ANSWER_CLOSE], separator[0]
+
+
 def generate_chat(model, tokenizer, conversations: Sequence[Messages], *, max_new_tokens: int = 256,
                   temperature: float = 0.0, top_p: float = 1.0, batch_size: int = 16,
                   unique_items: bool = True, allowed_labels: Sequence[Sequence[str] | None] | None = None) -> list[str]:
@@ -121,6 +171,7 @@ def generate_chat(model, tokenizer, conversations: Sequence[Messages], *, max_ne
     groups = answer_item_groups(tokenizer) if unique_items else {}
     answer_token = tokenizer.get_vocab().get(ANSWER_TAG)
     labels = label_item_tokens(tokenizer) if allowed_labels is not None else {}
+    grammar = answer_grammar_tokens(tokenizer) if labels else None
     replies: list[str] = []
     try:
         for start in range(0, len(conversations), batch_size):
@@ -131,7 +182,10 @@ def generate_chat(model, tokenizer, conversations: Sequence[Messages], *, max_ne
                 {"do_sample": False}
             processors = [UniqueAnswerItems(groups, batch["input_ids"].shape[1], answer_token)] if groups else []
             if labels:
-                processors.append(CandidateItems(labels, allowed_labels[start:start + batch_size]))
+                rows = allowed_labels[start:start + batch_size]
+                processors.append(CandidateItems(labels, rows))
+                if grammar:
+                    processors.append(LabelAnswerGrammar(labels, rows, batch["input_ids"].shape[1], *grammar))
             if processors:
                 sampling["logits_processor"] = LogitsProcessorList(processors)
             with torch.no_grad():

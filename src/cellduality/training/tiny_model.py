@@ -22,7 +22,8 @@ from cellduality.tasks.schema import decode_column, read_task_frame
 BOS, EOS, PAD, UNK = "<|begin|>", "<|end|>", "<|pad|>", "<|unk|>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
 ANSWER_TAG = "<answer>"
-REASONING_TAGS = ("<think>", "</think>", ANSWER_TAG, "</answer>")
+ANSWER_CLOSE = "</answer>"
+REASONING_TAGS = ("<think>", "</think>", ANSWER_TAG, ANSWER_CLOSE)
 # The prompt rendered with add_generation_prompt is a prefix of the rendered conversation, so TRL can
 # compute the loss on the completion only; an assistant turn ends with EOS, so generation learns to stop.
 CHAT_TEMPLATE = (
