@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from cellduality.tasks.prompts import CELLPUZZLES_ANSWER_SEP
 from cellduality.training.tiny_model import ANSWER_CLOSE, ANSWER_TAG
 
 Messages = list[dict[str, str]]
@@ -115,12 +116,12 @@ class LabelAnswerGrammar:
     def __init__(self, labels: dict[int, str], allowed: Sequence[Sequence[str] | None], prompt_length: int,
                  open_token: int, close_token: int, separator: int) -> None:
         self.label_ids = sorted(labels)
+        self.label_set = set(labels)
         self.n_allowed = [None if a is None else len(set(a)) for a in allowed]
         self.prompt_length = prompt_length
         self.open, self.close, self.separator = open_token, close_token, separator
 
     def __call__(self, input_ids, scores):
-        labels = set(self.label_ids)
         for row, n_allowed in enumerate(self.n_allowed[: scores.shape[0]]):
             generated = input_ids[row, self.prompt_length:].tolist()
             if n_allowed is None or self.open not in generated:
@@ -131,8 +132,8 @@ class LabelAnswerGrammar:
                 continue
             if last in (self.open, self.separator):
                 keep = self.label_ids
-            elif last in labels:
-                named = sum(token in labels for token in answer)
+            elif last in self.label_set:
+                named = sum(token in self.label_set for token in answer)
                 keep = [self.separator, self.close] if named < n_allowed else [self.close]
             else:
                 continue
@@ -145,8 +146,6 @@ class LabelAnswerGrammar:
 def answer_grammar_tokens(tokenizer) -> tuple[int, int, int] | None:
     """``(<answer>, </answer>, separator)`` token ids where each is one token of ``tokenizer`` (the embedded
     tokenizer), else None (no grammar)."""
-    from cellduality.tasks.prompts import CELLPUZZLES_ANSWER_SEP
-
     vocab = tokenizer.get_vocab()
     separator = tokenizer(CELLPUZZLES_ANSWER_SEP.rstrip(), add_special_tokens=False)["input_ids"]
     if ANSWER_TAG not in vocab or ANSWER_CLOSE not in vocab or len(separator) != 1:
