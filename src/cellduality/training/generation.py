@@ -127,9 +127,9 @@ class LabelAnswerGrammar:
             if n_allowed is None or self.open not in generated:
                 continue
             answer = generated[len(generated) - generated[::-1].index(self.open):]
-            last = answer[-1] if answer else self.open
             if self.close in answer:
                 continue
+            last = answer[-1] if answer else self.open
             if last in (self.open, self.separator):
                 keep = self.label_ids
             elif last in self.label_set:
