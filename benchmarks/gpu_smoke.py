@@ -29,16 +29,20 @@ from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from cellduality.data.download import fetch  # noqa: E402
-from cellduality.data.preprocess import preprocess_file  # noqa: E402
-from cellduality.data.sentence_table import write_sentence_table  # noqa: E402
-from cellduality.evaluation.predict import predict  # noqa: E402
-from cellduality.tasks.prompts import format_answer  # noqa: E402
-from cellduality.tasks.tables import TaskTableParams, write_task_tables  # noqa: E402
-from cellduality.training.grpo import run_grpo  # noqa: E402
-from cellduality.training.setup import load_tokenizer  # noqa: E402
-from cellduality.training.sft import run_sft  # noqa: E402
-from cellduality.training.tiny_model import build_tiny_model  # noqa: E402
+from cellduality.data.download import fetch
+from cellduality.data.preprocess import PreprocessSettings, preprocess_file
+from cellduality.data.sentence_table import CellSentenceSettings, write_sentence_table
+from cellduality.evaluation.predict import predict
+from cellduality.evaluation.settings import EvaluationSettings
+from cellduality.tasks.prompts import format_answer
+from cellduality.tasks.rewards import RewardSettings
+from cellduality.tasks.settings import TaskTableSettings
+from cellduality.tasks.tables import write_task_tables
+from cellduality.training.grpo import run_grpo
+from cellduality.training.settings import EmbeddedModelSettings, GRPOSettings, LoraSettings, SFTSettings
+from cellduality.training.setup import load_tokenizer
+from cellduality.training.sft import run_sft
+from cellduality.training.tiny_model import build_tiny_model
 
 # GPU sizes fill a few minutes on one H200; CPU sizes (--allow-cpu) only check that every stage runs.
 SIZES = {
@@ -49,7 +53,6 @@ SIZES = {
                 sft_steps=150, sft_batch=8, sft_lr=5e-3, sft_seconds=60, grpo_steps=2, generations=2, grpo_batch=4,
                 completion=24, dual_tokens=32, temperature=0.1, predict_new_tokens=24, predict_batch=8),
 }
-NO_LORA = {"enabled": False}
 
 
 class Probe(TrainerCallback):
@@ -101,12 +104,12 @@ def prepare(work: Path, size: dict) -> tuple[Path, Path]:
     fetch("builtin:scanpy/pbmc68k_reduced", work / "raw.h5ad")
     preprocess_file(work / "raw.h5ad", work / "processed.h5ad", work / "qc.json",
                     {"labels": {"cell_type": "bulk_labels"}, "constants": {"tissue": "peripheral blood"}},
-                    {"min_genes": 10}, "pbmc68k")
-    write_sentence_table(work / "processed.h5ad", work / "sentences.parquet", dataset="pbmc68k", top_k=32)
+                    PreprocessSettings(), "pbmc68k")
+    write_sentence_table(work / "processed.h5ad", work / "sentences.parquet", dataset="pbmc68k",
+                         cell_sentence=CellSentenceSettings(top_k=32))
     sft_cells, rl_cells, eval_cells = size["cells"]
-    write_task_tables(work / "sentences.parquet", work / "tasks.parquet",
-                      TaskTableParams(tasks=("annotation",), top_k=32, max_cells_sft=sft_cells, max_cells_rl=rl_cells,
-                                      max_cells_eval=eval_cells))
+    caps = TaskTableSettings(max_cells_sft=sft_cells, max_cells_rl=rl_cells, max_cells_eval=eval_cells)
+    write_task_tables(work / "sentences.parquet", work / "tasks.parquet", ["annotation"], tables=caps, top_k=32)
     table = pd.read_parquet(work / "tasks.parquet")
     sft = table[table.stage == "sft"].copy()
     sft["completion"] = [format_answer("Marker genes decide.", a) for a in sft.answer]
@@ -154,7 +157,8 @@ def run(work: Path, size: dict, gpu: bool, report: Report) -> None:
 
     with stage("prepare", uses_gpu=False):
         tasks, sft_data = prepare(work, size)
-        build_tiny_model([work / "sentences.parquet"], [tasks], work / "base", **size["model"])
+        build_tiny_model([work / "sentences.parquet"], [tasks], work / "base",
+                         EmbeddedModelSettings.from_params(size["model"]))
     from transformers import AutoModelForCausalLM  # the saved base model loads back like a hub model
 
     report("model_params", round(sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(work / "base")
@@ -162,11 +166,10 @@ def run(work: Path, size: dict, gpu: bool, report: Report) -> None:
     tokenizer = load_tokenizer(work / "base")
 
     probe = Probe(size["sft_seconds"])
-    cfg = dict(seed=0, epochs=1000, max_steps=size["sft_steps"], learning_rate=size["sft_lr"],
-               per_device_batch_size=size["sft_batch"], gradient_accumulation_steps=1, max_length=1024,
-               save_steps=100_000, logging_steps=1, gradient_checkpointing=False)
+    s = SFTSettings(epochs=1000, max_steps=size["sft_steps"], learning_rate=size["sft_lr"],
+                    per_device_batch_size=size["sft_batch"], max_length=1024, save_steps=100_000, logging_steps=1)
     with stage("sft"):
-        run_sft(str(work / "base"), [sft_data], work / "sft", work / "sft_ckpt", cfg, NO_LORA, callbacks=[probe])
+        run_sft(str(work / "base"), [sft_data], work / "sft", work / "sft_ckpt", s, LoraSettings(), callbacks=[probe])
     on_device(probe, "SFT")
     last = [e for e in json.loads((work / "sft" / "log_history.json").read_text()) if "num_tokens" in e][-1]
     report("sft_steps", last["step"], "steps")  # TRL's num_tokens: attention-mask sum, the non-padding tokens
@@ -174,14 +177,13 @@ def run(work: Path, size: dict, gpu: bool, report: Report) -> None:
 
     for mode in ("duality", "oracle"):
         probe, rollouts = Probe(), []
-        g = dict(num_generations=size["generations"], train_batch_size=size["grpo_batch"],
-                 mini_batch_size=size["grpo_batch"], max_steps=size["grpo_steps"], learning_rate=1e-5, beta=0.04,
-                 epsilon=0.2, temperature=size["temperature"], max_completion_length=size["completion"],
-                 max_prompts=None, dual_model="policy", dual_max_new_tokens=size["dual_tokens"], dual_temperature=0.0,
-                 save_steps=100_000, use_vllm=False, seed=0, gradient_checkpointing=False)
+        g = GRPOSettings(num_generations=size["generations"], train_batch_size=size["grpo_batch"],
+                         mini_batch_size=size["grpo_batch"], max_steps=size["grpo_steps"], learning_rate=1e-5,
+                         temperature=size["temperature"], max_completion_length=size["completion"],
+                         dual_max_new_tokens=size["dual_tokens"], save_steps=100_000)
         with stage(f"grpo_{mode}"), probed_grpo(probe, rollouts):
             run_grpo(str(work / "sft"), [tasks], work / f"grpo_{mode}", work / f"grpo_{mode}_ckpt", g,
-                     {"mode": mode}, NO_LORA)
+                     RewardSettings(mode=mode), LoraSettings())
         on_device(probe, f"GRPO ({mode})")
         logged = [e for e in json.loads((work / f"grpo_{mode}" / "log_history.json").read_text()) if "reward" in e]
         steps, seconds = max(probe.step_times), sum(s for _, s in rollouts)
@@ -194,8 +196,8 @@ def run(work: Path, size: dict, gpu: bool, report: Report) -> None:
 
     with stage("predict"):
         start = time.perf_counter()
-        rows = predict(str(work / "grpo_oracle"), [tasks], work / "predictions.parquet", max_prompts_per_table=None,
-                       max_new_tokens=size["predict_new_tokens"], batch_size=size["predict_batch"])
+        rows = predict(str(work / "grpo_oracle"), [tasks], work / "predictions.parquet",
+                       EvaluationSettings(max_new_tokens=size["predict_new_tokens"], batch_size=size["predict_batch"]))
         seconds = time.perf_counter() - start
     # generated tokens: the answers re-tokenized (the final EOS not counted)
     generated = sum(map(len, tokenizer(list(rows.response), add_special_tokens=False).input_ids))

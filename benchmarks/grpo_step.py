@@ -21,14 +21,16 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from cellduality.data.download import fetch  # noqa: E402
-from cellduality.data.preprocess import preprocess_file  # noqa: E402
-from cellduality.data.sentence_table import write_sentence_table  # noqa: E402
-from cellduality.tasks.prompts import format_answer  # noqa: E402
-from cellduality.tasks.tables import TaskTableParams, write_task_tables  # noqa: E402
-from cellduality.training.grpo import run_grpo  # noqa: E402
-from cellduality.training.sft import run_sft  # noqa: E402
-from cellduality.training.tiny_model import build_tiny_model  # noqa: E402
+from cellduality.data.download import fetch
+from cellduality.data.preprocess import PreprocessSettings, preprocess_file
+from cellduality.data.sentence_table import CellSentenceSettings, write_sentence_table
+from cellduality.tasks.prompts import format_answer
+from cellduality.tasks.rewards import RewardSettings
+from cellduality.tasks.tables import write_task_tables
+from cellduality.training.grpo import run_grpo
+from cellduality.training.settings import EmbeddedModelSettings, GRPOSettings, LoraSettings, SFTSettings
+from cellduality.training.sft import run_sft
+from cellduality.training.tiny_model import build_tiny_model
 
 
 def prepare(work: Path, sft_steps: int) -> tuple[Path, Path]:
@@ -37,21 +39,21 @@ def prepare(work: Path, sft_steps: int) -> tuple[Path, Path]:
         fetch("builtin:scanpy/pbmc68k_reduced", work / "raw.h5ad")
         preprocess_file(work / "raw.h5ad", work / "processed.h5ad", work / "qc.json",
                         {"labels": {"cell_type": "bulk_labels"}, "constants": {"tissue": "peripheral blood"}},
-                        {"min_genes": 10}, "pbmc68k")
-        write_sentence_table(work / "processed.h5ad", work / "sentences.parquet", dataset="pbmc68k", top_k=32)
-        write_task_tables(work / "sentences.parquet", tasks, TaskTableParams(tasks=("annotation",), top_k=32))
+                        PreprocessSettings(), "pbmc68k")
+        write_sentence_table(work / "processed.h5ad", work / "sentences.parquet", dataset="pbmc68k",
+                             cell_sentence=CellSentenceSettings(top_k=32))
+        write_task_tables(work / "sentences.parquet", tasks, ["annotation"], top_k=32)
     sft_model = work / "sft"
     if not sft_model.exists():
-        build_tiny_model([work / "sentences.parquet"], [tasks], work / "base", hidden_size=128)
+        build_tiny_model([work / "sentences.parquet"], [tasks], work / "base", EmbeddedModelSettings(hidden_size=128))
         table = pd.read_parquet(tasks)
         sft = table[table.stage == "sft"].copy()
         sft["completion"] = [format_answer("Marker genes decide.", a) for a in sft.answer]
         sft["accepted"] = True
         sft.to_parquet(work / "sft.parquet")
-        cfg = dict(seed=0, epochs=100, max_steps=sft_steps, learning_rate=3e-3, per_device_batch_size=8,
-                   gradient_accumulation_steps=1, max_length=1024, save_steps=10_000, logging_steps=50,
-                   gradient_checkpointing=False)
-        run_sft(str(work / "base"), [work / "sft.parquet"], sft_model, work / "sft_ckpt", cfg, {"enabled": False})
+        s = SFTSettings(epochs=100, max_steps=sft_steps, learning_rate=3e-3, max_length=1024, save_steps=10_000,
+                        logging_steps=50)
+        run_sft(str(work / "base"), [work / "sft.parquet"], sft_model, work / "sft_ckpt", s, LoraSettings())
     return sft_model, tasks
 
 
@@ -65,14 +67,13 @@ def main() -> None:
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     model, tasks = prepare(args.workdir, args.sft_steps)
-    cfg = dict(num_generations=args.generations, train_batch_size=args.batch, mini_batch_size=args.batch,
-               max_steps=args.steps, learning_rate=1e-5, beta=0.04, epsilon=0.2, temperature=1.0,
-               max_completion_length=32, max_prompts=None, dual_model="policy", dual_max_new_tokens=24,
-               dual_temperature=0.0, save_steps=10_000, use_vllm=False, seed=0, gradient_checkpointing=False)
+    s = GRPOSettings(num_generations=args.generations, train_batch_size=args.batch, mini_batch_size=args.batch,
+                     max_steps=args.steps, learning_rate=1e-5, max_completion_length=32, dual_max_new_tokens=24,
+                     save_steps=10_000)
     results = {}
     for mode in ("oracle", "duality"):
         out = args.workdir / f"grpo_{mode}_{time.time_ns()}"
-        run_grpo(str(model), [tasks], out, out / "ckpt", cfg, {"mode": mode}, {"enabled": False})
+        run_grpo(str(model), [tasks], out, out / "ckpt", s, RewardSettings(mode=mode), LoraSettings())
         history = json.loads((out / "log_history.json").read_text())
         steps = [e for e in history if "step_time" in e][1:]
         results[mode] = {

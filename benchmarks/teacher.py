@@ -20,13 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from cellduality.tasks.prompts import annotation_prompt  # noqa: E402
-from cellduality.teacher.cache import ResponseCache  # noqa: E402
-from cellduality.teacher.providers import OpenAIProvider  # noqa: E402
-from cellduality.teacher.runner import TeacherRunner, TeacherSettings  # noqa: E402
+from cellduality.tasks.prompts import annotation_prompt
+from cellduality.teacher.cache import ResponseCache
+from cellduality.teacher.providers import OpenAIProvider
+from cellduality.teacher.runner import TeacherRunner, TeacherSettings
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def start_server(latency: float) -> tuple[subprocess.Popen, str]:

@@ -12,23 +12,41 @@ from cellduality.config import (
     load_schema,
     validate_config,
     minimal_config_warning,
-)  # noqa: E402
-from cellduality.data.builtin import builtin_resource_files  # noqa: E402
-from cellduality.errors import CellDualityError, fail  # noqa: E402
-from cellduality.provenance import audit_only, code_digest  # noqa: E402
-from cellduality.teacher.markers.knowledge import resource_files  # noqa: E402
-from cellduality.tasks.tables import check_catalog  # noqa: E402
-from cellduality.teacher.runner import (
-    TeacherSettings,
-    api_key,
-    output_params,
-)  # noqa: E402
-from cellduality.training.hub import is_hub_id  # noqa: E402
+)
+from cellduality.data.builtin import builtin_resource_files
+from cellduality.data.download import DownloadSettings
+from cellduality.data.preprocess import PreprocessSettings
+from cellduality.data.sentence_table import CellSentenceSettings
+from cellduality.data.splits import SplitSettings
+from cellduality.errors import CellDualityError, fail
+from cellduality.evaluation.settings import (
+    AnnotateSettings,
+    EmbeddingSettings,
+    EvaluationSettings,
+)
+from cellduality.provenance import audit_only, code_digest
+from cellduality.tasks.inpainting import InpaintingSettings
+from cellduality.tasks.rewards import RewardSettings
+from cellduality.tasks.settings import (
+    CellPuzzlesSettings,
+    TaskSettings,
+    TaskTableSettings,
+)
+from cellduality.tasks.tables import check_catalog
+from cellduality.teacher.filtering import FilterSettings
+from cellduality.teacher.markers.knowledge import resource_files
+from cellduality.teacher.runner import TeacherSettings, api_key, default_cache_path
+from cellduality.training.hub import is_hub_id
 from cellduality.training.settings import (
+    DiagnosticsSettings,
+    EmbeddedModelSettings,
     GRPOSettings,
+    HubSettings,
     LoraSettings,
+    ModelSettings,
     SFTSettings,
-)  # noqa: E402
+    TrainingSettings,
+)
 
 # Shell rules run `python -m cellduality.cli` with this checkout's library first on the path.
 shell.prefix(
@@ -60,12 +78,42 @@ try:
     )
 except CellDualityError as _err:
     fail(str(_err))
+
+
+def _settings(cls):
+    """The typed settings of one config section, built once here (its cross-field checks run before any job)."""
+    try:
+        return cls.from_config(config)
+    except CellDualityError as err:
+        fail(f"config: {err}")
+
+
+# One typed, frozen settings object per config section (defaults from config/schema.yaml only). A rule records
+# `<SECTION>.params()` as a param; its script or the console command rebuilds it with `from_params()`.
+DOWNLOAD = _settings(DownloadSettings)
+PREPROCESS = _settings(PreprocessSettings)
+CELL_SENTENCE = _settings(CellSentenceSettings)
+SPLITS = _settings(SplitSettings)
+TASK_SETTINGS = _settings(TaskSettings)
+INPAINTING = _settings(InpaintingSettings)
+CELLPUZZLES = _settings(CellPuzzlesSettings)
+TASK_TABLE = _settings(TaskTableSettings)
+REWARDS = _settings(RewardSettings)
+TEACHER = _settings(TeacherSettings)
+FILTERING = _settings(FilterSettings)
+MODEL = _settings(ModelSettings)
+EMBEDDED_MODEL = _settings(EmbeddedModelSettings)
+LORA = _settings(LoraSettings)
+SFT = _settings(SFTSettings)
+GRPO = _settings(GRPOSettings)
+DIAGNOSTICS = _settings(DiagnosticsSettings)
+TRAINING = _settings(TrainingSettings)
+HUB_UPLOAD = _settings(HubSettings)
+EVALUATION = _settings(EvaluationSettings)
+EMBEDDING = _settings(EmbeddingSettings)
+ANNOTATE = _settings(AnnotateSettings)
 try:
-    # cross-field checks of the typed settings, before any job runs (not when the trainer starts)
-    TeacherSettings.from_config(config["teacher"])
-    SFTSettings.from_config(config["sft"])
-    LoraSettings.from_config(config["model"]["lora"])
-    GRPOSettings.from_config(config["grpo"]).check_processes(config["training"]["gpus"])
+    GRPO.check_processes(TRAINING.gpus)
     check_catalog(config, source="config")
 except CellDualityError as _err:
     fail(f"config: {_err}")
@@ -161,7 +209,7 @@ def dataset_params(*keys):
 
 
 # ---------------------------------------------------------------- tasks (rules/tasks.smk)
-TASKS = {task: names for task, names in config["tasks"].items() if names}
+TASKS = TASK_SETTINGS.configured()
 # the catalog entries some task uses (all of them when no task is configured): what `data` and training build
 USED_DATASETS = sorted({n for names in TASKS.values() for n in names}) or sorted(
     DATASETS
@@ -178,7 +226,7 @@ def task_table_inputs(wildcards):
 
 
 # ---------------------------------------------------------------- teacher (rules/teacher.smk)
-_MARKERS = config["teacher"]["provider"] == "markers"
+_MARKERS = TEACHER.provider == "markers"
 
 
 def teacher_knowledge(wildcards):
@@ -193,16 +241,16 @@ def teacher_knowledge(wildcards):
 
 
 # ---------------------------------------------------------------- training (rules/training.smk)
-EMBEDDED = config["model"]["source"] == "embedded"
+EMBEDDED = MODEL.embedded
 
 
 # a hub model is fetched once into results/models/hub by the local rule fetch_model (compute nodes may be
 # offline); a local folder is read where it is
-HUB = is_hub_id(config["model"]["source"])
+HUB = is_hub_id(MODEL.source)
 BASE_MODEL = (
     f"{RESULTS}/models/base"
     if EMBEDDED
-    else (f"{RESULTS}/models/hub" if HUB else config["model"]["source"])
+    else (f"{RESULTS}/models/hub" if HUB else MODEL.source)
 )
 BUILT_MODEL = EMBEDDED or HUB  # BASE_MODEL is a rule's output
 
@@ -217,23 +265,24 @@ TASK_TABLES = [
 ANNOTATION_TABLES = [
     t for t in TASK_TABLES if t.startswith(f"{RESULTS}/tasks/annotation/")
 ]
-# what `cellduality annotate` needs to use a trained model on new cells (written next to each model)
+# what `cellduality annotate` needs to use a trained model on new cells (the model card, written next to each
+# model by the training steps; cellduality.training.model_card)
 MODEL_CARD = dict(
-    preprocess=config["preprocess"],
-    cell_sentence=config["cell_sentence"],
+    preprocess=PREPROCESS.params(),
+    cell_sentence=CELL_SENTENCE.params(),
     species=(
-        DATASETS[config["tasks"]["annotation"][0]].get("species", "human")
-        if config["tasks"].get("annotation")
+        DATASETS[TASKS["annotation"][0]].get("species", "human")
+        if TASKS.get("annotation")
         else "human"
     ),
     source=dict(
         datasets=sorted(DATASETS),
-        model=config["model"]["source"],
-        annotation=config["tasks"].get("annotation", []),
+        model=MODEL.source,
+        annotation=TASKS.get("annotation", []),
     ),
 )
 # the README.md model card also names the data and their terms (catalog license, description): only in the
-# --spec, not in the recorded settings, so editing a description never retrains a model
+# unrecorded --files, so editing a description never retrains a model
 CARD_DATA = {
     name: dict(
         license=DATASETS[name]["license"], description=DATASETS[name]["description"]
@@ -253,7 +302,7 @@ SFT_DATA = [  # role adapt datasets have no SFT stage: their cells are for duali
 # run only warns: an audit needs no key)
 if not _MARKERS and not all(os.path.exists(p) for p in SFT_DATA):
     try:
-        api_key(TeacherSettings.from_config(config["teacher"]))
+        api_key(TEACHER)
     except CellDualityError as _err:
         if not audit_only(
             sys.argv
@@ -265,94 +314,54 @@ if not _MARKERS and not all(os.path.exists(p) for p in SFT_DATA):
 # Training jobs get training.gpus (data-parallel); generation jobs one GPU (cellduality.cli never relaunches
 # them on several). The SLURM profile sets no per-rule resources, so these are what sbatch asks for.
 TRAINING_RESOURCES = dict(
-    mem_mb=config["training"]["mem_mb"],
-    runtime=config["training"]["runtime"],
-    gpu=config["training"]["gpus"],
-    cpus_per_task=config["training"]["cpus_per_task"],
+    mem_mb=TRAINING.mem_mb,
+    runtime=TRAINING.runtime,
+    gpu=TRAINING.gpus,
+    cpus_per_task=TRAINING.cpus_per_task,
 )
 GENERATION_RESOURCES = dict(
-    mem_mb=max(
-        config["training"]["mem_mb"] // max(config["training"]["gpus"], 1), 8000
-    ),
-    runtime=config["training"]["runtime"],
-    gpu=min(config["training"]["gpus"], 1),
-    cpus_per_task=config["training"]["cpus_per_task"],
+    mem_mb=max(TRAINING.mem_mb // max(TRAINING.gpus, 1), 8000),
+    runtime=TRAINING.runtime,
+    gpu=min(TRAINING.gpus, 1),
+    cpus_per_task=TRAINING.cpus_per_task,
 )
 
 
-def spec(**fields):
-    """The cellduality.cli --spec JSON. Snakemake does not record params that are functions of input/output, so
-    every step also carries its config-derived `settings` as a plain param, so editing them reruns the step.
-    """
-    return json.dumps(fields, sort_keys=True)
-
-
-BUILD_SETTINGS = dict(embedded=config["model"]["embedded"])
-
-
-REPLICATES = list(range(config["training"]["replicates"]))
-
-
-def replicate_seed(section, wildcards):
-    """A section's config with replicate r's seed (seed + r)."""
-    return {**config[section], "seed": config[section]["seed"] + int(wildcards.rep)}
-
-
-def sft_settings(wildcards):
-    return dict(
-        sft=replicate_seed("sft", wildcards),
-        lora=config["model"]["lora"],
-        accelerate_config=config["training"]["accelerate_config"],
-    )
-
-
-def grpo_settings(wildcards):
-    return dict(
-        grpo={
-            k: v
-            for k, v in replicate_seed("grpo", wildcards).items()
-            if k != "variants"
+def cli_json(**values):
+    """A `cellduality.cli` argument: settings objects as their `rerun_params()` (for --settings, which the rule
+    records, so editing one reruns the step; fields that only say how a job runs are left out), anything else
+    as is, as sorted JSON."""
+    return json.dumps(
+        {
+            k: v.rerun_params() if hasattr(v, "rerun_params") else v
+            for k, v in values.items()
         },
-        rewards={**config["rewards"], "mode": wildcards.reward},
-        lora=config["model"]["lora"],
-        accelerate_config=config["training"]["accelerate_config"],
+        sort_keys=True,
     )
 
 
-LABEL_SIGNAL_SETTINGS = dict(
-    diagnostic=dict(
-        max_cells=config["diagnostics"]["true_label_wins_cells"],
-        seed=config["task_tables"]["seed"],
-        max_new_tokens=config["grpo"]["dual_max_new_tokens"],
-    )
-)
+REPLICATES = list(range(TRAINING.replicates))
 
 
-def report_spec(run_name):
+def report_files(run_name):
     """Where a training step also sends its metrics (config training.report_to): results/logs/<report_to>/
-    <run name>. Only in the --spec, never in `settings`: changing it reruns nothing."""
-    report_to = config["training"]["report_to"]
-    folder = f"{LOGS}/{report_to}/{run_name}" if report_to != "none" else None
-    return dict(report_to=report_to, run_name=run_name, logging_dir=folder)
+    <run name>. Only in --files, never in --settings: changing it reruns nothing."""
+    return {
+        "report": TRAINING.report(LOGS, run_name).params(),
+        "accelerate_config": TRAINING.accelerate_config,
+    }
 
 
 # ---------------------------------------------------------------- hub upload (rule push_to_hub)
-HUB_SETTINGS = dict(
-    repo_id=config["hub"]["repo_id"],
-    private=config["hub"]["private"],
-    token_env=config["hub"]["token_env"],
-)
-
-
 def hub_model(wildcards):
     """push_to_hub's input: the trained model of hub.variant (replicate 0). Without hub.repo_id the
     target stops here with one line (only push_to_hub asks for it)."""
-    if not config["hub"]["repo_id"]:
+    if not HUB_UPLOAD.repo_id:
         fail(
             "config: hub.repo_id is not set; name the Hugging Face repository to upload to, "
             "e.g. --config hub='{repo_id: my-org/cellduality-pbmc}'"
         )
-    return variant_model(SimpleNamespace(variant=config["hub"]["variant"], rep=0))
+    return variant_model(SimpleNamespace(variant=HUB_UPLOAD.variant, rep=0))
 
 
 # ---------------------------------------------------------------- evaluation (rules/evaluation.smk)
@@ -380,16 +389,6 @@ def evaluated(pattern):
     ]
 
 
-# the predict step's settings (variants are the workflow's business, the embedding the scoring's)
-EVAL_SETTINGS = dict(
-    evaluation={
-        k: v
-        for k, v in config["evaluation"].items()
-        if k not in ("variants", "embedding")
-    }
-)
-
-
 DATA_FILES = {
     name: {
         "h5ad": f"{RESULTS}/processed/{name}.h5ad",
@@ -407,7 +406,7 @@ EVAL_INPUTS = dict(
 )
 
 
-EVALUATED = config["evaluation"]["variants"]
+EVALUATED = list(EVALUATION.variants)
 
 
 GRPO_VARIANTS = [v for v in EVALUATED if v.startswith("grpo_")]

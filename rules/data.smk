@@ -27,7 +27,7 @@ rule download:
     params:
         code=script_code("download.py"),
         dataset=dataset_params("source", "sha256"),
-        download=config["download"],
+        download=lambda wildcards, output: DOWNLOAD.params(),  # how to fetch: reruns nothing
     script:
         "../workflow/scripts/download.py"
 
@@ -48,7 +48,7 @@ rule download_obs_table:
     params:
         code=script_code("download.py"),
         dataset=obs_table_params,
-        download=config["download"],
+        download=lambda wildcards, output: DOWNLOAD.params(),  # how to fetch: reruns nothing
     script:
         "../workflow/scripts/download.py"
 
@@ -106,7 +106,7 @@ rule preprocess:
             "split_by",
             "pairing",
         ),
-        preprocess=config["preprocess"],
+        preprocess=PREPROCESS.params(),
     script:
         "../workflow/scripts/preprocess.py"
 
@@ -128,8 +128,8 @@ rule cell_sentences:
     params:
         code=script_code("cell_sentences.py"),
         dataset=dataset_params("role", "ood_labels"),
-        cell_sentence=config["cell_sentence"],
-        splits=config["splits"],
+        cell_sentence=CELL_SENTENCE.params(),
+        splits=SPLITS.params(),
     script:
         "../workflow/scripts/cell_sentences.py"
 

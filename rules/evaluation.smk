@@ -18,15 +18,14 @@ rule predict:
         **GENERATION_RESOURCES,
     params:
         code=cli_code("evaluation.predict"),
-        settings=EVAL_SETTINGS,
-        spec=lambda wildcards, input, output: spec(
+        settings=cli_json(evaluation=EVALUATION),
+        files=lambda wildcards, input, output: cli_json(
             model=(list(input.model) or [BASE_MODEL])[0],
             tables=list(input.tables),
             out=output[0],
-            **EVAL_SETTINGS,
         ),
     shell:
-        "python -m cellduality.cli predict --spec {params.spec:q} --log {log:q}"
+        "python -m cellduality.cli predict --settings {params.settings:q} --files {params.files:q} --log {log:q}"
 
 
 rule evaluate:
@@ -47,7 +46,7 @@ rule evaluate:
     params:
         code=script_code("evaluate.py"),
         data=DATA_FILES,
-        embedding=config["evaluation"]["embedding"],
+        embedding=EMBEDDING.params(),
     script:
         "../workflow/scripts/evaluate.py"
 
@@ -55,9 +54,6 @@ rule evaluate:
 rule baselines:
     input:
         **EVAL_INPUTS,
-        predictions=rules.predict.output[0].format(
-            variant=config["evaluation"]["variants"][0], rep=0
-        ),
     output:
         predictions=f"{RESULTS}/eval/baselines/predictions.parquet",
         metrics=f"{RESULTS}/eval/baselines/metrics.tsv",
@@ -71,8 +67,10 @@ rule baselines:
     params:
         code=script_code("baselines.py"),
         data=DATA_FILES,
-        embedding=config["evaluation"]["embedding"],
-        control_values=config["task_tables"]["control_values"],
+        embedding=EMBEDDING.params(),
+        # the prompts the models are asked (evaluation.max_prompts_per_table) and what marks a control cell
+        max_prompts_per_table=EVALUATION.max_prompts_per_table,
+        control_values=TASK_TABLE.control_values,
     script:
         "../workflow/scripts/baselines.py"
 
@@ -163,9 +161,9 @@ rule evaluation:
 rule annotate:
     input:
         model=lambda wildcards: variant_model(
-            SimpleNamespace(variant=config["annotate"]["model"], rep=0)
+            SimpleNamespace(variant=ANNOTATE.model, rep=0)
         ),
-        h5ad=lambda wildcards: portable(config["annotate"]["inputs"][wildcards.name]),
+        h5ad=lambda wildcards: portable(ANNOTATE.inputs[wildcards.name]),
     output:
         h5ad=f"{RESULTS}/annotate/{{name}}.h5ad",
         reasoning=f"{RESULTS}/annotate/{{name}}.reasoning.parquet",
@@ -178,7 +176,7 @@ rule annotate:
         **GENERATION_RESOURCES,
     params:
         code=cli_code("evaluation.annotate"),
-        batch_size=config["annotate"]["batch_size"],
+        batch_size=ANNOTATE.batch_size,
     shell:
         "python -m cellduality.cli annotate --model {input.model:q} --h5ad {input.h5ad:q} "
         "--out {output.h5ad:q} --batch-size {params.batch_size} --no-progress --log {log:q}"
@@ -186,4 +184,4 @@ rule annotate:
 
 rule annotations:
     input:
-        expand(rules.annotate.output.h5ad, name=config["annotate"]["inputs"]),
+        expand(rules.annotate.output.h5ad, name=ANNOTATE.inputs),

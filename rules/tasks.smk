@@ -19,10 +19,10 @@ rule task_table:
         runtime=60,
     params:
         code=script_code("task_table.py"),
-        tables=lambda wildcards: {
-            key: config[key] for key in ("task_tables", "inpainting", "cellpuzzles")
-        }
-        | {"top_k": config["cell_sentence"]["top_k"]},
+        task_tables=TASK_TABLE.params(),
+        inpainting=INPAINTING.params(),
+        cellpuzzles=CELLPUZZLES.params(),
+        top_k=CELL_SENTENCE.top_k,
     script:
         "../workflow/scripts/task_table.py"
 

@@ -27,14 +27,17 @@ rule teacher:
     resources:
         teacher_api=0 if _MARKERS else 1,
         mem_mb=4000,
-        runtime=1500 if config["teacher"]["batch_api"] else 240,
+        runtime=1500 if TEACHER.batch_api else 240,
     params:
         code=script_code("teacher.py"),
-        # only settings that change the outputs; concurrency, retries, timeouts, cache and batch mode are
-        # read from the config by the script, so tuning them does not rerun the job
-        teacher=output_params(config["teacher"]),
-        filtering=config["filtering"],
-        task_tables={k: config["task_tables"][k] for k in ("seed", "rl_fraction")},
+        # the whole section reaches the job in a param Snakemake does not record (a function of output); only
+        # the fields that change the SFT data are recorded, so tuning concurrency, retries, timeouts, cache or
+        # batch mode reruns nothing (cellduality.teacher.runner.TeacherSettings)
+        teacher=lambda wildcards, output: TEACHER.params(),
+        teacher_reruns=TEACHER.rerun_params(),
+        cache=lambda wildcards, output: str(default_cache_path(TEACHER, RESULTS)),
+        filtering=FILTERING.params(),
+        task_tables=TASK_TABLE.params(),
         dataset=dataset_params("species"),
     script:
         "../workflow/scripts/teacher.py"

@@ -27,15 +27,14 @@ rule build_model:
         runtime=30,
     params:
         code=cli_code("training.tiny_model"),
-        settings=BUILD_SETTINGS,
-        spec=lambda wildcards, input, output: spec(
+        settings=cli_json(embedded=EMBEDDED_MODEL),
+        files=lambda wildcards, input, output: cli_json(
             sentence_tables=list(input.sentences),
             task_tables=list(input.tasks),
             out=output[0],
-            **BUILD_SETTINGS,
         ),
     shell:
-        "python -m cellduality.cli build-model --spec {params.spec:q} --log {log:q}"
+        "python -m cellduality.cli build-model --settings {params.settings:q} --files {params.files:q} --log {log:q}"
 
 
 rule fetch_model:
@@ -50,14 +49,10 @@ rule fetch_model:
         runtime=240,
     params:
         code=cli_code("training.hub"),
-        spec=spec(
-            source=config["model"]["source"],
-            revision=config["model"]["revision"],
-            token_env=config["model"]["token_env"],
-            out=f"{RESULTS}/models/hub",
-        ),
+        settings=cli_json(model=MODEL),
+        files=lambda wildcards, output: cli_json(out=output[0]),
     shell:
-        "python -m cellduality.cli fetch-model --spec {params.spec:q} --log {log:q}"
+        "python -m cellduality.cli fetch-model --settings {params.settings:q} --files {params.files:q} --log {log:q}"
 
 
 rule sft:
@@ -76,23 +71,21 @@ rule sft:
         **TRAINING_RESOURCES,
     params:
         code=cli_code("training.sft"),
-        settings=lambda wildcards: {
-            **sft_settings(wildcards),
-            "model": BASE_MODEL,
-            "card": MODEL_CARD,
-        },
-        spec=lambda wildcards, input, output: spec(
+        # the card records the base model (model.source), so another base model reruns SFT
+        settings=lambda wildcards: cli_json(
+            sft=SFT.replicate(wildcards.rep), lora=LORA, card=MODEL_CARD
+        ),
+        files=lambda wildcards, input, output: cli_json(
             model=BASE_MODEL,
             data=list(input.data),
             out=output[0],
             checkpoints=f"{RESULTS}/checkpoints/sft/rep{wildcards.rep}",
             tables=list(input.tables),
-            card=MODEL_CARD | dict(data=CARD_DATA),
-            report=report_spec(f"sft_rep{wildcards.rep}"),
-            **sft_settings(wildcards),
+            card_data=CARD_DATA,
+            **report_files(f"sft_rep{wildcards.rep}"),
         ),
     shell:
-        "python -m cellduality.cli sft --spec {params.spec:q} --log {log:q}"
+        "python -m cellduality.cli sft --settings {params.settings:q} --files {params.files:q} --log {log:q}"
 
 
 rule grpo:
@@ -118,18 +111,21 @@ rule grpo:
         **TRAINING_RESOURCES,
     params:
         code=cli_code("training.grpo"),
-        settings=grpo_settings,
-        spec=lambda wildcards, input, output: spec(
+        settings=lambda wildcards: cli_json(
+            grpo=GRPO.replicate(wildcards.rep),
+            rewards=REWARDS.replace(mode=wildcards.reward),
+            lora=LORA,
+        ),
+        files=lambda wildcards, input, output: cli_json(
             model=input.model,
             tables=list(input.tables),
             out=output.model,
             checkpoints=f"{RESULTS}/checkpoints/grpo_{wildcards.reward}/rep{wildcards.rep}",
             label_signal=input.label_signal[0] if input.label_signal else None,
-            report=report_spec(f"grpo_{wildcards.reward}_rep{wildcards.rep}"),
-            **grpo_settings(wildcards),
+            **report_files(f"grpo_{wildcards.reward}_rep{wildcards.rep}"),
         ),
     shell:
-        "python -m cellduality.cli grpo --spec {params.spec:q} --log {log:q}"
+        "python -m cellduality.cli grpo --settings {params.settings:q} --files {params.files:q} --log {log:q}"
 
 
 rule true_label_wins:
@@ -150,22 +146,22 @@ rule true_label_wins:
         **GENERATION_RESOURCES,
     params:
         code=cli_code("training.label_signal"),
-        settings=LABEL_SIGNAL_SETTINGS,
-        spec=lambda wildcards, input, output: spec(
-            model=input.model,
-            tables=list(input.tables),
-            out=output[0],
-            **LABEL_SIGNAL_SETTINGS,
+        # the diagnostic uses the RL prompts' selection seed and the reward's dual answer length
+        settings=cli_json(
+            diagnostics=DIAGNOSTICS,
+            seed=TASK_TABLE.seed,
+            max_new_tokens=GRPO.dual_max_new_tokens,
+        ),
+        files=lambda wildcards, input, output: cli_json(
+            model=input.model, tables=list(input.tables), out=output[0]
         ),
     shell:
-        "python -m cellduality.cli true-label-wins --spec {params.spec:q} --log {log:q}"
+        "python -m cellduality.cli true-label-wins --settings {params.settings:q} --files {params.files:q} --log {log:q}"
 
 
 rule training:
     input:
-        expand(
-            rules.grpo.output.model, reward=config["grpo"]["variants"], rep=REPLICATES
-        ),
+        expand(rules.grpo.output.model, reward=GRPO.variants, rep=REPLICATES),
         (
             expand(rules.true_label_wins.output, rep=REPLICATES)
             if TASKS.get("annotation")
@@ -189,9 +185,7 @@ rule push_to_hub:
         runtime=240,
     params:
         code=cli_code("training.publish"),
-        settings=HUB_SETTINGS,
-        spec=lambda wildcards, input, output: spec(
-            folder=input[0], out=output[0], **HUB_SETTINGS
-        ),
+        settings=cli_json(hub=HUB_UPLOAD),
+        files=lambda wildcards, input, output: cli_json(folder=input[0], out=output[0]),
     shell:
-        "python -m cellduality.cli push-model --spec {params.spec:q} --log {log:q}"
+        "python -m cellduality.cli push-model --settings {params.settings:q} --files {params.files:q} --log {log:q}"

@@ -10,9 +10,9 @@ import pytest
 
 from cellduality.data.builtin import BUILTIN_LOADERS
 from cellduality.data.simulated_shift import cohort_of, load_pbmc68k_shifted
-from cellduality.data.splits import assign_splits
+from cellduality.data.splits import SplitSettings, assign_splits
 from cellduality.errors import CellDualityError
-from cellduality.tasks.tables import TaskTableParams, build_task_tables, check_catalog, write_task_tables
+from cellduality.tasks.tables import build_task_tables, check_catalog, write_task_tables
 from cellduality.training.datasets import rl_dataset
 
 TYPES = ["T cell", "B cell", "Monocyte"]
@@ -20,7 +20,7 @@ TYPES = ["T cell", "B cell", "Monocyte"]
 
 def adapt_cells(n: int = 40, labelled: bool = True) -> pd.DataFrame:
     ids = [f"b{i}" for i in range(n)]
-    split = assign_splits(ids, pd.DataFrame(index=ids), dataset="B", role="adapt", test_fraction=0.25, seed=0)
+    split = assign_splits(ids, pd.DataFrame(index=ids), dataset="B", role="adapt", settings=SplitSettings(test_fraction=0.25))
     frame = pd.DataFrame({"cell_id": ids, "dataset": "B", "split": split, "n_genes": 4,
                           "sentence": ["CD3E MS4A1 LYZ ACTB"] * n})
     if labelled:
@@ -31,7 +31,7 @@ def adapt_cells(n: int = 40, labelled: bool = True) -> pd.DataFrame:
 def test_adapt_cells_are_unlabelled_rl_prompts_and_labelled_test_cells_are_evaluated(tmp_path):
     cells = adapt_cells()
     assert set(cells.split) == {"adapt", "test"}
-    table = build_task_tables(cells, TaskTableParams(tasks=("annotation",)), candidates=["NK", *TYPES])
+    table = build_task_tables(cells, ["annotation"], candidates=["NK", *TYPES])
     rl, ev = table[table.stage == "rl"], table[(table.stage == "eval") & (table.direction == "primal")]
     assert set(table.stage) == {"rl", "eval"} and not (table.stage == "sft").any()
     assert len(rl) == (cells.split == "adapt").sum() and (rl.label == "").all() and (rl.answer == "").all()
@@ -50,7 +50,7 @@ def test_unlabelled_adapt_dataset_builds_rl_prompts_only(tmp_path):
     source = tmp_path / "A.parquet"
     pd.DataFrame({"cell_id": ["a1"], "dataset": ["A"], "split": ["train"], "sentence": ["X"], "n_genes": [1],
                   "cell_type": ["T cell"]}).to_parquet(source)
-    table = write_task_tables(adapt_cells(labelled=False), tmp_path / "t.parquet", TaskTableParams(tasks=("annotation",)),
+    table = write_task_tables(adapt_cells(labelled=False), tmp_path / "t.parquet", ["annotation"],
                               required=["annotation"], candidates_from=source)
     assert set(table.stage) == {"rl"} and set(table.candidates.map(str)) == {'["T cell"]'}
 
@@ -84,7 +84,7 @@ def test_shifted_cohort_is_disjoint_from_cohort_a_and_really_shifted():
     raw = raw.toarray() if hasattr(raw, "toarray") else raw
     new = shifted.X.toarray()
     assert new.min() >= 0 and np.allclose(np.expm1(new).sum(1), 1e4, rtol=1e-3)
-    top = lambda m: np.argsort(-m, axis=1)[:, :10]  # noqa: E731
+    top = lambda m: np.argsort(-m, axis=1)[:, :10]
     overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top(raw), top(new))])
     assert 0.2 < overlap < 0.9  # the top genes change, but the cells stay recognisable
     again = load_pbmc68k_shifted()

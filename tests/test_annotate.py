@@ -11,16 +11,12 @@ import pytest
 from conftest import make_adata, make_task_row
 
 from cellduality.cli import main
-from cellduality.evaluation.annotate import (
-    CARD,
-    annotate,
-    derive_model_card,
-    read_model_card,
-    write_model_card,
-)
+from cellduality.evaluation.annotate import annotate
 from cellduality.tasks import prompts
 from cellduality.tasks.prompts import format_answer
 from cellduality.tasks.schema import rows_frame
+from cellduality.training.model_card import CARD, derive_model_card, read_model_card, write_model_card
+from cellduality.training.settings import EmbeddedModelSettings, LoraSettings, SFTSettings
 
 pytest.importorskip("trl")
 
@@ -47,14 +43,15 @@ def model(tmp_path_factory):
     rows_frame(rows).to_parquet(tasks)
     sentences = root / "sentences.parquet"
     pd.DataFrame({"sentence": [" ".join(GENES)]}).to_parquet(sentences)
-    build_tiny_model([sentences], [tasks], root / "base", vocab_size=400, hidden_size=32, intermediate_size=64,
-                     num_layers=1, num_heads=2)
+    build_tiny_model([sentences], [tasks], root / "base",
+                     EmbeddedModelSettings(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=1,
+                                           num_heads=2))
     sft = pd.read_parquet(tasks)
     sft["completion"] = [format_answer("", a) for a in sft["answer"]]
     sft["accepted"] = True
     sft.to_parquet(root / "sft.parquet")
     run_sft(str(root / "base"), [root / "sft.parquet"], root / "sft", root / "ckpt",
-            {"max_steps": 40, "learning_rate": 1e-2, "per_device_batch_size": 8, "save_steps": 1000}, {"enabled": False})
+            SFTSettings(max_steps=40, learning_rate=1e-2, per_device_batch_size=8, save_steps=1000), LoraSettings())
     write_model_card(root / "sft", tables=[tasks], preprocess=PREPROCESS, cell_sentence={"top_k": 8},
                      species="human", source={"test": True})
     return root

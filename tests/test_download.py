@@ -10,7 +10,7 @@ import time
 import anndata as ad
 import pytest
 
-from cellduality.data.download import DownloadLimits, fetch
+from cellduality.data.download import DownloadSettings, fetch
 from cellduality.errors import CellDualityError
 
 
@@ -43,7 +43,7 @@ def test_checksum_mismatch_leaves_no_output(tmp_path):
 class _Handler(http.server.BaseHTTPRequestHandler):
     calls: list[str] = []
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         _Handler.calls.append(self.path)
         if self.path == "/flaky" and _Handler.calls.count("/flaky") == 1:
             self.send_error(503)
@@ -80,13 +80,13 @@ def server():
 def test_http_download_retries_5xx_and_verifies(tmp_path, server, monkeypatch):
     monkeypatch.setattr("cellduality.data.download.time.sleep", lambda s: None)
     digest = hashlib.sha256(b"payload").hexdigest()
-    out = fetch(f"{server}/flaky", tmp_path / "f.h5ad", digest, limits=DownloadLimits(retries=2))
+    out = fetch(f"{server}/flaky", tmp_path / "f.h5ad", digest, settings=DownloadSettings(retries=2))
     assert out.read_bytes() == b"payload" and _Handler.calls.count("/flaky") == 2
 
 
 def test_http_404_is_not_retried(tmp_path, server):
     with pytest.raises(CellDualityError, match="HTTP 404; check the URL"):
-        fetch(f"{server}/missing", tmp_path / "m.h5ad", limits=DownloadLimits(retries=3))
+        fetch(f"{server}/missing", tmp_path / "m.h5ad", settings=DownloadSettings(retries=3))
     assert _Handler.calls == ["/missing"] and list(tmp_path.iterdir()) == []
 
 
@@ -95,19 +95,19 @@ def test_silent_server_fails_after_the_socket_timeout_per_attempt(tmp_path, serv
     start = time.monotonic()
     with pytest.raises(CellDualityError, match="failed after 2 attempt\\(s\\) \\(no response for 1 s "
                                                "\\(download.timeout_s\\)\\)"):
-        fetch(f"{server}/hang", tmp_path / "h.h5ad", limits=DownloadLimits(timeout_s=1, retries=1))
+        fetch(f"{server}/hang", tmp_path / "h.h5ad", settings=DownloadSettings(timeout_s=1, retries=1))
     assert time.monotonic() - start < 6 and list(tmp_path.iterdir()) == []
 
 
 def test_trickling_server_is_cut_off_by_the_stall_window_and_the_deadline(tmp_path, server):
-    slow = DownloadLimits(timeout_s=2, stall_s=0.5, stall_min_bytes=1000, retries=0)
+    slow = DownloadSettings(timeout_s=2, stall_s=0.5, stall_min_bytes=1000, retries=0)
     start = time.monotonic()
     with pytest.raises(CellDualityError, match="less than 1000 bytes arrived in 0 s|less than 1000 bytes arrived in 1 s"):
-        fetch(f"{server}/trickle", tmp_path / "t.h5ad", limits=slow)
+        fetch(f"{server}/trickle", tmp_path / "t.h5ad", settings=slow)
     assert time.monotonic() - start < 2.5
     with pytest.raises(CellDualityError, match="overall deadline of 1 s"):
         fetch(f"{server}/trickle", tmp_path / "t.h5ad",
-              limits=DownloadLimits(timeout_s=2, stall_s=60, stall_min_bytes=1, deadline_s=1, retries=3))
+              settings=DownloadSettings(timeout_s=2, stall_s=60, stall_min_bytes=1, deadline_s=1, retries=3))
     assert list(tmp_path.iterdir()) == []
 
 

@@ -74,9 +74,10 @@ def test_model_missing_offline_is_one_line(offline_cache, tmp_path):
 
 def test_fetch_model_command_keeps_the_token_out_of_the_log(offline_cache, tmp_path):
     out, log = tmp_path / "hub", tmp_path / "fetch.log"
-    spec = json.dumps({"source": "acme/tiny-llm", "revision": None, "token_env": "HF_TOKEN", "out": str(out)})
+    settings = json.dumps({"model": {"source": "acme/tiny-llm", "revision": None, "token_env": "HF_TOKEN"}})
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    result = subprocess.run([sys.executable, "-m", "cellduality.cli", "fetch-model", "--spec", spec, "--log", str(log)],
+    result = subprocess.run([sys.executable, "-m", "cellduality.cli", "fetch-model", "--settings", settings,
+                             "--files", json.dumps({"out": str(out)}), "--log", str(log)],
                             capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr + log.read_text()
     assert (out / "config.json").exists() and COMMIT in log.read_text()

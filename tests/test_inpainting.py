@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cellduality.errors import CellDualityError
-from cellduality.tasks.inpainting import InpaintingConfig, make_mask, n_hidden_for
+from cellduality.tasks.inpainting import InpaintingSettings, make_mask, n_hidden_for
 
 GENES = [f"G{i}" for i in range(12)]
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -94,11 +94,11 @@ def test_bad_strategy() -> None:
     with pytest.raises(CellDualityError, match="strategy"):
         make_mask(GENES, "x", strategy="middle")
     with pytest.raises(CellDualityError, match="strategy"):
-        InpaintingConfig(strategy="bottom")
+        InpaintingSettings(strategy="bottom")
 
 
-def test_config_matches_function() -> None:
-    cfg = InpaintingConfig(hidden_fraction=0.5, strategy="random", salt="rl")
+def test_masker_matches_function() -> None:
+    cfg = InpaintingSettings(hidden_fraction=0.5, strategy="random").masker(salt="rl")
     assert cfg.mask(GENES, "p") == make_mask(GENES, "p", 0.5, "random", "rl")
     assert cfg.mask(" ".join(GENES), "p") == cfg.mask(GENES, "p")  # sentences accepted
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections import Counter
 
@@ -13,8 +12,10 @@ import pytest
 from cellduality.data.label_profiles import label_profiles
 from cellduality.errors import CellDualityError
 from cellduality.tasks import prompts as P
+from cellduality.tasks.inpainting import InpaintingSettings
 from cellduality.tasks.parsing import parse_response
-from cellduality.tasks.tables import TaskTableParams, build_task_tables, cells_of_stage, data_markers
+from cellduality.tasks.settings import CellPuzzlesSettings, TaskTableSettings
+from cellduality.tasks.tables import build_task_tables, cells_of_stage, data_markers
 from cellduality.teacher.markers.knowledge import Knowledge
 from cellduality.teacher.markers.teacher import MarkersTeacher
 from cellduality.teacher.sft_data import sft_cell_profiles
@@ -74,33 +75,33 @@ def test_teacher_learns_unknown_labels_and_writes_only_measured_genes():
 
 def test_teacher_profiles_use_sft_cells_only():
     cells = brain_cells()
-    params = TaskTableParams(rl_fraction=0.5)
-    sft = cells_of_stage(cells, "sft", params)
+    tables = TaskTableSettings(rl_fraction=0.5)
+    sft = cells_of_stage(cells, "sft", tables)
     assert 0 < len(sft) < (cells["split"] == "train").sum() and set(sft["split"]) == {"train"}
     relabelled = cells.copy()
     outside = ~relabelled["cell_id"].isin(sft["cell_id"])
     relabelled.loc[outside, "cell_type"] = "Secret"  # RL and test labels never reach the teacher
-    assert sft_cell_profiles(relabelled, params) == sft_cell_profiles(cells, params)
+    assert sft_cell_profiles(relabelled, tables) == sft_cell_profiles(cells, tables)
 
 
 def test_data_marker_mask_is_one_set_learned_from_sft_cells():
     cells = brain_cells()
-    params = TaskTableParams(tasks=("annotation",), strategy="markers", markers="data", hidden_fraction=0.3)
-    table = build_task_tables(cells, params)
+    inpainting = InpaintingSettings(strategy="markers", markers="data", hidden_fraction=0.3)
+    table = build_task_tables(cells, ["annotation"], inpainting=inpainting)
     marker_set = set(ASTRO[:4] + NEURON[:4])
     for row in table[table["direction"] == "primal"].itertuples():
         hidden = json.loads(row.hidden_genes)
         assert hidden and set(hidden) <= marker_set  # 2 hidden of 7: always marker genes, whatever the label
     records = [{"stage": "sft", "genes": ASTRO, "cell_type": "A"}, {"stage": "rl", "genes": NEURON, "cell_type": "N"}]
     assert set(data_markers(records)) == set(ASTRO)  # RL cells' labels are not used
-    assert TaskTableParams.from_dict({"markers": "data", "strategy": "markers"}).markers == "data"
+    assert InpaintingSettings.from_params({"markers": "data", "strategy": "markers"}).markers == "data"
 
 
 def test_cellpuzzles_train_rounds_add_puzzles_but_test_cells_form_one_pass():
     cells = brain_cells(80)
-    one = build_task_tables(cells, TaskTableParams(tasks=("cellpuzzles",), cellpuzzles_n=2))
-    four = build_task_tables(cells, TaskTableParams(tasks=("cellpuzzles",), cellpuzzles_n=2, cellpuzzles_rounds=4))
-    primal = lambda t, stage: t[(t["direction"] == "primal") & (t["stage"] == stage)]  # noqa: E731
+    one = build_task_tables(cells, ["cellpuzzles"], cellpuzzles=CellPuzzlesSettings(batch_size=2))
+    four = build_task_tables(cells, ["cellpuzzles"], cellpuzzles=CellPuzzlesSettings(batch_size=2, train_rounds=4))
+    primal = lambda t, stage: t[(t["direction"] == "primal") & (t["stage"] == stage)]
     for stage in ("sft", "rl"):
         assert len(primal(four, stage)) > 2 * len(primal(one, stage))
         assert primal(four, stage)["prompt_id"].is_unique
@@ -113,13 +114,13 @@ def test_cellpuzzles_train_rounds_add_puzzles_but_test_cells_form_one_pass():
     puzzle_cells = set().union(*(json.loads(ids) for ids in primal(four, "sft")["cell_ids"]))
     assert sorted(dual_cells) == sorted(puzzle_cells)  # one inpainting dual per cell, not one per puzzle
     with pytest.raises(CellDualityError, match="train_rounds"):
-        TaskTableParams(cellpuzzles_rounds=0)
+        CellPuzzlesSettings(train_rounds=0)
 
 
 def test_cellpuzzles_duals_per_cell_gives_each_cell_that_many_masks():
     cells = brain_cells(80)
-    params = TaskTableParams(tasks=("cellpuzzles",), cellpuzzles_n=2, cellpuzzles_rounds=4, cellpuzzles_duals=3)
-    table = build_task_tables(cells, params)
+    settings = CellPuzzlesSettings(batch_size=2, train_rounds=4, duals_per_cell=3)
+    table = build_task_tables(cells, ["cellpuzzles"], cellpuzzles=settings)
     duals = table[(table["direction"] == "dual") & (table["stage"] == "sft")]
     per_cell = duals.groupby(duals["cell_ids"].map(lambda ids: json.loads(ids)[0]))
     primal = table[(table["direction"] == "primal") & (table["stage"] == "sft")]
@@ -129,27 +130,27 @@ def test_cellpuzzles_duals_per_cell_gives_each_cell_that_many_masks():
     puzzles = duals["prompt_id"].str.rsplit("#", n=1).str[0]
     assert all(puzzles[group.index].is_unique for _, group in per_cell)  # each from another puzzle, own mask
     assert duals["answer"].nunique() > len(per_cell)
-    none = build_task_tables(cells, dataclasses.replace(params, cellpuzzles_duals=0))
+    none = build_task_tables(cells, ["cellpuzzles"], cellpuzzles=settings.replace(duals_per_cell=0))
     assert not ((none["direction"] == "dual").any())
-    assert TaskTableParams.from_config({"cellpuzzles": {"duals_per_cell": 2}}).cellpuzzles_duals == 2
+    assert CellPuzzlesSettings.from_config({"cellpuzzles": {"duals_per_cell": 2}}).duals_per_cell == 2
     with pytest.raises(CellDualityError, match="duals_per_cell"):
-        TaskTableParams(cellpuzzles_duals=-1)
+        CellPuzzlesSettings(duals_per_cell=-1)
 
 
 def test_cellpuzzles_eval_rounds_evaluate_more_test_cells_in_new_puzzles():
     cells = brain_cells(80)
-    params = TaskTableParams(tasks=("cellpuzzles",), cellpuzzles_n=2)
-    one = build_task_tables(cells, params)
-    four = build_task_tables(cells, dataclasses.replace(params, cellpuzzles_eval_rounds=4))
-    primal = lambda t, stage: t[(t["direction"] == "primal") & (t["stage"] == stage)]  # noqa: E731
+    puzzles = CellPuzzlesSettings(batch_size=2)
+    one = build_task_tables(cells, ["cellpuzzles"], cellpuzzles=puzzles)
+    four = build_task_tables(cells, ["cellpuzzles"], cellpuzzles=puzzles.replace(eval_rounds=4))
+    primal = lambda t, stage: t[(t["direction"] == "primal") & (t["stage"] == stage)]
     assert len(primal(four, "eval")) > 2 * len(primal(one, "eval"))
     assert primal(four, "eval")["prompt_id"].is_unique
     batches = [frozenset(json.loads(ids)) for ids in primal(four, "eval")["cell_ids"]]
     assert len(set(batches)) == len(batches)
-    test_cells = lambda t: set().union(*(json.loads(ids) for ids in primal(t, "eval")["cell_ids"]))  # noqa: E731
+    test_cells = lambda t: set().union(*(json.loads(ids) for ids in primal(t, "eval")["cell_ids"]))
     assert test_cells(one) <= test_cells(four)
     assert test_cells(four).isdisjoint(set().union(*(json.loads(i) for i in primal(four, "sft")["cell_ids"])))
     for stage in ("sft", "rl"):  # only the test puzzles change
         assert primal(four, stage).reset_index(drop=True).equals(primal(one, stage).reset_index(drop=True))
     with pytest.raises(CellDualityError, match="eval_rounds"):
-        TaskTableParams(cellpuzzles_eval_rounds=0)
+        CellPuzzlesSettings(eval_rounds=0)

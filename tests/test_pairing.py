@@ -9,12 +9,13 @@ import pandas as pd
 import pytest
 from conftest import make_adata
 
-from cellduality.data.preprocess import preprocess, preprocess_file
-from cellduality.data.sentence_table import write_sentence_table
+from cellduality.data.preprocess import PreprocessSettings, preprocess, preprocess_file
+from cellduality.data.sentence_table import CellSentenceSettings, write_sentence_table
+from cellduality.data.splits import SplitSettings
 from cellduality.errors import CellDualityError
-from cellduality.tasks.tables import TaskTableParams, build_task_tables, check_catalog
+from cellduality.tasks.tables import build_task_tables, check_catalog
 
-PARAMS = {"target_sum": 1e4, "min_genes": 1, "min_cells": 0, "duplicate_genes": "make_unique"}
+SETTINGS = PreprocessSettings(min_genes=1)
 SCIPLEX = {"species": "human", "labels": {"drug": "perturbation", "cell_type": "cell_line"},
            "metadata": {"dose": "dose_value"}, "constants": {},
            "pairing": {"by": ["cell_line"], "control": ["control"], "operation": None}}
@@ -36,7 +37,7 @@ def sciplex_like(n_per_group: int = 12, seed: int = 0):
 
 def test_each_treated_cell_gets_a_control_of_its_cell_line():
     adata = sciplex_like()
-    out, report = preprocess(adata, SCIPLEX, PARAMS, "sciplex", where="in.h5ad")
+    out, report = preprocess(adata, SCIPLEX, SETTINGS, "sciplex", where="in.h5ad")
     obs = out.obs
     controls, treated = obs[obs.condition == "control"], obs[obs.condition == "treated"]
     assert len(controls) == 36 and len(treated) == 72
@@ -46,7 +47,7 @@ def test_each_treated_cell_gets_a_control_of_its_cell_line():
         assert controls.loc[row.pair_id, "cell_type"] == row.cell_type
     assert report.pairing == {"control_cells": 36, "paired_cells": 72, "treated_cells_without_control": 0}
     # deterministic, and every control is used (a hash of the treated cell's id picks among them)
-    again, _ = preprocess(sciplex_like(), SCIPLEX, PARAMS, "sciplex", where="in.h5ad")
+    again, _ = preprocess(sciplex_like(), SCIPLEX, SETTINGS, "sciplex", where="in.h5ad")
     assert again.obs.pair_id.tolist() == obs.pair_id.tolist()
     assert treated.pair_id.nunique() > 20
 
@@ -54,10 +55,11 @@ def test_each_treated_cell_gets_a_control_of_its_cell_line():
 def test_sciplex_shaped_entry_yields_perturbation_prompts(tmp_path):
     raw = tmp_path / "raw.h5ad"
     sciplex_like().write_h5ad(raw)
-    preprocess_file(raw, tmp_path / "p.h5ad", tmp_path / "qc.json", SCIPLEX, PARAMS, "sciplex")
-    write_sentence_table(tmp_path / "p.h5ad", tmp_path / "s.parquet", dataset="sciplex", top_k=10, test_fraction=0.3)
+    preprocess_file(raw, tmp_path / "p.h5ad", tmp_path / "qc.json", SCIPLEX, SETTINGS, "sciplex")
+    write_sentence_table(tmp_path / "p.h5ad", tmp_path / "s.parquet", dataset="sciplex",
+                         cell_sentence=CellSentenceSettings(top_k=10), splits=SplitSettings(test_fraction=0.3))
     cells = pd.read_parquet(tmp_path / "s.parquet")
-    table = build_task_tables(cells, TaskTableParams(tasks=("perturbation",)))
+    table = build_task_tables(cells, ["perturbation"])
     primal = table[(table.task == "perturbation") & (table.direction == "primal")]
     assert len(primal) == 72 and set(primal.label) == {"Dex", "SAHA"}
     # without the pairing the same cells give no prompt, and the catalog check says so before any job
@@ -73,10 +75,10 @@ def test_genetic_perturbations_are_operation_and_target():
     adata.obs["perturbation"] = adata.obs["perturbation"].replace({"Dex": "TP53", "SAHA": "MYC"})
     adata.obs["op"] = np.where(adata.obs["perturbation"] == "MYC", "overexpression", "knockdown")
     ds = {**SCIPLEX, "pairing": {"by": ["cell_line"], "control": ["control"], "operation": "op"}}
-    out, _ = preprocess(adata, ds, PARAMS, "screen", where="in.h5ad")
+    out, _ = preprocess(adata, ds, SETTINGS, "screen", where="in.h5ad")
     assert set(out.obs.drug) == {"control", "knockdown TP53", "overexpression MYC"}
     fixed = {**SCIPLEX, "pairing": {"by": ["cell_line"], "control": ["control"], "operation": "knockdown"}}
-    out, _ = preprocess(sciplex_like(), fixed, PARAMS, "screen", where="in.h5ad")
+    out, _ = preprocess(sciplex_like(), fixed, SETTINGS, "screen", where="in.h5ad")
     assert set(out.obs.drug) == {"control", "knockdown Dex", "knockdown SAHA"}
 
 
@@ -86,13 +88,13 @@ def test_genetic_perturbations_are_operation_and_target():
 ])
 def test_pairing_errors_are_one_line(pairing, message):
     with pytest.raises(CellDualityError, match=message) as err:
-        preprocess(sciplex_like(), {**SCIPLEX, "pairing": pairing}, PARAMS, "s", where="in.h5ad")
+        preprocess(sciplex_like(), {**SCIPLEX, "pairing": pairing}, SETTINGS, "s", where="in.h5ad")
     assert "\n" not in str(err.value)
 
 
 def test_treated_cells_without_a_control_in_their_group_stay_unpaired():
     adata = sciplex_like()
     keep = ~((adata.obs.cell_line == "MCF7") & (adata.obs.perturbation == "control"))
-    out, report = preprocess(adata[keep].copy(), SCIPLEX, PARAMS, "s", where="in.h5ad")
+    out, report = preprocess(adata[keep].copy(), SCIPLEX, SETTINGS, "s", where="in.h5ad")
     assert report.pairing["treated_cells_without_control"] == 24
     assert out.obs.loc[out.obs.cell_type == "MCF7", "pair_id"].isna().all()

@@ -6,21 +6,21 @@ import pytest
 import scipy.sparse as sp
 from conftest import make_adata
 
-from cellduality.data.preprocess import expression_kind, preprocess, preprocess_file
+from cellduality.data.preprocess import PreprocessSettings, expression_kind, preprocess, preprocess_file
 from cellduality.errors import CellDualityError
 
 DS = {"species": "human", "labels": {"cell_type": "celltype"}, "metadata": {}, "constants": {"tissue": "blood"}}
-PARAMS = {"target_sum": 1e4, "min_genes": 1, "min_cells": 0, "duplicate_genes": "make_unique"}
+SETTINGS = PreprocessSettings(min_genes=1)  # the schema's defaults but for min_genes
 
 
-def run(adata, ds=DS, params=PARAMS):
-    return preprocess(adata, ds, params, "d", where="in.h5ad")
+def run(adata, ds=DS, settings=SETTINGS):
+    return preprocess(adata, ds, settings, "d", where="in.h5ad")
 
 
 def test_expression_kind_detection():
-    assert expression_kind(sp.csr_matrix(np.array([[0, 2, 5.0]]))) == "counts"
-    assert expression_kind(np.array([[0, 0.69, 1.1]])) == "lognorm"
-    assert expression_kind(np.array([[-0.3, 0.69, 1.1]])) == "scaled"
+    assert expression_kind(sp.csr_matrix(np.array([[0, 2, 5.0]])), 10) == "counts"
+    assert expression_kind(np.array([[0, 0.69, 1.1]]), 10) == "lognorm"
+    assert expression_kind(np.array([[-0.3, 0.69, 1.1]]), 10) == "scaled"
 
 
 def test_counts_are_normalized_and_log_transformed(counts_adata):
@@ -88,10 +88,10 @@ def test_duplicate_gene_policies(counts_adata):
     genes[5] = genes[7] = "cd3e"  # duplicates after upper-casing too
     counts_adata.var_names = genes
     with pytest.raises(CellDualityError, match=r"1 duplicate gene symbols \(e.g. CD3E\); set preprocess.duplicate_genes"):
-        run(counts_adata, params={**PARAMS, "duplicate_genes": "error"})
+        run(counts_adata, settings=SETTINGS.replace(duplicate_genes="error"))
     out, report = run(counts_adata)
     assert report.duplicate_genes == 1 and "CD3E" in out.var_names and "CD3E-1" in out.var_names
-    out, _ = run(counts_adata, params={**PARAMS, "duplicate_genes": "sum", "target_sum": 1.0})
+    out, _ = run(counts_adata, settings=SETTINGS.replace(duplicate_genes="sum", target_sum=1.0))
     assert out.n_vars == 29 and list(out.var_names).count("CD3E") == 1
     raw = counts_adata.X.toarray()
     expected = np.log1p((raw[:, 5] + raw[:, 7]) / raw.sum(1))
@@ -115,7 +115,7 @@ def test_qc_drops_cells_and_genes(counts_adata):
     X[0, 0] = 1  # a cell expressing one gene
     X[:, 29] = 0  # a gene expressed nowhere
     counts_adata.X = sp.csr_matrix(X)
-    out, report = run(counts_adata, params={**PARAMS, "min_genes": 2})
+    out, report = run(counts_adata, settings=SETTINGS.replace(min_genes=2))
     assert "cell0" not in out.obs_names and "GENE29" not in out.var_names
     assert report.dropped["cells_qc"] == 1 and report.dropped["genes_qc"] == 1
 
@@ -129,23 +129,23 @@ def test_mouse_symbols_keep_case(counts_adata):
 def test_preprocess_file_writes_outputs_atomically(counts_adata, tmp_path):
     src, dest, qc = tmp_path / "in.h5ad", tmp_path / "out" / "p.h5ad", tmp_path / "out" / "qc.json"
     counts_adata.write_h5ad(src)
-    report = preprocess_file(src, dest, qc, DS, PARAMS, "d")
+    report = preprocess_file(src, dest, qc, DS, SETTINGS, "d")
     assert dest.exists() and json.loads(qc.read_text())["n_cells_out"] == report.n_cells_out == 40
     bad_ds = {**DS, "labels": {"cell_type": "missing"}}
     dest.unlink()
     qc.unlink()
     with pytest.raises(CellDualityError):
-        preprocess_file(src, dest, qc, bad_ds, PARAMS, "d")
+        preprocess_file(src, dest, qc, bad_ds, SETTINGS, "d")
     assert sorted(p.name for p in dest.parent.iterdir()) == []  # no partial or temp files left
 
 
 def test_missing_or_corrupt_input_file(tmp_path):
     with pytest.raises(CellDualityError, match="nope.h5ad not found"):
-        preprocess_file(tmp_path / "nope.h5ad", tmp_path / "o.h5ad", tmp_path / "q.json", DS, PARAMS, "d")
+        preprocess_file(tmp_path / "nope.h5ad", tmp_path / "o.h5ad", tmp_path / "q.json", DS, SETTINGS, "d")
     junk = tmp_path / "junk.h5ad"
     junk.write_text("not hdf5")
     with pytest.raises(CellDualityError, match="junk.h5ad is not a readable h5ad file"):
-        preprocess_file(junk, tmp_path / "o.h5ad", tmp_path / "q.json", DS, PARAMS, "d")
+        preprocess_file(junk, tmp_path / "o.h5ad", tmp_path / "q.json", DS, SETTINGS, "d")
 
 
 def test_missing_labels_are_dropped_with_a_count_or_fail(counts_adata, caplog):
@@ -159,7 +159,7 @@ def test_missing_labels_are_dropped_with_a_count_or_fail(counts_adata, caplog):
     assert report.dropped["cells_missing_cell_type"] == 3
     assert "dropping 3 of" in caplog.text and "'celltype'" in caplog.text
     with pytest.raises(CellDualityError, match="3 of .* cells have no value in obs column 'celltype'.*missing_labels"):
-        run(counts_adata, params={**PARAMS, "missing_labels": "error"})
+        run(counts_adata, settings=SETTINGS.replace(missing_labels="error"))
     counts_adata.obs["celltype"] = pd.Categorical([np.nan] * counts_adata.n_obs, categories=["T"])
     with pytest.raises(CellDualityError, match="every cell lacks a label"):
         run(counts_adata)
@@ -167,7 +167,7 @@ def test_missing_labels_are_dropped_with_a_count_or_fail(counts_adata, caplog):
 
 def test_qc_that_removes_every_gene_fails_here_with_the_setting(counts_adata):
     with pytest.raises(CellDualityError, match="no genes pass QC \\(preprocess.min_cells=10000"):
-        run(counts_adata, params={**PARAMS, "min_cells": 10_000})
+        run(counts_adata, settings=SETTINGS.replace(min_cells=10_000))
 
 
 def test_declared_expression_kinds(counts_adata, caplog):
@@ -178,15 +178,15 @@ def test_declared_expression_kinds(counts_adata, caplog):
         auto, report = run(tpm)
     assert report.input_kind == "lognorm" and report.expression_setting == "auto"
     assert "expression detected as lognorm" in caplog.text and "set preprocess.expression: tpm" in caplog.text
-    out, report = run(tpm, params={**PARAMS, "expression": "tpm"})
+    out, report = run(tpm, settings=SETTINGS.replace(expression="tpm"))
     assert report.input_kind == "tpm" and report.expression_setting == "tpm"
     np.testing.assert_allclose(out.X.toarray(), np.log1p(X[out.obs_names.str.removeprefix("cell").astype(int)]
                                                           [:, :out.n_vars] * 137.5), rtol=1e-5)
-    as_log, report = run(counts_adata, params={**PARAMS, "expression": "log1p"})  # integers kept as they are
+    as_log, report = run(counts_adata, settings=SETTINGS.replace(expression="log1p"))  # integers kept as they are
     assert report.input_kind == "lognorm" and as_log.X.max() == pytest.approx(X.max())
-    _, report = run(counts_adata, params={**PARAMS, "expression": "counts"})
+    _, report = run(counts_adata, settings=SETTINGS.replace(expression="counts"))
     assert report.input_kind == "counts"
     scaled = counts_adata.copy()
     scaled.X = sp.csr_matrix(X - 1.0)
     with pytest.raises(CellDualityError, match="preprocess.expression is counts but X has negative values"):
-        run(scaled, params={**PARAMS, "expression": "counts"})
+        run(scaled, settings=SETTINGS.replace(expression="counts"))

@@ -82,9 +82,9 @@ def test_model_folder_arrives_on_the_hub_privately(fake_hub, tmp_path):
 
 def test_push_model_command_keeps_the_token_out_of_log_and_terminal(fake_hub, tmp_path, capfd):
     folder, log, receipt = model_folder(tmp_path), tmp_path / "push.log", tmp_path / "hub" / "push_to_hub.json"
-    spec = {"folder": str(folder), "repo_id": "me/x", "private": False, "token_env": "HF_TOKEN", "out": str(receipt),
-            "endpoint": ENDPOINT}
-    main(["push-model", "--spec", json.dumps(spec), "--log", str(log)])
+    settings = {"hub": {"repo_id": "me/x", "private": False, "token_env": "HF_TOKEN"}}
+    files = {"folder": str(folder), "out": str(receipt), "endpoint": ENDPOINT}
+    main(["push-model", "--settings", json.dumps(settings), "--files", json.dumps(files), "--log", str(log)])
     out = capfd.readouterr()
     assert json.loads(receipt.read_text()) == {"folder": str(folder), "repo_id": "me/x", "private": False,
                                                "commit_url": f"{ENDPOINT}/me/x/commit/0123abcd"}

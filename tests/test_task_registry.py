@@ -24,7 +24,8 @@ from cellduality.tasks.registry import (
 from cellduality.tasks.rewards import RewardSettings, response_label
 from cellduality.tasks.rows import prompt_id
 from cellduality.tasks.schema import decode_rows, read_task_table
-from cellduality.tasks.tables import TaskTableParams, available_tasks, build_task_tables, write_task_tables
+from cellduality.tasks.settings import TaskTableSettings
+from cellduality.tasks.tables import available_tasks, build_task_tables, write_task_tables
 from cellduality.teacher.filtering import FilterSettings, answer_kind, judge
 from cellduality.training.duality import TaskReward
 
@@ -85,7 +86,7 @@ def sex_dual_prompt(visible, sex, n_hidden, metadata):
 def sex_rows(ctx, recs, stage, specs):
     (spec,) = specs
     sexes = ctx.label_set("sex")
-    masker = ctx.params.inpainting(stage)
+    masker = ctx.masker(stage)
     for rec in recs:
         if rec["sex"] is None:
             continue
@@ -130,9 +131,9 @@ def cells() -> pd.DataFrame:
 
 
 def test_toy_task_gets_task_table_rows(toy_sex, tmp_path):
-    assert "toy_sex" in TaskTableParams().tasks and available_tasks(["sex"]) == ["toy_sex"]
+    assert "toy_sex" in task_names() and available_tasks(["sex"]) == ["toy_sex"]
     path = tmp_path / "toy.parquet"
-    table = write_task_tables(cells(), path, TaskTableParams(tasks=("toy_sex",), seed=2))
+    table = write_task_tables(cells(), path, ["toy_sex"], tables=TaskTableSettings(seed=2))
     rows = read_task_table(path)
     assert set(table["task"]) == {"toy_sex"} and len(rows) == len(table) > 0
     primal = [r for r in rows if r.direction == "primal" and r.stage != "rl"]
@@ -144,14 +145,14 @@ def test_toy_task_gets_task_table_rows(toy_sex, tmp_path):
         assert r.metadata["sex"] == r.label and r.hidden_genes and r.visible_genes and len(r.cell_ids) == 1
     assert all("Donor sex: " in r.prompt[1]["content"] for r in dual)
     # the built-in tasks of the same table are unaffected and still built alongside
-    both = build_task_tables(cells(), TaskTableParams(tasks=("annotation", "toy_sex"), seed=2))
+    both = build_task_tables(cells(), ["annotation", "toy_sex"], tables=TaskTableSettings(seed=2))
     assert list(dict.fromkeys(both["task"])) == ["annotation", "toy_sex"]
-    alone = build_task_tables(cells(), TaskTableParams(tasks=("annotation",), seed=2))
+    alone = build_task_tables(cells(), ["annotation"], tables=TaskTableSettings(seed=2))
     pd.testing.assert_frame_equal(both[both.task == "annotation"].reset_index(drop=True), alone)
 
 
 def test_toy_task_is_parsed_scored_and_filtered(toy_sex):
-    table = build_task_tables(cells(), TaskTableParams(tasks=("toy_sex",), seed=2))
+    table = build_task_tables(cells(), ["toy_sex"], tables=TaskTableSettings(seed=2))
     assert parse_prediction("toy_sex", format_answer("XIST is high.", "Female"), ["female", "male"]) == (True, "female")
     assert parse_prediction("toy_sex", "no tags", ["female", "male"]) == (False, None)
 
@@ -174,7 +175,7 @@ def test_toy_task_is_parsed_scored_and_filtered(toy_sex):
 
 
 def test_toy_task_gets_grpo_rewards(toy_sex):
-    table = build_task_tables(cells(), TaskTableParams(tasks=("toy_sex",), seed=2))
+    table = build_task_tables(cells(), ["toy_sex"], tables=TaskTableSettings(seed=2))
     rl = table[table.stage == "rl"].head(2)
     columns = {c: rl[c].tolist() for c in ("label", "candidates", "hidden_genes", "visible_genes", "metadata")}
     completions = [format_answer("", label) for label in rl["label"]]

@@ -22,13 +22,15 @@ from cellduality.tasks.schema import (
     read_task_table,
     rows_frame,
 )
-from cellduality.tasks.tables import OUTPUT_COLUMNS, TaskTableParams, write_task_tables
+from cellduality.tasks.settings import CellPuzzlesSettings, TaskTableSettings
+from cellduality.tasks.tables import OUTPUT_COLUMNS, write_task_tables
 
 
 @pytest.fixture(scope="module")
 def table_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("schema") / "tasks.parquet"
-    write_task_tables(identity_table(), path, TaskTableParams(cellpuzzles_n=3, seed=1))
+    write_task_tables(identity_table(), path, tables=TaskTableSettings(seed=1),
+                      cellpuzzles=CellPuzzlesSettings(batch_size=3))
     return path
 
 

@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 
 from cellduality.errors import CellDualityError
-from cellduality.tasks.inpainting import make_mask
+from cellduality.tasks.inpainting import InpaintingSettings, make_mask
 from cellduality.tasks.parsing import parse_response
 from cellduality.tasks.prompts import CELLPUZZLES_SYSTEM
+from cellduality.tasks.settings import CellPuzzlesSettings, TaskTableSettings
 from cellduality.tasks.tables import (
     OUTPUT_COLUMNS,
-    TaskTableParams,
     available_tasks,
     build_task_tables,
     cellpuzzles_batches,
@@ -57,7 +57,8 @@ def dynamics_table() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def identity() -> pd.DataFrame:
-    return build_task_tables(identity_table(), TaskTableParams(cellpuzzles_n=3, seed=1))
+    return build_task_tables(identity_table(), tables=TaskTableSettings(seed=1),
+                             cellpuzzles=CellPuzzlesSettings(batch_size=3))
 
 
 def test_schema_and_prompts(identity: pd.DataFrame) -> None:
@@ -91,7 +92,7 @@ def test_rl_rows_hide_answers_but_keep_labels(identity: pd.DataFrame) -> None:
 
 
 def test_label_not_in_rl_annotation_prompt_without_candidates() -> None:
-    table = build_task_tables(identity_table(), TaskTableParams(tasks=("annotation",), annotation_candidates=False))
+    table = build_task_tables(identity_table(), ["annotation"], tables=TaskTableSettings(annotation_candidates=False))
     rl = table[table.stage == "rl"]
     assert len(rl) > 0
     for prompt, label in zip(rl["prompt"], rl["label"]):
@@ -168,17 +169,18 @@ def test_cellpuzzles_falls_back_to_dataset_and_uses_cells_once() -> None:
 
 
 def test_deterministic_and_order_independent() -> None:
-    params = TaskTableParams(cellpuzzles_n=3, seed=5)
-    a = build_task_tables(identity_table(), params)
-    b = build_task_tables(identity_table().sample(frac=1.0, random_state=3), params)
+    puzzles = CellPuzzlesSettings(batch_size=3)
+    a = build_task_tables(identity_table(), tables=TaskTableSettings(seed=5), cellpuzzles=puzzles)
+    b = build_task_tables(identity_table().sample(frac=1.0, random_state=3), tables=TaskTableSettings(seed=5),
+                          cellpuzzles=puzzles)
     pd.testing.assert_frame_equal(a, b)
-    c = build_task_tables(identity_table(), TaskTableParams(cellpuzzles_n=3, seed=6))
+    c = build_task_tables(identity_table(), tables=TaskTableSettings(seed=6), cellpuzzles=puzzles)
     assert not a.equals(c)
 
 
 def test_limits_and_top_k() -> None:
-    table = build_task_tables(identity_table(), TaskTableParams(tasks=("annotation",), max_cells_sft=3,
-                                                                max_cells_rl=2, max_cells_eval=1, top_k=4))
+    limits = TaskTableSettings(max_cells_sft=3, max_cells_rl=2, max_cells_eval=1)
+    table = build_task_tables(identity_table(), ["annotation"], tables=limits, top_k=4)
     primal = table[table.direction == "primal"]
     counts = Counter(zip(primal.stage, primal.split))
     assert counts == {("sft", "train"): 3, ("rl", "train"): 2, ("eval", "test"): 1, ("eval", "ood"): 1}
@@ -186,7 +188,7 @@ def test_limits_and_top_k() -> None:
 
 
 def test_dynamics_tasks() -> None:
-    table = build_task_tables(dynamics_table(), TaskTableParams(rl_fraction=0.0))
+    table = build_task_tables(dynamics_table(), tables=TaskTableSettings(rl_fraction=0.0))
     assert set(table.task) == {"sensitivity", "perturbation"}
     pert = table[(table.task == "perturbation") & (table.stage == "sft")]
     primal = pert[pert.direction == "primal"].iloc[0]
@@ -221,31 +223,32 @@ def test_bad_input() -> None:
     dup = pd.concat([table, table.iloc[[0]]])
     with pytest.raises(CellDualityError, match="repeats cell_id"):
         build_task_tables(dup)
-    with pytest.raises(CellDualityError, match="unknown task-table setting"):
-        TaskTableParams.from_dict({"hidden_frac": 0.5})
-    with pytest.raises(CellDualityError, match="strategy"):
-        TaskTableParams(strategy="bottom")
-    assert TaskTableParams.from_dict({"tasks": ["annotation"], "seed": 3}).tasks == ("annotation",)
+    with pytest.raises(CellDualityError, match="unknown task 'toy'; known tasks: annotation"):
+        build_task_tables(table, ["toy"])
+    with pytest.raises(CellDualityError, match="cell_sentence.top_k must be positive; got 0"):
+        build_task_tables(table, top_k=0)
 
 
-def test_params_from_pipeline_config() -> None:
-    params = TaskTableParams.from_config({
+def test_sections_from_pipeline_config() -> None:
+    config = {
         "cell_sentence": {"top_k": 32, "chunk_size": 10},
         "inpainting": {"hidden_fraction": 0.5, "strategy": "tail"},
         "cellpuzzles": {"batch_size": 4},
         "task_tables": {"seed": 9, "max_cells_rl": 100},
         "rewards": {"format_penalty": -1.0},
-    })
-    assert (params.top_k, params.hidden_fraction, params.strategy) == (32, 0.5, "tail")
-    assert (params.cellpuzzles_n, params.seed, params.max_cells_rl) == (4, 9, 100)
-    assert TaskTableParams.from_config({}) == TaskTableParams()
+    }
+    inpainting = InpaintingSettings.from_config(config)
+    assert (inpainting.hidden_fraction, inpainting.strategy, inpainting.markers) == (0.5, "tail", None)
+    assert CellPuzzlesSettings.from_config(config) == CellPuzzlesSettings(batch_size=4)
+    assert TaskTableSettings.from_config(config) == TaskTableSettings(seed=9, max_cells_rl=100)
+    assert TaskTableSettings.from_config({}) == TaskTableSettings()
 
 
 def test_write_parquet_roundtrip(tmp_path) -> None:
     cells = tmp_path / "cells.parquet"
     identity_table().to_parquet(cells, index=False)
     out = tmp_path / "sub" / "tasks.parquet"
-    written = write_task_tables(cells, out, TaskTableParams(tasks=("annotation",)))
+    written = write_task_tables(cells, out, ["annotation"])
     pd.testing.assert_frame_equal(pd.read_parquet(out), written)
 
 
@@ -256,8 +259,7 @@ def test_configured_tasks_fail_early_with_one_line(tmp_path) -> None:
 
     one_type = identity.assign(cell_type="Tcell")
     with pytest.raises(CellDualityError, match="annotation needs at least 2 cell_type classes .* found 1 \\(Tcell\\)"):
-        write_task_tables(one_type, tmp_path / "t.parquet", TaskTableParams(tasks=("annotation",)),
-                          required=["annotation"])
+        write_task_tables(one_type, tmp_path / "t.parquet", ["annotation"], required=["annotation"])
     assert not (tmp_path / "t.parquet").exists()
     check_task_inputs(one_type, ["generation"])  # one type is enough to generate cells of it
     with pytest.raises(CellDualityError, match="task sensitivity needs column\\(s\\) \\['drug', 'sensitivity'\\]"):
@@ -266,5 +268,4 @@ def test_configured_tasks_fail_early_with_one_line(tmp_path) -> None:
         check_task_inputs(identity.assign(cell_type=None), ["annotation"])
     no_test = identity[identity["split"] == "train"]
     with pytest.raises(CellDualityError, match="task annotation has no eval prompts"):
-        write_task_tables(no_test, tmp_path / "t.parquet", TaskTableParams(tasks=("annotation",)),
-                          required=["annotation"])
+        write_task_tables(no_test, tmp_path / "t.parquet", ["annotation"], required=["annotation"])

@@ -8,7 +8,8 @@ from conftest import make_task_row
 
 from cellduality.errors import CellDualityError
 from cellduality.tasks.prompts import format_answer
-from cellduality.tasks.tables import TaskTableParams, build_task_tables
+from cellduality.tasks.settings import TaskTableSettings
+from cellduality.tasks.tables import build_task_tables
 from cellduality.teacher.filtering import FilterSettings, judge, link_duals, primal_id_of, select
 from cellduality.teacher.providers import Completion, TeacherProvider
 from cellduality.teacher.runner import TeacherSettings
@@ -74,9 +75,9 @@ def test_thresholds_per_direction_and_task():
     assert s.threshold("dual", "sensitivity") == 0.02
     assert FilterSettings(rwjs_threshold=0.3).threshold("dual", "annotation") == 0.3
     with pytest.raises(CellDualityError, match="unknown key"):
-        FilterSettings.from_config({"per_task": {"annotation": {"threshold": 1}}})
+        FilterSettings.from_params({"per_task": {"annotation": {"threshold": 1}}})
     with pytest.raises(CellDualityError, match="unknown filtering setting"):
-        FilterSettings.from_config({"rwjs_treshold": 1})
+        FilterSettings.from_params({"rwjs_treshold": 1})
 
 
 def test_cellpuzzles_needs_the_whole_batch_right():
@@ -137,7 +138,7 @@ def identity_cells() -> pd.DataFrame:
 
 
 def test_sft_dataset_links_duals_to_accepted_primal_prompts(tmp_path):
-    table = build_task_tables(identity_cells(), TaskTableParams(tasks=("annotation",), rl_fraction=0.0))
+    table = build_task_tables(identity_cells(), ["annotation"], tables=TaskTableSettings(rl_fraction=0.0))
     providers: list[ScriptedProvider] = []
 
     def factory() -> ScriptedProvider:
@@ -168,7 +169,7 @@ def test_sft_dataset_links_duals_to_accepted_primal_prompts(tmp_path):
 
 
 def test_duals_wait_for_accepted_primal(tmp_path):
-    table = build_task_tables(identity_cells(), TaskTableParams(tasks=("annotation",), rl_fraction=0.0))
+    table = build_task_tables(identity_cells(), ["annotation"], tables=TaskTableSettings(rl_fraction=0.0))
     only_nk_wrong = table[table["label"] == "CD56+ NK"]
 
     class AlwaysB(ScriptedProvider):
@@ -182,7 +183,7 @@ def test_duals_wait_for_accepted_primal(tmp_path):
 
 
 def test_write_sft_dataset_outputs(tmp_path):
-    table = build_task_tables(identity_cells(), TaskTableParams(tasks=("generation",), rl_fraction=0.0))
+    table = build_task_tables(identity_cells(), ["generation"], tables=TaskTableSettings(rl_fraction=0.0))
     path = tmp_path / "task.parquet"
     table.to_parquet(path)
     stats = write_sft_dataset(path, tmp_path / "sft" / "generation" / "d.parquet",
@@ -203,7 +204,7 @@ def test_write_sft_dataset_outputs(tmp_path):
 
 
 def test_data_duals_cover_every_primal_prompt_without_asking_the_teacher():
-    table = build_task_tables(identity_cells(), TaskTableParams(tasks=("annotation",), rl_fraction=0.0))
+    table = build_task_tables(identity_cells(), ["annotation"], tables=TaskTableSettings(rl_fraction=0.0))
     only_nk_wrong = table[table["label"] == "CD56+ NK"]
 
     class AlwaysB(ScriptedProvider):
@@ -223,7 +224,7 @@ def test_data_duals_cover_every_primal_prompt_without_asking_the_teacher():
 
 
 def test_teacher_plus_data_duals_fill_in_where_the_teacher_fails():
-    table = build_task_tables(identity_cells(), TaskTableParams(tasks=("annotation",), rl_fraction=0.0))
+    table = build_task_tables(identity_cells(), ["annotation"], tables=TaskTableSettings(rl_fraction=0.0))
     nk = table[table["label"] == "CD56+ NK"]
     table_duals = nk[nk["direction"] == "dual"]
     good = set(table_duals["prompt_id"][:2])
@@ -250,7 +251,7 @@ def test_teacher_cost_cap_stops_before_any_request():
     from cellduality.errors import CellDualityError
     from cellduality.teacher.sft_data import estimate_cost
 
-    table = build_task_tables(identity_cells(), TaskTableParams(tasks=("annotation",), rl_fraction=0.0))
+    table = build_task_tables(identity_cells(), ["annotation"], tables=TaskTableSettings(rl_fraction=0.0))
     primal = table[(table["stage"] == "sft") & (table["direction"] == "primal")]
     priced = TeacherSettings(provider="openai", n_samples=8, max_tokens=1000, price_in=2.5, price_out=10.0,
                              progress=False)

@@ -8,7 +8,8 @@ import pytest
 
 from cellduality.tasks import prompts as P
 from cellduality.tasks.parsing import match_label, parse_cellpuzzles_answer, parse_gene_list, parse_response
-from cellduality.tasks.tables import TaskTableParams, build_task_tables
+from cellduality.tasks.settings import TaskTableSettings
+from cellduality.tasks.tables import build_task_tables
 from cellduality.teacher.markers.knowledge import Knowledge
 from cellduality.teacher.markers.teacher import MarkersTeacher, UnsupportedPrompt, parse_prompt
 
@@ -119,7 +120,7 @@ def pbmc_annotation() -> pd.DataFrame:
     cells = pd.DataFrame({"cell_id": adata.obs_names.astype(str), "dataset": "pbmc68k", "split": "train",
                           "sentence": cell_sentences(raw, 32),
                           "cell_type": adata.obs["bulk_labels"].astype(str).values})
-    table = build_task_tables(cells, TaskTableParams(tasks=("annotation",), rl_fraction=0.0))
+    table = build_task_tables(cells, ["annotation"], tables=TaskTableSettings(rl_fraction=0.0))
     return table[table["direction"] == "primal"]
 
 

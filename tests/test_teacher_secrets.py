@@ -7,9 +7,10 @@ from fake_llm_server import FakeLLMServer, Fault
 from test_teacher_filtering import identity_cells
 
 from cellduality.errors import CellDualityError
-from cellduality.tasks.tables import TaskTableParams, build_task_tables
+from cellduality.tasks.settings import TaskTableSettings
+from cellduality.tasks.tables import build_task_tables
 from cellduality.teacher.filtering import FilterSettings
-from cellduality.teacher.runner import TeacherSettings, api_key, output_params
+from cellduality.teacher.runner import TeacherSettings, api_key
 from cellduality.teacher.sft_data import write_sft_dataset
 
 KEY = "sk-LEAKCHECK-0123456789abcdefSECRET"
@@ -39,7 +40,7 @@ def debug_log(tmp_path):
 
 @pytest.mark.parametrize("provider", ["openai", "gemini"])
 def test_api_key_never_leaks(tmp_path, debug_log, provider):
-    table = build_task_tables(identity_cells(), TaskTableParams(tasks=("annotation",), rl_fraction=0.0))
+    table = build_task_tables(identity_cells(), ["annotation"], tables=TaskTableSettings(rl_fraction=0.0))
     env = {"MY_TEACHER_KEY": KEY}
     out = tmp_path / "results"
     with FakeLLMServer() as server:
@@ -70,4 +71,4 @@ def test_key_only_from_the_named_environment_variable():
     local = TeacherSettings(provider="openai", base_url="http://127.0.0.1:9/v1")
     assert api_key(local, {}) is None  # local OpenAI-compatible servers need no key
     assert api_key(TeacherSettings(), {}) is None  # markers
-    assert "api_key_env" not in output_params(settings.__dict__)  # not even the variable name is a param
+    assert "api_key_env" not in settings.rerun_params()  # not even the variable name is a recorded param

@@ -10,11 +10,20 @@ import pandas as pd
 import pytest
 from conftest import make_task_row
 
+from cellduality.config import load_config
+from cellduality.evaluation.settings import EvaluationSettings
 from cellduality.tasks import prompts
 from cellduality.tasks.prompts import format_answer
 from cellduality.tasks.rewards import RewardSettings
 from cellduality.tasks.schema import decode_column, rows_frame
 from cellduality.training.duality import TaskReward
+from cellduality.training.settings import (
+    EmbeddedModelSettings,
+    GRPOSettings,
+    LoraSettings,
+    ReportSettings,
+    SFTSettings,
+)
 
 pytest.importorskip("trl")
 
@@ -48,8 +57,7 @@ def workspace(tmp_path_factory):
     task_rows().to_parquet(tasks)
     sentences = root / "sentences.parquet"
     pd.DataFrame({"sentence": [" ".join(GENES)]}).to_parquet(sentences)
-    build_tiny_model([sentences], [tasks], root / "base", vocab_size=400, hidden_size=32, intermediate_size=64,
-                     num_layers=1, num_heads=2)
+    build_tiny_model([sentences], [tasks], root / "base", TINY)
     table = pd.read_parquet(tasks)
     sft = table[table.stage == "sft"].copy()
     sft["completion"] = [format_answer("The markers point to it.", a) for a in sft.answer]
@@ -105,10 +113,15 @@ def test_duality_reward_dedups_dual_prompts_and_scores_reconstruction():
                   **_columns(rows)) == [1.0, 1.0, -1.0, 1.0]
 
 
-SFT_CFG = dict(seed=0, epochs=1, max_steps=4, learning_rate=1e-3, per_device_batch_size=4,
-               gradient_accumulation_steps=1, max_length=512, save_steps=2, logging_steps=1,
-               gradient_checkpointing=False)
-NO_LORA = dict(enabled=False)
+SFT_CFG = SFTSettings(seed=0, epochs=1, max_steps=4, learning_rate=1e-3, per_device_batch_size=4,
+                      gradient_accumulation_steps=1, max_length=512, save_steps=2, logging_steps=1,
+                      gradient_checkpointing=False)
+NO_LORA = LoraSettings(enabled=False)
+TINY = EmbeddedModelSettings(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2)
+GRPO_CFG = GRPOSettings(num_generations=2, train_batch_size=4, mini_batch_size=4, max_steps=2, learning_rate=1e-4,
+                        beta=0.04, epsilon=0.2, temperature=1.0, max_completion_length=16, max_prompts=8,
+                        dual_model="policy", dual_max_new_tokens=12, dual_temperature=0.0, save_steps=1,
+                        use_vllm=False, seed=0, gradient_checkpointing=False)
 
 
 def test_sft_resumes_after_interruption_and_not_across_changed_inputs(workspace):
@@ -156,12 +169,9 @@ def test_short_grpo_run(workspace, mode):
     from cellduality.training.grpo import run_grpo
 
     model = workspace / "sft" if (workspace / "sft").exists() else workspace / "base"
-    cfg = dict(num_generations=2, train_batch_size=4, mini_batch_size=4, max_steps=2, learning_rate=1e-4,
-               beta=0.04, epsilon=0.2, temperature=1.0, max_completion_length=16, max_prompts=8,
-               dual_model="policy", dual_max_new_tokens=12, dual_temperature=0.0, save_steps=1, use_vllm=False,
-               seed=0, gradient_checkpointing=False)
     out = workspace / f"grpo_{mode}"
-    run_grpo(str(model), [workspace / "tasks.parquet"], out, workspace / f"ckpt_{mode}", cfg, {"mode": mode}, NO_LORA)
+    run_grpo(str(model), [workspace / "tasks.parquet"], out, workspace / f"ckpt_{mode}", GRPO_CFG,
+             RewardSettings(mode=mode), NO_LORA)
     curve = pd.read_csv(out / "reward_curve.tsv", sep="\t")
     assert curve["step"].tolist() == [1, 2]
     assert curve["reward"].between(-1, 1).all() and curve["oracle_reward"].between(-1, 1).all()
@@ -181,29 +191,30 @@ def test_sft_reports_to_tensorboard(workspace, tmp_path):
 
     before = os.environ.get("TENSORBOARD_LOGGING_DIR")
     logs = tmp_path / "logs" / "tensorboard" / "sft_rep0"
-    report = {"report_to": "tensorboard", "logging_dir": str(logs), "run_name": "sft_rep0"}
+    report = ReportSettings(report_to="tensorboard", logging_dir=str(logs), run_name="sft_rep0")
     run_sft(str(workspace / "base"), [workspace / "sft.parquet"], tmp_path / "sft", tmp_path / "ckpt",
-            {**SFT_CFG, "max_steps": 2, "save_steps": 100}, NO_LORA, report=report)
+            SFT_CFG.replace(max_steps=2, save_steps=100), NO_LORA, report=report)
     assert len(list(logs.glob("events.out.tfevents.*"))) == 1
     events = EventAccumulator(str(logs))
     events.Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
     assert os.environ.get("TENSORBOARD_LOGGING_DIR") == before
-    args = grpo_config(dict(num_generations=2, train_batch_size=4, mini_batch_size=4), tmp_path,
-                       report=ReportSettings(**report))
+    args = grpo_config(GRPOSettings(num_generations=2, train_batch_size=4, mini_batch_size=4), tmp_path,
+                       report=report)
     assert list(args.report_to) == ["tensorboard"] and args.run_name == "sft_rep0"
 
 
 def test_wandb_without_the_package_is_one_line(workspace, tmp_path, monkeypatch):
     from cellduality.errors import CellDualityError
-    from cellduality.training.sft import run_sft
+    from cellduality.training.settings import TrainingSettings
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
     with pytest.raises(CellDualityError, match="training.report_to is wandb but wandb is not installed; "
                                                "pip install wandb") as err:
-        run_sft(str(workspace / "base"), [workspace / "sft.parquet"], tmp_path / "sft", tmp_path / "ckpt", SFT_CFG,
-                NO_LORA, report={"report_to": "wandb", "logging_dir": str(tmp_path / "wandb"), "run_name": "sft_rep0"})
-    assert "\n" not in str(err.value) and not (tmp_path / "ckpt").exists()  # before any work
+        TrainingSettings.from_config({"training": {"report_to": "wandb"}})  # when the workflow starts
+    assert "\n" not in str(err.value)
+    with pytest.raises(CellDualityError, match="wandb is not installed"):  # and when a job rebuilds its run's folder
+        ReportSettings.from_params({"report_to": "wandb", "logging_dir": str(tmp_path / "wandb"), "run_name": "x"})
 
 
 def test_wandb_runs_offline_in_the_run_folder_unless_the_environment_says_otherwise(monkeypatch):
@@ -234,24 +245,23 @@ def test_unloadable_model_is_a_one_line_error(tmp_path):
 
 def test_grpo_objective_settings_reach_trl(tmp_path):
     """config/paper.yaml's per-sequence objective: loss_type grpo, group-scaled advantages, KL to the SFT model."""
-    import yaml
 
     from cellduality.errors import CellDualityError
     from cellduality.training.grpo import grpo_config
 
-    paper = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "paper.yaml").read_text())["grpo"]
-    args = grpo_config({**paper, "variants": None}, tmp_path, n_processes=8)
+    paper = GRPOSettings.from_config(load_config(Path(__file__).resolve().parents[1] / "config" / "paper.yaml"))
+    args = grpo_config(paper, tmp_path, n_processes=8)
     assert (args.loss_type, args.scale_rewards, args.beta) == ("grpo", "group", 0.04)
     assert args.per_device_train_batch_size == 32 // 8 and args.steps_per_generation == 512 // 32
     with pytest.raises(CellDualityError, match="multiple of the number of processes"):
-        grpo_config(paper | {"variants": None}, tmp_path, n_processes=3)
+        grpo_config(paper, tmp_path, n_processes=3)
 
 
 def test_generation_keeps_answer_items_distinct():
     """UniqueAnswerItems bans an item token (either spelling) the reply already holds, and nothing else."""
     import torch
 
-    from cellduality.training.generation import UniqueAnswerItems
+    from cellduality.training.decoding import UniqueAnswerItems
 
     groups = {5: 0, 6: 0, 7: 1}  # tokens 5 and 6 spell one item (bare and space-led), 7 another
     proc = UniqueAnswerItems(groups, prompt_length=2)
@@ -266,7 +276,7 @@ def test_generation_lets_reasoning_repeat_answer_items():
     """With an <answer> token, only items after it count: the reasoning may name what the answer names."""
     import torch
 
-    from cellduality.training.generation import UniqueAnswerItems
+    from cellduality.training.decoding import UniqueAnswerItems
 
     proc = UniqueAnswerItems({5: 0, 6: 0, 7: 1}, prompt_length=1, answer_token=3)
     ids = torch.tensor([[1, 5, 7, 3, 7], [1, 5, 7, 9, 9]])  # row 0: item 0 and 1 in reasoning, item 1 in answer
@@ -280,7 +290,7 @@ def test_label_answer_grammar_keeps_answers_to_labels_joined_by_the_separator():
     (4), only </answer> once as many labels as candidates are named; reasoning and rows without candidates free."""
     import torch
 
-    from cellduality.training.generation import LabelAnswerGrammar
+    from cellduality.training.decoding import LabelAnswerGrammar
 
     proc = LabelAnswerGrammar({5: "A", 6: "B", 7: "C"}, [["A", "B"], ["A", "B"], ["A", "B"], None, ["A", "B"]],
                               prompt_length=1, open_token=3, close_token=4, separator=8)
@@ -300,7 +310,7 @@ def test_label_answer_grammar_keeps_answers_to_labels_joined_by_the_separator():
 def test_candidate_constrained_decoding_names_only_candidates(workspace):
     from transformers import AutoModelForCausalLM
 
-    from cellduality.training.generation import generate_chat, label_item_tokens
+    from cellduality.training.decoding import generate_chat, label_item_tokens
     from cellduality.training.setup import load_tokenizer
 
     tokenizer = load_tokenizer(str(workspace / "base"))
@@ -333,20 +343,15 @@ def _train_in(folder: Path, source: Path) -> dict:
     folder.mkdir(parents=True)
     for name in ("tasks.parquet", "sft.parquet", "sentences.parquet"):
         (folder / name).write_bytes((source / name).read_bytes())
-    build_tiny_model([folder / "sentences.parquet"], [folder / "tasks.parquet"], folder / "base", vocab_size=400,
-                     hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2)
+    build_tiny_model([folder / "sentences.parquet"], [folder / "tasks.parquet"], folder / "base", TINY)
     run_sft(str(folder / "base"), [folder / "sft.parquet"], folder / "sft", folder / "ckpt", SFT_CFG, NO_LORA)
-    cfg = dict(num_generations=2, train_batch_size=4, mini_batch_size=4, max_steps=2, learning_rate=1e-3,
-               beta=0.04, epsilon=0.2, temperature=1.0, max_completion_length=16, max_prompts=8,
-               dual_model="policy", dual_max_new_tokens=12, dual_temperature=0.0, save_steps=1, use_vllm=False,
-               seed=0, gradient_checkpointing=False)
-    run_grpo(str(folder / "sft"), [folder / "tasks.parquet"], folder / "grpo", folder / "ckpt_grpo", cfg,
-             {"mode": "duality"}, NO_LORA)
+    run_grpo(str(folder / "sft"), [folder / "tasks.parquet"], folder / "grpo", folder / "ckpt_grpo",
+             GRPO_CFG.replace(learning_rate=1e-3), RewardSettings(mode="duality"), NO_LORA)
     rows = pd.read_parquet(folder / "tasks.parquet")
     rows.loc[rows.stage == "rl", "stage"] = "eval"  # the unseen half answers as eval prompts
     rows.to_parquet(folder / "eval.parquet")
     predictions = predict(str(folder / "grpo"), [folder / "eval.parquet"], folder / "predictions.parquet",
-                          max_prompts_per_table=None, max_new_tokens=24)
+                          EvaluationSettings(max_prompts_per_table=None, max_new_tokens=24))
     return {
         "sft_history": json.loads((folder / "sft" / "log_history.json").read_text()),
         "reward_curve": pd.read_csv(folder / "grpo" / "reward_curve.tsv", sep="\t"),
@@ -366,7 +371,7 @@ def test_training_is_deterministic_across_folders(workspace, tmp_path):
     a = _train_in(tmp_path / "a", workspace)
     b = _train_in(tmp_path / "second folder" / "b", workspace)
     losses = [[e["loss"] for e in run["sft_history"] if "loss" in e] for run in (a, b)]
-    assert len(losses[0]) == SFT_CFG["max_steps"]
+    assert len(losses[0]) == SFT_CFG.max_steps
     np.testing.assert_allclose(losses[0], losses[1], rtol=0, atol=DETERMINISM_ATOL)
     numeric = a["reward_curve"].select_dtypes("number").columns
     assert len(a["reward_curve"]) == 2
@@ -442,8 +447,8 @@ def test_sft_with_example_averaging_trains(workspace, tmp_path):
     for batch, accumulation in ((4, 1), (2, 2)):
         out = tmp_path / f"sft{batch}"
         run_sft(str(workspace / "base"), [workspace / "sft.parquet"], out, tmp_path / f"ckpt{batch}",
-                {**SFT_CFG, "max_steps": 2, "loss_averaging": "examples", "per_device_batch_size": batch,
-                 "gradient_accumulation_steps": accumulation}, NO_LORA)
+                SFT_CFG.replace(max_steps=2, loss_averaging="examples", per_device_batch_size=batch,
+                                gradient_accumulation_steps=accumulation), NO_LORA)
         history = json.loads((out / "log_history.json").read_text())
         first_losses.append([entry["loss"] for entry in history if "loss" in entry][0])
     assert first_losses[0] == pytest.approx(first_losses[1], rel=1e-3)
@@ -457,16 +462,15 @@ def test_sft_second_phase_adds_held_back_tasks_and_resumes_after_the_first(works
     from transformers import TrainerCallback
 
     from cellduality.errors import CellDualityError
-    from cellduality.training.settings import SFTSettings
     from cellduality.training.sft import run_sft
 
     with pytest.raises(CellDualityError, match="second_phase_steps"):
-        SFTSettings.from_config({**SFT_CFG, "held_back_tasks": ["cellpuzzles"]})
+        SFT_CFG.replace(held_back_tasks=["cellpuzzles"])
     data = pd.read_parquet(workspace / "sft.parquet")
     data.loc[data.index[::3], "task"] = "cellpuzzles"  # 4 of the 12 examples
     data.to_parquet(tmp_path / "two_tasks.parquet")
-    cfg = {**SFT_CFG, "max_steps": 2, "held_back_tasks": ["cellpuzzles"], "second_phase_steps": 4,
-           "second_phase_learning_rate": 5e-4, "first_phase_preview": 1}
+    cfg = SFT_CFG.replace(max_steps=2, held_back_tasks=["cellpuzzles"], second_phase_steps=4,
+                          second_phase_learning_rate=5e-4, first_phase_preview=1)
 
     class Interrupt(Exception):
         pass

@@ -12,6 +12,8 @@ import pytest
 import yaml
 from conftest import ci_config
 
+from cellduality.config import load_config
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -36,7 +38,7 @@ def write_config(workdir: Path, **changes) -> dict:
     config["results_dir"] = str(workdir / "results")  # absolute, with a space: every shell rule must quote it
     for dotted, value in changes.items():
         section, key = dotted.split("__")
-        config[section][key] = value
+        config.setdefault(section, {})[key] = value
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     return config
 
@@ -77,13 +79,16 @@ def test_task_tables_are_built_for_configured_tasks(data_run):
 def test_teacher_sft_data_is_built(data_run):
     import json
 
+    from cellduality.teacher.runner import TeacherSettings
+
     config = yaml.safe_load((data_run / "config.yaml").read_text())
+    n_samples = TeacherSettings.from_config(config).n_samples  # the schema default where the config is silent
     for task, names in config["tasks"].items():
         for name in names:
             sft = pd.read_parquet(data_run / "results" / "sft" / task / f"{name}.parquet")
             stats = json.loads((data_run / "results" / "sft" / task / f"{name}.stats.json").read_text())
             assert set(sft["task"]) == {task} and sft["accepted"].any(), task
-            assert stats["primal"]["samples_received"] == stats["primal"]["prompts"] * config["teacher"]["n_samples"]
+            assert stats["primal"]["samples_received"] == stats["primal"]["prompts"] * n_samples
             assert 0 < stats["primal"]["acceptance_rate"] < 1, task
     assert (data_run / "results" / "logs" / "teacher" / "annotation" / "pbmc68k.log").exists()
 
@@ -135,7 +140,7 @@ def test_param_change_reruns_only_dependants(data_run):
 def test_pipeline_reaches_the_report(data_run):
     results = data_run / "results"
     metrics = pd.read_csv(results / "report" / "results.tsv", sep="\t")
-    config = yaml.safe_load((data_run / "config.yaml").read_text())
+    config = load_config(data_run / "config.yaml")  # schema defaults filled where the config is silent
     assert set(metrics["model"]) >= {*config["evaluation"]["variants"], "logreg", "knn"}
     assert set(metrics["task"]) == {t for t, names in config["tasks"].items() if names}
     errors = metrics[metrics.metric == "format_error_rate"].pivot_table(index=["task", "dataset", "split"],
@@ -166,9 +171,7 @@ def test_pipeline_reaches_the_report(data_run):
 
 
 def test_config_typo_fails_before_running(tmp_path):
-    config = write_config(tmp_path)
-    config["cell_sentence"]["topk"] = 3
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    write_config(tmp_path, cell_sentence__topk=3)
     result = snakemake(tmp_path, "data")
     assert result.returncode != 0
     assert "unknown key 'cell_sentence.topk'; did you mean 'top_k'?" in result.stderr

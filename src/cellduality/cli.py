@@ -1,11 +1,14 @@
 """Console entry point `cellduality` (also `python -m cellduality.cli`, `accelerate launch -m cellduality.cli`).
 
-    cellduality {build-model,fetch-model,sft,grpo,true-label-wins,predict,push-model} --spec '<json>' [--log FILE]
+    cellduality {build-model,fetch-model,sft,grpo,true-label-wins,predict,push-model} \
+        --settings '<json>' --files '<json>' [--log FILE]
     cellduality annotate --model DIR --h5ad IN --out OUT.h5ad   (new cells; see cellduality.evaluation.annotate)
     cellduality doctor [--profile DIR] [--configfile YAML] [--partition NAME]   (cluster preflight; cellduality.doctor)
 
-``--spec`` is the JSON of the step's inputs, outputs and settings (the rule writes it from the config).
-Bad input ends with one line on stderr; logs (and tracebacks of bugs) go to ``--log``.
+``--settings`` holds the config sections the step uses, each as its settings class's ``params()`` (the rule
+records it, so editing one reruns the step); the command rebuilds each typed object with ``from_params()``.
+``--files`` holds the step's input and output paths and how it runs (run name, metrics folder, launcher): what
+changes no result. Bad input ends with one line on stderr; logs (and tracebacks of bugs) go to ``--log``.
 """
 
 from __future__ import annotations
@@ -15,38 +18,51 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 from cellduality.errors import fail
 from cellduality.snakemake_script import harness
 
 
-def _build_model(spec: dict) -> None:
+def _rank0() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _build_model(settings: Mapping[str, Any], files: Mapping[str, Any]) -> None:
+    from cellduality.training.settings import EmbeddedModelSettings
     from cellduality.training.tiny_model import build_tiny_model
 
-    build_tiny_model(spec["sentence_tables"], spec["task_tables"], spec["out"], **spec["embedded"])
+    build_tiny_model(files["sentence_tables"], files["task_tables"], files["out"],
+                     EmbeddedModelSettings.from_params(settings["embedded"]))
 
 
-def _sft(spec: dict) -> None:
-    from cellduality.evaluation.annotate import write_model_card
+def _sft(settings: Mapping[str, Any], files: Mapping[str, Any]) -> None:
+    from cellduality.training.model_card import write_model_card
+    from cellduality.training.settings import LoraSettings, ReportSettings, SFTSettings
     from cellduality.training.sft import run_sft
 
-    run_sft(spec["model"], spec["data"], spec["out"], spec["checkpoints"], spec["sft"], spec["lora"],
-            report=spec.get("report"))
-    if spec.get("tables") and int(os.environ.get("RANK", "0")) == 0:
-        write_model_card(spec["out"], tables=spec["tables"], settings={"sft": spec["sft"], "lora": spec["lora"]},
-                         variant="sft", **spec["card"])
+    run_sft(files["model"], files["data"], files["out"], files["checkpoints"], SFTSettings.from_params(settings["sft"]),
+            LoraSettings.from_params(settings["lora"]), report=ReportSettings.from_params(files.get("report")))
+    if files.get("tables") and _rank0():
+        write_model_card(files["out"], tables=files["tables"], data=files.get("card_data"), variant="sft",
+                         settings={"sft": settings["sft"], "lora": settings["lora"]}, **settings["card"])
 
 
-def _grpo(spec: dict) -> None:
-    from cellduality.evaluation.annotate import derive_model_card
+def _grpo(settings: Mapping[str, Any], files: Mapping[str, Any]) -> None:
+    from cellduality.tasks.rewards import RewardSettings
     from cellduality.training.grpo import run_grpo
+    from cellduality.training.model_card import derive_model_card
+    from cellduality.training.settings import GRPOSettings, LoraSettings, ReportSettings
 
-    run_grpo(spec["model"], spec["tables"], spec["out"], spec["checkpoints"], spec["grpo"], spec["rewards"],
-             spec["lora"], n_processes=int(os.environ.get("WORLD_SIZE", "1")), label_signal=spec.get("label_signal"),
-             report=spec.get("report"))
-    if int(os.environ.get("RANK", "0")) == 0:  # the policy keeps the SFT model's label set, data and base model
-        derive_model_card(spec["model"], spec["out"], variant=f"grpo_{spec['rewards']['mode']}",
-                          settings={"grpo": spec["grpo"], "rewards": spec["rewards"]})
+    rewards = RewardSettings.from_params(settings["rewards"])
+    run_grpo(files["model"], files["tables"], files["out"], files["checkpoints"],
+             GRPOSettings.from_params(settings["grpo"]), rewards, LoraSettings.from_params(settings["lora"]),
+             n_processes=int(os.environ.get("WORLD_SIZE", "1")), label_signal=files.get("label_signal"),
+             report=ReportSettings.from_params(files.get("report")))
+    if _rank0():  # the policy keeps the SFT model's label set, data and base model
+        derive_model_card(files["model"], files["out"], variant=f"grpo_{rewards.mode}",
+                          settings={"grpo": settings["grpo"], "rewards": settings["rewards"]})
 
 
 def _annotate(args: argparse.Namespace) -> None:
@@ -56,34 +72,42 @@ def _annotate(args: argparse.Namespace) -> None:
              chunk_size=args.chunk_size, progress=not args.no_progress, constrain=not args.unconstrained)
 
 
-def _true_label_wins(spec: dict) -> None:
+def _true_label_wins(settings: Mapping[str, Any], files: Mapping[str, Any]) -> None:
     from cellduality.training.label_signal import true_label_wins_for_model
+    from cellduality.training.settings import DiagnosticsSettings
 
-    true_label_wins_for_model(spec["model"], spec["tables"], spec["out"], **spec["diagnostic"])
+    true_label_wins_for_model(files["model"], files["tables"], files["out"],
+                              DiagnosticsSettings.from_params(settings["diagnostics"]), seed=settings["seed"],
+                              max_new_tokens=settings["max_new_tokens"])
 
 
-def _fetch_model(spec: dict) -> None:
+def _fetch_model(settings: Mapping[str, Any], files: Mapping[str, Any]) -> None:
     from cellduality.training.hub import fetch_base_model
+    from cellduality.training.settings import ModelSettings
 
-    fetch_base_model(spec["source"], spec["out"], revision=spec.get("revision"), token_env=spec["token_env"])
+    model = ModelSettings.from_params(settings["model"])
+    fetch_base_model(model.source, files["out"], revision=model.revision, token_env=model.token_env)
 
 
-def _push_model(spec: dict) -> None:
+def _push_model(settings: Mapping[str, Any], files: Mapping[str, Any]) -> None:
     from cellduality.io import atomic_path
     from cellduality.training.publish import push_model
+    from cellduality.training.settings import HubSettings
 
-    url = push_model(spec["folder"], spec["repo_id"], private=spec["private"], token_env=spec["token_env"],
-                     endpoint=spec.get("endpoint"))
-    if spec.get("out"):  # the rule's receipt: what was pushed where
-        with atomic_path(spec["out"]) as tmp:
-            tmp.write_text(json.dumps({"folder": spec["folder"], "repo_id": spec["repo_id"],
-                                       "private": spec["private"], "commit_url": url}, indent=1) + "\n")
+    hub = HubSettings.from_params(settings["hub"])
+    url = push_model(files["folder"], hub.repo_id, private=hub.private, token_env=hub.token_env,
+                     endpoint=files.get("endpoint"))
+    if files.get("out"):  # the rule's receipt: what was pushed where
+        with atomic_path(files["out"]) as tmp:
+            tmp.write_text(json.dumps({"folder": files["folder"], "repo_id": hub.repo_id,
+                                       "private": hub.private, "commit_url": url}, indent=1) + "\n")
 
 
-def _predict(spec: dict) -> None:
+def _predict(settings: Mapping[str, Any], files: Mapping[str, Any]) -> None:
     from cellduality.evaluation.predict import predict
+    from cellduality.evaluation.settings import EvaluationSettings
 
-    predict(spec["model"], spec["tables"], spec["out"], **spec["evaluation"])
+    predict(files["model"], files["tables"], files["out"], EvaluationSettings.from_params(settings["evaluation"]))
 
 
 COMMANDS = {"build-model": _build_model, "fetch-model": _fetch_model, "sft": _sft, "grpo": _grpo,
@@ -137,15 +161,23 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="cellduality", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=sorted(COMMANDS))
-    parser.add_argument("--spec", required=True, help="JSON with the step's inputs, outputs and settings")
+    parser.add_argument("--settings", required=True, help="JSON: the config sections the step uses")
+    parser.add_argument("--files", required=True, help="JSON: the step's input and output paths, run name, launcher")
     parser.add_argument("--log", help="log file (default: stderr)")
     args = parser.parse_args(argv)
+    settings, files = _json_arg("--settings", args.settings), _json_arg("--files", args.files)
+    relaunch_on_all_gpus(sys.argv[1:] if argv is None else argv, files.get("accelerate_config"))
+    harness(f"command {args.command}", args.log, lambda: COMMANDS[args.command](settings, files))
+
+
+def _json_arg(name: str, text: str) -> dict[str, Any]:
     try:
-        spec = json.loads(args.spec)
+        value = json.loads(text)
     except json.JSONDecodeError as err:
-        fail(f"--spec is not valid JSON ({err})")
-    relaunch_on_all_gpus(sys.argv[1:] if argv is None else argv, spec.get("accelerate_config"))
-    harness(f"command {args.command}", args.log, lambda: COMMANDS[args.command](spec))
+        fail(f"{name} is not valid JSON ({err})")
+    if not isinstance(value, dict):
+        fail(f"{name} must be a JSON object; got {type(value).__name__}")
+    return value
 
 
 if __name__ == "__main__":

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import functools
 from collections.abc import Mapping
 from dataclasses import Field, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import jsonschema
 import yaml
 
 from cellduality.errors import CellDualityError
 from cellduality.io import SCHEMA_PATH
-
-T = TypeVar("T")
-
 
 
 def _with_defaults(validator_class: type) -> type:
@@ -197,32 +195,110 @@ def deep_merge(base: Mapping, update: Mapping) -> dict:
     return merged
 
 
-def settings_from_config(cls: type[T], values: Mapping[str, Any], section: str) -> T:
-    """``cls(**values)`` for a dataclass ``cls``, naming unknown keys of config section ``section``."""
-    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise CellDualityError(f"unknown {section} setting(s) {unknown}; known: {sorted(names)}")
-    return cls(**dict(values))
-
-
 @functools.cache
 def _packaged_schema() -> dict:
     return load_schema()
 
 
-def schema_default(dotted: str) -> Any:
-    """The default of config key ``dotted`` (e.g. ``"teacher.n_samples"``) as written in config/schema.yaml, the
-    one place defaults are written; a fresh copy each call."""
+def schema_node(dotted: str) -> Mapping[str, Any]:
+    """The schema of config key or section ``dotted`` (e.g. ``"model.lora"``)."""
     node: Mapping[str, Any] = _packaged_schema()
     for part in dotted.split("."):
         node = node["properties"][part]
-    return copy.deepcopy(node["default"])
+    return node
 
 
-def setting(dotted: str) -> Field:
-    """A settings-dataclass field whose default is the schema's (lists become tuples, mappings a factory)."""
-    value = schema_default(dotted)
+def schema_default(dotted: str) -> Any:
+    """The default of config key ``dotted`` (e.g. ``"teacher.n_samples"``) as written in config/schema.yaml, the
+    one place defaults are written; a fresh copy each call."""
+    return copy.deepcopy(schema_node(dotted)["default"])
+
+
+def _frozen(value: Any) -> Any:
+    """Lists become tuples at every level (a frozen settings object holds no mutable sequence)."""
+    if isinstance(value, list | tuple):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, Mapping):
+        return {k: _frozen(v) for k, v in value.items()}
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """Tuples become lists and mappings plain sorted dicts: the JSON form of a settings value."""
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(value[k]) for k in sorted(value, key=str)}
+    return value
+
+
+def setting(dotted: str, *, reruns: bool = True) -> Field:
+    """A :class:`Settings` field whose default is the schema's (lists become tuples, mappings a factory).
+
+    ``reruns=False`` marks a field that says how a job runs, not what it makes (concurrency, timeouts, where
+    metrics are also sent): :meth:`Settings.rerun_params` leaves it out, so changing it reruns nothing."""
+    value = _frozen(schema_default(dotted))
+    metadata = {"config_key": dotted, "reruns": reruns}
     if isinstance(value, dict):
-        return field(default_factory=lambda: schema_default(dotted))
-    return field(default=tuple(value) if isinstance(value, list) else value)
+        return field(default_factory=lambda: _frozen(schema_default(dotted)), metadata=metadata)
+    return field(default=value, metadata=metadata)
+
+
+class Settings:
+    """Base of the typed settings: one frozen dataclass per config section (``SECTION``, a dotted path such as
+    ``"sft"`` or ``"model.lora"``), owned by the stage package that uses it, every field declared with
+    :func:`setting` so its default and meaning live only in config/schema.yaml; cross-field checks go in
+    ``__post_init__`` (a bad combination is one line when the workflow starts, before any job).
+
+    How a section travels: rules/common.smk builds each object once with :meth:`from_config`; a rule records
+    :meth:`params` (plain JSON values) as a Snakemake param, so editing a setting reruns exactly the rules that
+    use it; its script or the console command rebuilds the object with :meth:`from_params`, and library entry
+    points take the typed object. A section with fields that only say how a job runs (``setting(...,
+    reruns=False)``) hands the whole :meth:`params` to the job in a param Snakemake does not record (a function
+    of ``output``) and records :meth:`rerun_params` beside it.
+    """
+
+    SECTION: ClassVar[str] = ""
+
+    @classmethod
+    def subsections(cls) -> tuple[str, ...]:
+        """Keys of the section that are sections of their own (with their own class), e.g. ``model.lora``."""
+        node = schema_node(cls.SECTION)["properties"]
+        return tuple(k for k, v in node.items() if "properties" in v and k not in _field_names(cls))
+
+    @classmethod
+    def from_config(cls: type[S], config: Mapping[str, Any]) -> S:
+        """The section ``SECTION`` of a whole (validated) workflow config; absent keys take schema defaults."""
+        node: Any = config
+        for part in cls.SECTION.split("."):
+            node = (node or {}).get(part, {})
+        return cls.from_params({k: v for k, v in (node or {}).items() if k not in cls.subsections()})
+
+    @classmethod
+    def from_params(cls: type[S], values: Mapping[str, Any]) -> S:
+        """Rebuild from :meth:`params` (or any mapping of field names; absent ones take schema defaults)."""
+        names = _field_names(cls)
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise CellDualityError(f"unknown {cls.SECTION} setting(s) {unknown}; known: {sorted(names)}")
+        return cls(**{k: _frozen(v) for k, v in values.items()})  # type: ignore[call-arg]
+
+    def params(self) -> dict[str, Any]:
+        """Every field as plain JSON values (sorted keys): what a rule records and a job rebuilds."""
+        return {f.name: _plain(getattr(self, f.name)) for f in sorted(fields(self), key=lambda f: f.name)}  # type: ignore[arg-type]
+
+    def rerun_params(self) -> dict[str, Any]:
+        """:meth:`params` without the fields declared ``reruns=False``: what Snakemake records for reruns."""
+        keep = {f.name for f in fields(self) if f.metadata.get("reruns", True)}  # type: ignore[arg-type]
+        return {k: v for k, v in self.params().items() if k in keep}
+
+    def replace(self: S, **changes: Any) -> S:
+        """A copy with ``changes`` (checked again by ``__post_init__``)."""
+        return dataclasses.replace(self, **{k: _frozen(v) for k, v in changes.items()})  # type: ignore[type-var]
+
+
+S = TypeVar("S", bound=Settings)
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls)) if dataclasses.is_dataclass(cls) else ()

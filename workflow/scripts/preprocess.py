@@ -1,16 +1,17 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
-from cellduality.data.preprocess import preprocess_file  # noqa: E402
-from cellduality.snakemake_script import log, run  # noqa: E402
+from cellduality.data.preprocess import PreprocessSettings, preprocess_file
+from cellduality.snakemake_script import log, run
 
 
-def main(smk=snakemake):  # noqa: F821
-    report = preprocess_file(smk.input[0], smk.output.h5ad, smk.output.qc, smk.params.dataset,
-                             smk.params.preprocess, smk.wildcards.dataset)
+def main(smk=snakemake):
+    settings = PreprocessSettings.from_params(smk.params.preprocess)
+    report = preprocess_file(smk.input[0], smk.output.h5ad, smk.output.qc, smk.params.dataset, settings,
+                             smk.wildcards.dataset)
     log.info("preprocessed: %s", report)
 
 
-run(snakemake, main)  # noqa: F821
+run(snakemake, main)

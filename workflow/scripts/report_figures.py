@@ -1,13 +1,13 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
-from cellduality.report.figures import write_report_figures  # noqa: E402
-from cellduality.snakemake_script import run  # noqa: E402
+from cellduality.report.figures import write_report_figures
+from cellduality.snakemake_script import run
 
 
-def main(smk=snakemake):  # noqa: F821
+def main(smk=snakemake):
     write_report_figures(
         predictions=dict(zip(smk.params.variants, smk.input.predictions)),
         curves={v: Path(d) / "reward_curve.tsv" for v, d in zip(smk.params.grpo_variants, smk.input.curves)},
@@ -17,4 +17,4 @@ def main(smk=snakemake):  # noqa: F821
     )
 
 
-run(snakemake, main)  # noqa: F821
+run(snakemake, main)

@@ -1,16 +1,16 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
-import pandas as pd  # noqa: E402
+import pandas as pd
 
-from cellduality.io import atomic_path  # noqa: E402
-from cellduality.report.tables import paper_tables, render_html, render_markdown  # noqa: E402
-from cellduality.snakemake_script import log, run  # noqa: E402
+from cellduality.io import atomic_path
+from cellduality.report.tables import paper_tables, render_html, render_markdown
+from cellduality.snakemake_script import log, run
 
 
-def main(smk=snakemake):  # noqa: F821
+def main(smk=snakemake):
     results = pd.concat([pd.read_csv(p, sep="\t") for p in [*smk.input.metrics, smk.input.baselines]],
                         ignore_index=True)
     layouts = paper_tables(results)
@@ -23,4 +23,4 @@ def main(smk=snakemake):  # noqa: F821
     log.info("wrote %d tables from %d metric values", len(layouts), len(results))
 
 
-run(snakemake, main)  # noqa: F821
+run(snakemake, main)

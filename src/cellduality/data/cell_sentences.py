@@ -1,6 +1,6 @@
 """Cell sentences: each cell as its top-K expressed genes, highest expression first.
 
-Output contract (documented in README):
+Output contract (documented in docs/data.md):
 - genes with expression <= 0 never appear, so a cell expressing fewer than K genes has a shorter sentence;
 - genes with equal expression are ordered by their position in ``var_names`` (``tie_break="var_order"``,
   lower index first, the cell2sentence convention) or the reverse (``"reverse_var_order"``);

@@ -9,8 +9,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from cellduality.config import setting, settings_from_config
+from cellduality.config import Settings, setting
 from cellduality.data.builtin import BUILTIN_LOADERS
 from cellduality.errors import CellDualityError
 from cellduality.io import atomic_path
@@ -27,23 +28,24 @@ def sha256_of(path: str | Path) -> str:
 
 
 @dataclass(frozen=True)
-class DownloadLimits:
-    """Config ``download.*``: when a download gives up (meanings and defaults in config/schema.yaml)."""
+class DownloadSettings(Settings):
+    """Config ``download.*``: when a download gives up (meanings and defaults in config/schema.yaml). None of
+    it changes the bytes that arrive (their sha256 is checked), so none of it is recorded for reruns.
+    ``require_checksum`` is checked against the catalog when the config is loaded (:mod:`cellduality.config`)."""
 
-    timeout_s: float = setting("download.timeout_s")
-    stall_s: float = setting("download.stall_s")
-    stall_min_bytes: int = setting("download.stall_min_bytes")
-    deadline_s: float = setting("download.deadline_s")
-    retries: int = setting("download.retries")
-
-    @classmethod
-    def from_config(cls, values: dict) -> DownloadLimits:
-        return settings_from_config(cls, {k: v for k, v in values.items() if k != "require_checksum"}, "download")
+    SECTION: ClassVar[str] = "download"
+    timeout_s: float = setting("download.timeout_s", reruns=False)
+    stall_s: float = setting("download.stall_s", reruns=False)
+    stall_min_bytes: int = setting("download.stall_min_bytes", reruns=False)
+    deadline_s: float = setting("download.deadline_s", reruns=False)
+    retries: int = setting("download.retries", reruns=False)
+    require_checksum: bool = setting("download.require_checksum", reruns=False)
 
 
-def fetch(source: str, dest: str | Path, sha256: str | None = None, *, limits: DownloadLimits | None = None,
+def fetch(source: str, dest: str | Path, sha256: str | None = None, *, settings: DownloadSettings | None = None,
           field: str = "source") -> Path:
-    """Materialize ``source`` as ``dest`` atomically; verify ``sha256`` when given."""
+    """Materialize ``source`` as ``dest`` atomically; verify ``sha256`` when given. A URL is fetched under the
+    limits of ``settings`` (the schema's ``download`` defaults when None)."""
     dest = Path(dest)
     with atomic_path(dest) as tmp:
         if source.startswith("builtin:"):
@@ -54,7 +56,7 @@ def fetch(source: str, dest: str | Path, sha256: str | None = None, *, limits: D
                 )
             BUILTIN_LOADERS[name]().write_h5ad(tmp)
         elif source.startswith(("http://", "https://", "ftp://")):
-            _download(source, tmp, limits or DownloadLimits(), field=field)
+            _download(source, tmp, settings or DownloadSettings(), field=field)
         else:
             path = Path(source.removeprefix("file://")).expanduser()
             if not path.is_file():
@@ -74,7 +76,7 @@ class _Stalled(Exception):
     pass
 
 
-def _copy(response, out, limits: DownloadLimits, deadline: float) -> None:
+def _copy(response, out, settings: DownloadSettings, deadline: float) -> None:
     """Copy the body; stop when less than ``stall_min_bytes`` arrived in the last ``stall_s`` seconds (a server that
     trickles) or the overall deadline passes. A server that sends nothing hits the socket timeout."""
     window_start, window_bytes = time.monotonic(), 0
@@ -84,26 +86,26 @@ def _copy(response, out, limits: DownloadLimits, deadline: float) -> None:
         now = time.monotonic()
         window_bytes += len(block)
         if now > deadline:
-            raise _Stalled(f"the overall deadline of {limits.deadline_s:.0f} s (download.deadline_s) passed")
-        if now - window_start >= limits.stall_s:
-            if window_bytes < limits.stall_min_bytes:
-                raise _Stalled(f"less than {limits.stall_min_bytes} bytes arrived in {limits.stall_s:.0f} s "
+            raise _Stalled(f"the overall deadline of {settings.deadline_s:.0f} s (download.deadline_s) passed")
+        if now - window_start >= settings.stall_s:
+            if window_bytes < settings.stall_min_bytes:
+                raise _Stalled(f"less than {settings.stall_min_bytes} bytes arrived in {settings.stall_s:.0f} s "
                                "(download.stall_s / stall_min_bytes)")
             window_start, window_bytes = now, 0
 
 
-def _download(url: str, tmp: Path, limits: DownloadLimits, *, field: str) -> None:
-    deadline = time.monotonic() + limits.deadline_s
+def _download(url: str, tmp: Path, settings: DownloadSettings, *, field: str) -> None:
+    deadline = time.monotonic() + settings.deadline_s
     reason = "no attempt"
-    for attempt in range(limits.retries + 1):
+    for attempt in range(settings.retries + 1):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            reason = f"the overall deadline of {limits.deadline_s:.0f} s (download.deadline_s) passed"
+            reason = f"the overall deadline of {settings.deadline_s:.0f} s (download.deadline_s) passed"
             break
         try:
-            with urllib.request.urlopen(url, timeout=min(limits.timeout_s, remaining)) as response, \
+            with urllib.request.urlopen(url, timeout=min(settings.timeout_s, remaining)) as response, \
                     open(tmp, "wb") as out:
-                _copy(response, out, limits, deadline)
+                _copy(response, out, settings, deadline)
             return
         except urllib.error.HTTPError as err:
             if err.code < 500 and err.code != 429:
@@ -114,8 +116,8 @@ def _download(url: str, tmp: Path, limits: DownloadLimits, *, field: str) -> Non
         except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
             reason = str(getattr(err, "reason", err))
             if isinstance(err, TimeoutError) or "timed out" in reason:
-                reason = f"no response for {limits.timeout_s:.0f} s (download.timeout_s)"
-        if attempt < limits.retries:
+                reason = f"no response for {settings.timeout_s:.0f} s (download.timeout_s)"
+        if attempt < settings.retries:
             time.sleep(min(2**attempt, 30, max(deadline - time.monotonic(), 0)))
     raise CellDualityError(f"{field}: download of {url} failed after {attempt + 1} attempt(s) ({reason}); check the "
                            "network or the server, or raise the download.* limits")

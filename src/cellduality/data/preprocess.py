@@ -11,12 +11,14 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from cellduality.config import Settings, schema_node, setting
 from cellduality.data.pairing import pair_cells
 from cellduality.errors import CellDualityError
 from cellduality.io import atomic_path
@@ -25,6 +27,28 @@ log = logging.getLogger("cellduality.preprocess")
 
 SPLIT_GROUP = "split_group"  # obs column that keeps related rows in one split
 ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}")
+
+
+@dataclass(frozen=True)
+class PreprocessSettings(Settings):
+    """Config ``preprocess.*``: normalization and QC (meanings and defaults in config/schema.yaml)."""
+
+    SECTION: ClassVar[str] = "preprocess"
+    target_sum: float = setting("preprocess.target_sum")
+    min_genes: int = setting("preprocess.min_genes")
+    min_cells: int = setting("preprocess.min_cells")
+    max_pct_mito: float | None = setting("preprocess.max_pct_mito")
+    duplicate_genes: str = setting("preprocess.duplicate_genes")
+    expression: str = setting("preprocess.expression")
+    missing_labels: str = setting("preprocess.missing_labels")
+    expression_check_rows: int = setting("preprocess.expression_check_rows")
+
+    def __post_init__(self) -> None:
+        for name in ("duplicate_genes", "expression", "missing_labels"):  # a typo would fall through to a branch
+            choices = schema_node(f"preprocess.{name}")["enum"]
+            if getattr(self, name) not in choices:
+                raise CellDualityError(f"preprocess.{name} must be one of {', '.join(choices)}; "
+                                       f"got {getattr(self, name)!r}")
 
 
 @dataclass
@@ -57,8 +81,9 @@ def _sample_values(X, n_rows: int) -> np.ndarray:
     return block.data if sp.issparse(block) else np.asarray(block).ravel()
 
 
-def expression_kind(X, n_rows: int = 2000) -> str:
-    """'scaled' if any sampled value is negative, 'counts' if all are integers, else 'lognorm'."""
+def expression_kind(X, n_rows: int) -> str:
+    """'scaled' if any value of the first ``n_rows`` rows is negative, 'counts' if all are integers, else
+    'lognorm'."""
     values = _sample_values(X, n_rows)
     if values.size and values.min() < 0:
         return "scaled"
@@ -74,25 +99,22 @@ def _check_finite(X, where: str) -> None:
         raise CellDualityError(f"{where} contains {bad} NaN/infinite values; fix or drop them before running")
 
 
-EXPRESSION_KINDS = ("auto", "counts", "log1p", "tpm", "scaled")
 UNLOGGED_MAX = 50.0  # a log1p-normalized value above this is implausible: warn that the data may be unlogged
 
 
-def _declared(X, kind: str, name: str, where: str) -> str:
+def _declared(X, kind: str, name: str, where: str, n_rows: int) -> str:
     """The internal kind for a declared ``preprocess.expression`` (checked against the values)."""
-    values = _sample_values(X, 2000)
+    values = _sample_values(X, n_rows)
     if kind in ("counts", "log1p", "tpm") and values.size and values.min() < 0:
         raise CellDualityError(f"{where}: preprocess.expression is {kind} but {name} has negative values (scaled "
                                "data?); set preprocess.expression: scaled (uses .raw) or auto")
     return {"counts": "counts", "log1p": "lognorm", "tpm": "tpm"}[kind]
 
 
-def _choose_matrix(adata: ad.AnnData, ds: dict, where: str, n_rows: int, name_: str = "<name>",
-                   declared: str = "auto") -> tuple[object, pd.Index, str, str]:
+def _choose_matrix(adata: ad.AnnData, ds: dict, where: str, n_rows: int, name_: str,
+                   declared: str) -> tuple[object, pd.Index, str, str]:
     """Pick the matrix to use and return (X, var table, description, kind); ``declared`` is
     ``preprocess.expression`` (auto: detected from the values, and logged)."""
-    if declared not in EXPRESSION_KINDS:
-        raise CellDualityError(f"preprocess.expression must be one of {', '.join(EXPRESSION_KINDS)}; got {declared!r}")
     if ds.get("layer"):
         layer = ds["layer"]
         if layer not in adata.layers:
@@ -107,7 +129,7 @@ def _choose_matrix(adata: ad.AnnData, ds: dict, where: str, n_rows: int, name_: 
         raise CellDualityError(f"{where}: expression matrix {name} is empty ({adata.n_obs} cells x {adata.n_vars} genes)")
     _check_finite(X, f"{where}: {name}")
     if declared in ("counts", "log1p", "tpm"):
-        return X, var, name, _declared(X, declared, name, where)
+        return X, var, name, _declared(X, declared, name, where, n_rows)
     kind = "scaled" if declared == "scaled" else expression_kind(X, n_rows)
     if kind == "scaled":
         if name != "X" or adata.raw is None:
@@ -232,15 +254,16 @@ def _missing_labels(X, obs: pd.DataFrame, ds: dict, policy: str, report: Preproc
     return X[keep], obs.iloc[keep]
 
 
-def preprocess(adata: ad.AnnData, ds: dict, params: dict, dataset: str, where: str) -> tuple[ad.AnnData, PreprocessReport]:
-    """Return the analysis-ready AnnData and a QC report (pure function; no I/O)."""
+def preprocess(adata: ad.AnnData, ds: dict, settings: PreprocessSettings, dataset: str,
+               where: str) -> tuple[ad.AnnData, PreprocessReport]:
+    """Return the analysis-ready AnnData and a QC report (pure function; no I/O). ``ds`` is the dataset's
+    catalog entry (labels, species, layer, ...), ``settings`` the ``preprocess`` section."""
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise CellDualityError(f"{where}: the dataset is empty ({adata.n_obs} cells x {adata.n_vars} genes)")
     obs = _obs_columns(adata, ds, where, dataset)
-    X, var, matrix, kind = _choose_matrix(adata, ds, where, params.get("expression_check_rows", 2000), dataset,
-                                          params.get("expression", "auto"))
-    report = PreprocessReport(dataset, kind, matrix, adata.n_obs, X.shape[1],
-                              expression_setting=params.get("expression", "auto"))
+    X, var, matrix, kind = _choose_matrix(adata, ds, where, settings.expression_check_rows, dataset,
+                                          settings.expression)
+    report = PreprocessReport(dataset, kind, matrix, adata.n_obs, X.shape[1], expression_setting=settings.expression)
     X = sp.csr_matrix(X, dtype=np.float32) if not sp.issparse(X) else X.tocsr().astype(np.float32)
     if X.nnz == 0:
         raise CellDualityError(f"{where}: every value of {matrix} is zero; the file holds no expression")
@@ -250,29 +273,29 @@ def preprocess(adata: ad.AnnData, ds: dict, params: dict, dataset: str, where: s
     if not keep.all():
         report.dropped["genes_without_symbol"] = int((~keep).sum())
         X, symbols = X[:, keep], symbols[keep]
-    X, symbols, report.duplicate_genes = _resolve_duplicates(X, symbols, params.get("duplicate_genes", "make_unique"), where)
+    X, symbols, report.duplicate_genes = _resolve_duplicates(X, symbols, settings.duplicate_genes, where)
 
     # QC on counts (or on the values given) before normalization
     X.eliminate_zeros()
-    cell_keep = np.diff(X.indptr) >= params.get("min_genes", 0)
+    cell_keep = np.diff(X.indptr) >= settings.min_genes
     cell_keep &= np.asarray(X.sum(axis=1)).ravel() > 0
-    if params.get("max_pct_mito") is not None:
+    if settings.max_pct_mito is not None:
         mito = np.array([str(s).upper().startswith("MT-") for s in symbols])
         totals = np.asarray(X.sum(axis=1)).ravel()
         pct = 100 * np.asarray(X[:, mito].sum(axis=1)).ravel() / np.maximum(totals, 1e-12)
-        report.dropped["cells_high_mito"] = int((cell_keep & (pct > params["max_pct_mito"])).sum())
-        cell_keep &= pct <= params["max_pct_mito"]
+        report.dropped["cells_high_mito"] = int((cell_keep & (pct > settings.max_pct_mito)).sum())
+        cell_keep &= pct <= settings.max_pct_mito
     report.dropped["cells_qc"] = int((~cell_keep).sum())
     X, obs = X[cell_keep], obs.iloc[np.flatnonzero(cell_keep)]
-    gene_keep = np.asarray((X > 0).sum(axis=0)).ravel() >= max(params.get("min_cells", 0), 1)
+    gene_keep = np.asarray((X > 0).sum(axis=0)).ravel() >= max(settings.min_cells, 1)
     report.dropped["genes_qc"] = int((~gene_keep).sum())
     X, symbols = X[:, gene_keep], symbols[gene_keep]
     if X.shape[0] == 0:
-        raise CellDualityError(f"{where}: no cells pass QC (preprocess.min_genes={params.get('min_genes')}); lower it")
+        raise CellDualityError(f"{where}: no cells pass QC (preprocess.min_genes={settings.min_genes}); lower it")
     if X.shape[1] == 0:
-        raise CellDualityError(f"{where}: no genes pass QC (preprocess.min_cells={params.get('min_cells')}: a gene "
+        raise CellDualityError(f"{where}: no genes pass QC (preprocess.min_cells={settings.min_cells}: a gene "
                                f"must be expressed in that many of the {X.shape[0]} cells left); lower it")
-    X, obs = _missing_labels(X, obs, ds, params.get("missing_labels", "drop"), report, where, dataset)
+    X, obs = _missing_labels(X, obs, ds, settings.missing_labels, report, where, dataset)
     if (ds.get("pairing") or {}).get("control"):
         rows = adata.obs_names.get_indexer(obs.index) if adata.obs_names.is_unique else None
         if rows is None:
@@ -281,7 +304,7 @@ def preprocess(adata: ad.AnnData, ds: dict, params: dict, dataset: str, where: s
 
     if kind == "counts":
         totals = np.asarray(X.sum(axis=1)).ravel()
-        X = sp.diags((params.get("target_sum", 1e4) / totals).astype(np.float32)) @ X
+        X = sp.diags((settings.target_sum / totals).astype(np.float32)) @ X
         X.data = np.log1p(X.data)
     elif kind == "tpm":  # already depth-normalized, not logged
         X = X.copy()
@@ -300,11 +323,11 @@ def preprocess(adata: ad.AnnData, ds: dict, params: dict, dataset: str, where: s
     return out, report
 
 
-def preprocess_file(src: str | Path, dest: str | Path, report_path: str | Path, ds: dict, params: dict,
-                    dataset: str) -> PreprocessReport:
+def preprocess_file(src: str | Path, dest: str | Path, report_path: str | Path, ds: dict,
+                    settings: PreprocessSettings, dataset: str) -> PreprocessReport:
     """Read ``src``, preprocess, and write ``dest`` (h5ad) and ``report_path`` (JSON) atomically."""
     adata = read_h5ad(src)
-    out, report = preprocess(adata, ds, params, dataset, where=f"{src} (dataset {dataset})")
+    out, report = preprocess(adata, ds, settings, dataset, where=f"{src} (dataset {dataset})")
     with atomic_path(dest) as tmp:
         out.write_h5ad(tmp)
     with atomic_path(report_path) as tmp:

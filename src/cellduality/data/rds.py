@@ -57,7 +57,7 @@ def read_rds(path: str | Path, *, field: str, assay: str | None = None) -> ad.An
             root = rdata.parser.parse_data(path.read_bytes(), extension=".rds").object
     except OSError as err:
         raise CellDualityError(f"{field}: cannot read {path}: {err.strerror or err}") from None
-    except Exception as err:  # noqa: BLE001 - whatever the parser raises, the file is not a readable .rds
+    except Exception as err:
         why = type(err).__name__ + (f": {str(err)[:80]}" if str(err) else "")
         raise CellDualityError(f"{field}: {path.name} is not a readable R serialization ({why}); {_RESAVE}") from None
     try:
@@ -187,7 +187,7 @@ def _matrix(o) -> tuple:
         v = np.ma.filled(o.value.astype(np.float64), np.nan) if np.ma.is_masked(o.value) else np.asarray(o.value)
         v = v.astype(np.float64) if v.dtype == bool else v
         return v.reshape(shape[1], shape[0]), *_dimnames(a.get("dimnames"))  # column-major: rows of v are cells
-    vec = lambda s, t: np.ma.getdata(_deref(a[s]).value).astype(t)  # noqa: E731
+    vec = lambda s, t: np.ma.getdata(_deref(a[s]).value).astype(t)
     x = vec("x", np.float64) if "x" in a else np.ones(len(_deref(a["i" if kind != "gR" else "j"]).value))
     if kind == "ge":
         m = x.reshape(shape[1], shape[0])

@@ -8,9 +8,27 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
+
+from cellduality.config import Settings, setting
+from cellduality.errors import CellDualityError
+
+
+@dataclass(frozen=True)
+class SplitSettings(Settings):
+    """Config ``splits.*``: the train/test assignment of the cells of "train" datasets."""
+
+    SECTION: ClassVar[str] = "splits"
+    test_fraction: float = setting("splits.test_fraction")
+    seed: int = setting("splits.seed")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.test_fraction <= 1:
+            raise CellDualityError(f"splits.test_fraction must be between 0 and 1; got {self.test_fraction}")
 
 
 def unit_hash(keys: Sequence[str], salt: str) -> np.ndarray:
@@ -36,8 +54,8 @@ def split_keys(cell_ids: Sequence[str], obs: pd.DataFrame) -> Sequence[str]:
     return cell_ids
 
 
-def assign_splits(cell_ids: Sequence[str], obs: pd.DataFrame, *, dataset: str, role: str, test_fraction: float,
-                  seed: int, ood_labels: Mapping[str, Sequence[str]] | None = None) -> np.ndarray:
+def assign_splits(cell_ids: Sequence[str], obs: pd.DataFrame, *, dataset: str, role: str, settings: SplitSettings,
+                  ood_labels: Mapping[str, Sequence[str]] | None = None) -> np.ndarray:
     """Return an array of "train" / "test" / "ood" per cell ("adapt" instead of "train" for role adapt: cells
     that only duality GRPO sees, without their labels)."""
     n = len(cell_ids)
@@ -45,7 +63,7 @@ def assign_splits(cell_ids: Sequence[str], obs: pd.DataFrame, *, dataset: str, r
         return np.full(n, "ood", dtype=object)
     keys = split_keys(cell_ids, obs)
     rest = "adapt" if role == "adapt" else "train"
-    split = np.where(unit_hash(keys, f"{dataset}:{seed}") < test_fraction, "test", rest).astype(object)
+    split = np.where(unit_hash(keys, f"{dataset}:{settings.seed}") < settings.test_fraction, "test", rest).astype(object)
     for column, values in (ood_labels or {}).items():
         if column in obs:
             split[obs[column].isin(list(values)).to_numpy()] = "ood"

@@ -1,5 +1,9 @@
 """Stage 5, evaluation (rules/evaluation.smk): model predictions on eval prompts, metrics (classification,
-CellPuzzles, generated cells via rank -> expression inversion) and non-LLM baselines.
+CellPuzzles, generated cells via rank -> expression inversion) and non-LLM baselines, all on the prompts
+``selection.eval_rows`` picks; ``annotate`` labels new cells with a trained model.
 
-Imports training, tasks, data and the ground floor; only report imports it.
+Settings (``settings``): ``EvaluationSettings`` (``evaluation``), ``EmbeddingSettings`` (``evaluation.embedding``),
+``AnnotateSettings`` (``annotate``).
+
+Imports: data, tasks, training and the ground floor; only report imports it.
 """

@@ -1,6 +1,6 @@
 """Annotate new cells with a trained model: ``cellduality annotate --model DIR --h5ad IN --out OUT.h5ad``.
 
-The model folder's ``cellduality.json`` (:func:`write_model_card`, written next to every trained model) holds
+The model folder's ``cellduality.json`` (:mod:`cellduality.training.model_card`, written next to every trained model) holds
 what the run learned with: the label set, the preprocessing and cell-sentence settings and the species. The
 new h5ad is preprocessed with those settings (:func:`cellduality.data.preprocess.preprocess`, no labels
 needed), each cell becomes a top-K cell sentence, and the annotation prompt over the model's label set is
@@ -20,13 +20,10 @@ symbol column, a model folder without ``cellduality.json``.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,140 +33,9 @@ from cellduality.io import atomic_path
 from cellduality.tasks.parsing import parse_response
 from cellduality.tasks.prompts import annotation_prompt
 from cellduality.tasks.registry import get_task
-from cellduality.training.tiny_model import label_vocabulary
+from cellduality.training.model_card import read_model_card
 
 log = logging.getLogger(__name__)
-CARD = "cellduality.json"
-CARD_VERSION = 1
-
-
-def write_model_card(out_dir: str | Path, *, tables: Sequence[str | Path], preprocess: Mapping[str, Any],
-                     cell_sentence: Mapping[str, Any], species: str, source: Mapping[str, Any],
-                     data: Mapping[str, Mapping[str, Any]] | None = None,
-                     settings: Mapping[str, Any] | None = None, variant: str | None = None) -> Path:
-    """``cellduality.json`` in a trained model's folder: what ``annotate`` needs to use it on new cells, and
-    ``README.md`` (:func:`model_card_text`). The label set is every label and candidate of the annotation
-    ``tables``; ``data`` is the training datasets' catalog ``license`` and ``description``, ``settings`` the
-    training config sections (sft, lora, ...), ``variant`` the model's name in the run's report (e.g. sft)."""
-    card = {"version": CARD_VERSION, "labels": label_vocabulary(tables), "preprocess": dict(preprocess),
-            "top_k": cell_sentence["top_k"], "tie_break": cell_sentence.get("tie_break", "var_order"),
-            "species": species, "trained": dict(source)}
-    card.update({key: dict(value) for key, value in (("data", data), ("settings", settings)) if value})
-    if variant:
-        card["variant"] = variant
-    return _write_card(out_dir, card)
-
-
-def derive_model_card(model_dir: str | Path, out_dir: str | Path, *, variant: str,
-                      settings: Mapping[str, Any]) -> Path | None:
-    """The card of a model trained further from ``model_dir`` (GRPO from the SFT model) into ``out_dir``: the
-    same label set, data and base model, its ``settings`` added to the earlier stage's. None when ``model_dir``
-    has no card."""
-    path = Path(model_dir) / CARD
-    if not path.is_file():
-        return None
-    card = json.loads(path.read_text())
-    card["settings"] = {**card.get("settings", {}), **settings}
-    card["variant"] = variant
-    return _write_card(out_dir, card)
-
-
-def _write_card(out_dir: str | Path, card: Mapping[str, Any]) -> Path:
-    path = Path(out_dir) / CARD
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(card, indent=1, sort_keys=True) + "\n")
-    with atomic_path(Path(out_dir) / "README.md") as tmp:
-        tmp.write_text(model_card_text(card))
-    return path
-
-
-def _front_matter(card: Mapping[str, Any]) -> str:
-    """YAML metadata the Hugging Face Hub reads from a model card: the weights learned from data under the
-    datasets' own terms (``license: other``), and ``base_model`` when the base is a hub model."""
-    import yaml
-
-    from cellduality.training.hub import is_hub_id
-
-    meta: dict[str, Any] = {"license": "other", "library_name": "transformers", "pipeline_tag": "text-generation",
-                            "tags": ["single-cell", "cellduality"]}
-    base = (card.get("trained") or {}).get("model")
-    if isinstance(base, str) and is_hub_id(base):
-        meta["base_model"] = base
-    return f"---\n{yaml.safe_dump(meta, sort_keys=False)}---\n\n"
-
-
-def model_card_text(card: Mapping[str, Any]) -> str:
-    """A human-readable model card (``README.md`` in the model folder, the Hugging Face convention, with its
-    YAML front matter): base model, data and their licences, settings, where the metrics are, how to use it."""
-    trained = card.get("trained") or {}
-    labels = "\n".join(f"- {label}" for label in card["labels"])
-    data = card.get("data") or {}
-    def one_line(text: Any, missing: str) -> str:
-        return " ".join(str(text or missing).split()).rstrip(".")
-
-    datasets = "\n".join(
-        f"- **{name}**: {one_line(entry.get('description'), 'no description')}. Licence: "
-        f"{one_line(entry.get('license'), 'unknown')}." for name, entry in sorted(data.items())
-    ) or "- not recorded (see the run's config: datasets.<name>.license and description)"
-    settings = "\n".join(f"    {section}: {json.dumps(value, sort_keys=True)}"
-                          for section, value in (card.get("settings") or {}).items()) or "    not recorded"
-    variant = card.get("variant")
-    which = f" (variant `{variant}`)" if variant else ""
-    return f"""{_front_matter(card)}# cellduality model
-
-A causal language model fine-tuned by the cellduality workflow to answer questions about single cells given
-as cell sentences (a cell's top {card['top_k']} expressed genes, highest first).
-
-- Base model: {trained.get('model', 'unknown')}
-- Training datasets: {', '.join(trained.get('datasets', [])) or 'unknown'} (annotation on
-  {', '.join(trained.get('annotation', [])) or 'none'}); species: {card.get('species')}
-- Preprocessing: {json.dumps(card.get('preprocess'), sort_keys=True)}
-
-## Data and licences
-
-The weights were learned from these datasets, whose terms apply (hence `license: other`):
-
-{datasets}
-
-## Training settings
-
-{settings}
-
-## Metrics
-
-Not measured when this card was written (right after training). The run's evaluation of this model{which} on
-held-out cells is in its report: `results/report/results.tsv` and `results/report/tables.md`.
-
-## Use
-
-    cellduality annotate --model <this folder> --h5ad cells.h5ad --out cells.annotated.h5ad
-
-The model chooses among the {len(card['labels'])} labels it was trained on:
-
-{labels}
-
-## Limitations
-
-It knows only these labels and the genes of its training data; cells of other types get the closest known
-label (check `cellduality_confidence`). Its accuracy is what the run's report (`results/report/`) measured on
-held-out cells of the training datasets, not on new tissues or protocols.
-"""
-
-
-def read_model_card(model_dir: str | Path) -> dict[str, Any]:
-    path = Path(model_dir) / CARD
-    if not path.is_file():
-        raise CellDualityError(f"{model_dir}: no {CARD} (the label set and settings of the run); annotate a model "
-                               "trained by this workflow (results/models/sft/rep0 or results/models/grpo_*/rep0)")
-    try:
-        card = json.loads(path.read_text())
-    except ValueError as err:
-        raise CellDualityError(f"{path} is not valid JSON ({err}); retrain or restore the model folder") from None
-    if not card.get("labels"):
-        raise CellDualityError(f"{path} holds no label set (the run had no annotation task); train with tasks.annotation")
-    return card
-
-
 def answer_probability(model, tokenizer, conversations, responses, answers, batch_size: int = 32) -> list[float]:
     """exp(sum of log-probabilities) of each answer's tokens, teacher-forced after the prompt and the response
     text before the answer (0 where the answer is None); scored in right-padded batches."""
@@ -212,15 +78,16 @@ def annotate(model_dir: str | Path, h5ad: str | Path, out: str | Path, *, batch_
     from transformers import AutoModelForCausalLM
 
     from cellduality.data.cell_sentences import cell_sentences
-    from cellduality.data.preprocess import preprocess, read_h5ad
-    from cellduality.training.generation import generate_chat
+    from cellduality.data.preprocess import PreprocessSettings, preprocess, read_h5ad
+    from cellduality.training.decoding import generate_chat
     from cellduality.training.setup import load_tokenizer, on_device
 
     card = read_model_card(model_dir)
     labels = list(card["labels"])
     adata = read_h5ad(h5ad)
-    processed, report = preprocess(adata, {"species": card.get("species", "human"), "labels": {}, "metadata": {},
-                                           "constants": {}}, card["preprocess"], "annotate", where=str(h5ad))
+    entry = {"species": card.get("species", "human"), "labels": {}, "metadata": {}, "constants": {}}
+    settings = PreprocessSettings.from_params(card["preprocess"])
+    processed, report = preprocess(adata, entry, settings, "annotate", where=str(h5ad))
     tokenizer = load_tokenizer(str(model_dir))
     known = set(tokenizer.init_kwargs.get("answer_items") or [])
     if known:

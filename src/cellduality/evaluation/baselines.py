@@ -37,7 +37,7 @@ from cellduality.evaluation.expression_inversion import read_cells, read_express
 from cellduality.evaluation.generation_metrics import PCAEmbedding
 from cellduality.tasks.registry import TaskSpec, get_task, tasks_with
 from cellduality.tasks.schema import decode_column, read_task_frame
-from cellduality.tasks.tables import TaskTableParams
+from cellduality.tasks.settings import TaskTableSettings
 
 log = logging.getLogger(__name__)
 BASELINE_COLUMNS = ("model", "prompt_id", "task", "dataset", "split", "label", "prediction")
@@ -261,7 +261,7 @@ def _group_means(X: sp.csr_matrix, groups: np.ndarray) -> tuple[sp.csr_matrix, l
 
 def generation_baselines(task_table: str | Path | pd.DataFrame, cells: str | Path | pd.DataFrame, h5ad: str | Path,
                          *, task: str, methods: Sequence[str] | None = None, prompt_ids: Sequence[str] | None = None,
-                         control_values: Sequence[str] = TaskTableParams.control_values,
+                         control_values: Sequence[str] = TaskTableSettings.control_values,
                          seed: int = 0) -> pd.DataFrame:
     """Reference sentences for the eval prompts of ``task`` (generation or perturbation)."""
     spec = _spec(task, tuple(GENERATORS), "generation")

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from cellduality.evaluation.selection import eval_rows
+from cellduality.evaluation.settings import EvaluationSettings
 from cellduality.io import atomic_path
 from cellduality.tasks.registry import get_task
 from cellduality.tasks.schema import decode_column
-from cellduality.training.datasets import eval_rows
-from cellduality.training.generation import generate_chat
+from cellduality.training.decoding import generate_chat
 from cellduality.training.setup import load_tokenizer, on_device
 
 log = logging.getLogger(__name__)
@@ -26,25 +27,25 @@ def parse_prediction(task: str, response: str, candidates: Sequence[str]) -> tup
     return get_task(task).parse_prediction(response, candidates)
 
 
-def predict(model_path: str, tables: Sequence[str | Path], out: str | Path, *, max_prompts_per_table: int | None,
-            max_new_tokens: int, batch_size: int = 16, constrain_to_candidates: bool = False) -> pd.DataFrame:
+def predict(model_path: str, tables: Sequence[str | Path], out: str | Path, settings: EvaluationSettings) -> pd.DataFrame:
     """Greedy answers of ``model_path`` to the eval-stage primal prompts of ``tables``, parsed. With
-    ``constrain_to_candidates`` the label and assignment answers can only name the prompt's candidates
-    (:class:`cellduality.training.generation.CandidateItems`; models whose tokenizer records its labels)."""
+    ``settings.constrain_to_candidates`` the label and assignment answers can only name the prompt's candidates
+    (:class:`cellduality.training.decoding.CandidateItems`; models whose tokenizer records its labels)."""
     from transformers import AutoModelForCausalLM
 
-    rows = pd.concat([eval_rows([t], max_prompts_per_table) for t in tables], ignore_index=True)
+    rows = eval_rows(tables, settings.max_prompts_per_table)
     tokenizer = load_tokenizer(model_path)
     model = on_device(AutoModelForCausalLM.from_pretrained(model_path))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     log.info("answering %d eval prompts with %s", len(rows), model_path)
     allowed = None
-    if constrain_to_candidates:
+    if settings.constrain_to_candidates:
         allowed = [list(c) if get_task(t).kind("primal") in ("label", "assignment") and c else None
                    for t, c in zip(rows["task"], decode_column(rows, "candidates"))]
     responses = generate_chat(model, tokenizer, decode_column(rows, "prompt"),
-                              max_new_tokens=max_new_tokens, batch_size=batch_size, allowed_labels=allowed)
+                              max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
+                              allowed_labels=allowed)
     rows["response"] = responses
     parsed = [parse_prediction(t, r, c) for t, r, c in zip(rows["task"], responses, decode_column(rows, "candidates"))]
     rows["format_ok"] = [ok for ok, _ in parsed]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -26,6 +25,7 @@ from cellduality.evaluation.classification_metrics import (
 )
 from cellduality.evaluation.expression_inversion import RankExpressionFit, fit_from_files
 from cellduality.evaluation.generation_metrics import generation_scores, make_embedding, perturbation_scores
+from cellduality.evaluation.settings import EmbeddingSettings
 from cellduality.tasks.registry import get_task, tasks_with
 from cellduality.tasks.schema import decode_value, read_task_frame
 
@@ -61,7 +61,7 @@ class ExpressionSpace:
         return self._fits[dataset]
 
 
-def _generative_scores(metric: str, group: pd.DataFrame, space: ExpressionSpace, embedding: Mapping[str, Any],
+def _generative_scores(metric: str, group: pd.DataFrame, space: ExpressionSpace, embedding: EmbeddingSettings,
                        seed: int) -> dict[str, float]:
     ok = group[~group["prediction"].map(is_missing)]
     scores = {"format_error_rate": 1 - len(ok) / len(group)}
@@ -70,9 +70,8 @@ def _generative_scores(metric: str, group: pd.DataFrame, space: ExpressionSpace,
     fit = space.fit(group["dataset"].iloc[0])
     real = fit.invert(group["reference_sentence"].fillna("").tolist()).X
     generated = fit.invert(ok["prediction"].tolist()).X
-    space_e = make_embedding(real, fit.genes, method=embedding.get("method", "pca"),
-                             n_components=embedding.get("n_components", 50),
-                             scgpt_checkpoint=embedding.get("scgpt_checkpoint"), seed=seed)
+    space_e = make_embedding(real, fit.genes, method=embedding.method, n_components=embedding.n_components,
+                             scgpt_checkpoint=embedding.scgpt_checkpoint, seed=seed)
     real_e, gen_e = space_e.transform(real), space_e.transform(generated)
     if metric == "generation":
         scores.update(generation_scores(real_e, group["label"].tolist(), gen_e, ok["label"].tolist(), seed=seed))
@@ -82,10 +81,10 @@ def _generative_scores(metric: str, group: pd.DataFrame, space: ExpressionSpace,
 
 
 def score_predictions(pred: pd.DataFrame, task_tables: Sequence[str | Path], data: Mapping[str, Mapping[str, str]],
-                      *, embedding: Mapping[str, Any] | None = None, seed: int = 0) -> pd.DataFrame:
+                      *, embedding: EmbeddingSettings | None = None, seed: int = 0) -> pd.DataFrame:
     """Metrics of every (model, task, dataset, split) group of ``pred`` (see the module notes); ``embedding`` is
     config ``evaluation.embedding`` (method pca|scgpt, n_components, scgpt_checkpoint)."""
-    embedding = embedding or {}
+    embedding = embedding or EmbeddingSettings()
     pred = attach_references(pred, task_tables)
     space = ExpressionSpace(data, seed)
     rows = []
@@ -114,17 +113,18 @@ def confusion_matrices(pred: pd.DataFrame) -> dict[tuple[str, str, str], pd.Data
     return out
 
 
-def run_baselines(model_predictions: str | Path, task_tables: Sequence[str | Path],
-                  data: Mapping[str, Mapping[str, str]], control_values: Sequence[str]) -> pd.DataFrame:
-    """Every non-LLM baseline on exactly the prompts the models were evaluated on."""
+def run_baselines(task_tables: Sequence[str | Path], data: Mapping[str, Mapping[str, str]],
+                  control_values: Sequence[str], max_prompts_per_table: int | None) -> pd.DataFrame:
+    """Every non-LLM baseline on exactly the prompts the models are evaluated on (the same selection,
+    :func:`cellduality.evaluation.selection.eval_rows`; config ``evaluation.max_prompts_per_table``)."""
     from cellduality.evaluation.baselines import classification_baselines, generation_baselines
+    from cellduality.evaluation.selection import eval_rows
 
-    asked = set(pd.read_parquet(model_predictions, columns=["prompt_id"])["prompt_id"])
     frames = []
     for path in task_tables:
         table = read_task_frame(path)
         task, dataset = table["task"].iloc[0], table["dataset"].iloc[0]
-        ids = sorted(asked & set(table["prompt_id"]))
+        ids = sorted(eval_rows([path], max_prompts_per_table)["prompt_id"])
         if not ids:
             continue
         files = data[dataset]

@@ -2,5 +2,9 @@
 reward, metrics per task and dual), the task-table row schema, prompt builders, inpainting masks, answer
 parsing, RWJS and rewards. Teacher filtering, GRPO and evaluation all judge answers with these functions.
 
-Imports only the ground floor.
+Settings, one class per config section: ``settings.TaskSettings`` (``tasks``), ``settings.TaskTableSettings``
+(``task_tables``), ``settings.CellPuzzlesSettings`` (``cellpuzzles``), ``inpainting.InpaintingSettings``
+(``inpainting``), ``rewards.RewardSettings`` (``rewards``).
+
+Imports: data (label profiles of the SFT cells) and the ground floor.
 """

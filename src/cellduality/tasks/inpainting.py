@@ -7,6 +7,9 @@ Python's salted ``hash()``), so every rollout of one prompt is judged on the sam
 
 Strategies: ``random`` (uniform positions), ``top`` (the highest-ranked genes), ``tail`` (the lowest-ranked),
 ``markers`` (genes in a given marker set first, highest-ranked first, topped up at random).
+
+:class:`InpaintingSettings` is the config section ``inpainting``; :meth:`InpaintingSettings.masker` pairs it
+with a salt (:class:`InpaintingMasker`), which makes the masks.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from typing import ClassVar
 
-from cellduality.config import schema_default
+from cellduality.config import Settings, schema_default, setting
 from cellduality.errors import CellDualityError
 from cellduality.seeding import stable_permutation
 from cellduality.tasks.rwjs import as_gene_list
@@ -23,6 +27,7 @@ from cellduality.tasks.rwjs import as_gene_list
 STRATEGIES = ("random", "tail", "top", "markers")
 DEFAULT_HIDDEN_FRACTION = schema_default("inpainting.hidden_fraction")
 DEFAULT_STRATEGY = schema_default("inpainting.strategy")
+DATA_MARKERS = "data"  # inpainting.markers: learn the marker set from a task table's SFT cells
 
 
 @dataclass(frozen=True)
@@ -93,16 +98,41 @@ def make_mask(
 
 
 @dataclass(frozen=True)
-class InpaintingConfig:
-    """Mask settings (config ``inpainting.*``); ``salt`` distinguishes e.g. SFT from fresh RL masks."""
+class InpaintingSettings(Settings):
+    """Config ``inpainting.*``. ``markers: data`` stands for a marker set learned from a task table's SFT cells
+    (:func:`cellduality.tasks.tables.data_markers`); the table builder resolves it with :meth:`replace` before
+    any mask is made."""
 
-    hidden_fraction: float = DEFAULT_HIDDEN_FRACTION
-    strategy: str = DEFAULT_STRATEGY
-    salt: str | int = ""
-    markers: frozenset[str] | None = None
+    SECTION: ClassVar[str] = "inpainting"
+
+    hidden_fraction: float = setting("inpainting.hidden_fraction")
+    strategy: str = setting("inpainting.strategy")
+    markers: tuple[str, ...] | str | None = setting("inpainting.markers")
 
     def __post_init__(self) -> None:
+        if isinstance(self.markers, str) and self.markers != DATA_MARKERS:
+            raise CellDualityError(f"inpainting.markers must be a list of genes, null or {DATA_MARKERS}; "
+                                   f"got {self.markers!r}")
         validate_inpainting(self.hidden_fraction, self.strategy, self.markers)
 
+    def masker(self, salt: str | int = "") -> InpaintingMasker:
+        """What makes masks of these settings, seeded by ``salt`` and the prompt id."""
+        return InpaintingMasker(self, salt)
+
+
+@dataclass(frozen=True)
+class InpaintingMasker:
+    """:class:`InpaintingSettings` with a ``salt``: a different salt gives fresh masks (task tables salt by
+    seed and stage, so RL masks differ from SFT ones)."""
+
+    settings: InpaintingSettings
+    salt: str | int = ""
+
+    def __post_init__(self) -> None:
+        if self.settings.markers == DATA_MARKERS:
+            raise CellDualityError("inpainting.markers: data is learned from a task table's SFT cells; resolve it "
+                                   "(cellduality.tasks.tables.data_markers) before making masks")
+
     def mask(self, genes: str | Iterable[str], prompt_id: str) -> InpaintingMask:
-        return make_mask(genes, prompt_id, self.hidden_fraction, self.strategy, self.salt, self.markers)
+        s = self.settings
+        return make_mask(genes, prompt_id, s.hidden_fraction, s.strategy, self.salt, s.markers)

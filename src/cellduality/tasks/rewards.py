@@ -14,8 +14,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
-from cellduality.config import schema_default, setting
+from cellduality.config import Settings, schema_default, setting
 from cellduality.errors import CellDualityError
 from cellduality.tasks.parsing import (
     ParsedResponse,
@@ -34,8 +35,10 @@ REWARD_MODES = ("duality", "oracle")
 
 
 @dataclass(frozen=True)
-class RewardSettings:
+class RewardSettings(Settings):
     """Config ``rewards.*``."""
+
+    SECTION: ClassVar[str] = "rewards"
 
     mode: str = setting("rewards.mode")
     format_penalty: float = setting("rewards.format_penalty")

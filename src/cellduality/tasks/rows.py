@@ -14,9 +14,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from cellduality.seeding import stable_sample, stable_seed, stable_shuffle
-from cellduality.tasks.inpainting import InpaintingMask
+from cellduality.tasks.inpainting import InpaintingMask, InpaintingMasker, InpaintingSettings
 from cellduality.tasks.prompts import CELLPUZZLES_ANSWER_SEP, Messages, join_genes
 from cellduality.tasks.schema import TaskRow
+from cellduality.tasks.settings import CellPuzzlesSettings, TaskTableSettings
 
 TaskSpec = Any  # cellduality.tasks.registry.TaskSpec (which imports this module)
 
@@ -77,13 +78,16 @@ def prompt_id(task: str, direction: str, stage: str, dataset: str, key: str) -> 
 
 
 class BuildContext:
-    """What builders share: the settings, every cell record (all stages) and the output rows."""
+    """What builders share: every cell record (all stages), the settings (config sections ``task_tables``,
+    ``inpainting`` with ``markers: data`` resolved, ``cellpuzzles``) and the output rows."""
 
-    def __init__(self, params: Any, records: list[dict[str, Any]], candidates: Sequence[str] | None = None) -> None:
-        """``params``: :class:`cellduality.tasks.tables.TaskTableParams` (which imports this module);
-        ``candidates``: cell types offered in annotation prompts instead of each dataset's own."""
-        self.params = params
+    def __init__(self, records: list[dict[str, Any]], tables: TaskTableSettings, inpainting: InpaintingSettings,
+                 cellpuzzles: CellPuzzlesSettings, candidates: Sequence[str] | None = None) -> None:
+        """``candidates``: cell types offered in annotation prompts instead of each dataset's own."""
         self.records = records
+        self.tables = tables
+        self.inpainting = inpainting
+        self.cellpuzzles = cellpuzzles
         self.candidates = sorted(candidates) if candidates else None
         self.out = RowSink()
         self._label_sets: dict[str, dict[str, list[str]]] = {}
@@ -94,17 +98,21 @@ class BuildContext:
             self._label_sets[key] = label_sets(self.records, key)
         return self._label_sets[key]
 
+    def masker(self, stage: str) -> InpaintingMasker:
+        """The masks of ``stage``: salted by seed and stage, so RL masks are fresh."""
+        return self.inpainting.masker(f"{self.tables.seed}:{stage}")
+
 
 # ---------------------------------------------------------------- annotation and generation
 
 def identity_rows(ctx: BuildContext, recs: list[dict[str, Any]], stage: str, specs: Sequence[TaskSpec]) -> None:
     """Annotation (cell -> type; dual: inpainting given the type) and generation (type -> cell; dual:
     annotation of the generated cell), interleaved per cell."""
-    params, out = ctx.params, ctx.out
+    out = ctx.out
     by_name = {s.name: s for s in specs}
     annotation, generation = by_name.get("annotation"), by_name.get("generation")
     types = ctx.label_set("cell_type")
-    masker = params.inpainting(stage)
+    masker = ctx.masker(stage)
     with_dual = stage != "rl"
     for rec in recs:
         label = rec["cell_type"]
@@ -114,7 +122,7 @@ def identity_rows(ctx: BuildContext, recs: list[dict[str, Any]], stage: str, spe
         label = label or ""
         genes, meta, ds = rec["genes"], rec["metadata"], rec["dataset"]
         cands = ctx.candidates or types[ds]
-        shown = cands if params.annotation_candidates else None
+        shown = cands if ctx.tables.annotation_candidates else None
         sentence = join_genes(genes)
         if annotation is not None:
             pid = prompt_id("annotation", "primal", stage, ds, rec["cell_id"])
@@ -144,7 +152,7 @@ def sensitivity_rows(ctx: BuildContext, recs: list[dict[str, Any]], stage: str, 
     """(cell, drug) -> sensitivity; dual: inpainting given drug and sensitivity."""
     (spec,) = specs
     labels = ctx.label_set("sensitivity")
-    masker = ctx.params.inpainting(stage)
+    masker = ctx.masker(stage)
     for rec in recs:
         drug, sens = rec["drug"], rec["sensitivity"]
         if drug is None or sens is None:
@@ -168,8 +176,8 @@ def perturbation_rows(ctx: BuildContext, recs: list[dict[str, Any]], stage: str,
     """(control cell, drug) -> treated cell; dual: (treated, control) -> drug. A treated cell is paired with
     the first control cell sharing its dataset and ``pair_id``."""
     (spec,) = specs
-    params, all_recs = ctx.params, ctx.records
-    controls = {c.lower() for c in params.control_values}
+    all_recs, control_values = ctx.records, ctx.tables.control_values
+    controls = {c.lower() for c in control_values}
 
     def is_control(rec: Mapping[str, Any]) -> bool:
         return (rec["condition"] or "").lower() in controls
@@ -179,7 +187,7 @@ def perturbation_rows(ctx: BuildContext, recs: list[dict[str, Any]], stage: str,
         if rec["pair_id"] is not None and is_control(rec):
             pre_of.setdefault((rec["dataset"], str(rec["pair_id"])), rec)
     drugs = label_sets([r for r in all_recs if r["condition"] is not None and not is_control(r)], "drug",
-                       params.control_values)
+                       control_values)
     for rec in recs:
         if rec["drug"] is None or rec["pair_id"] is None or rec["condition"] is None or is_control(rec):
             continue
@@ -256,18 +264,17 @@ def cellpuzzles_rows(ctx: BuildContext, recs: list[dict[str, Any]], stage: str, 
     cell given its type, one in each of the first puzzles that hold the cell, each with that puzzle's mask (later
     rounds add puzzles, not more duals of the same cells)."""
     (spec,) = specs
-    params, out = ctx.params, ctx.out
-    masker = params.inpainting(stage)
-    rounds = params.cellpuzzles_eval_rounds if stage == "eval" else params.cellpuzzles_rounds
+    out, puzzles, seed = ctx.out, ctx.cellpuzzles, ctx.tables.seed
+    masker = ctx.masker(stage)
     duals: Counter[str] = Counter()
-    for batch in cellpuzzles_batches(recs, params.cellpuzzles_n, params.seed, stage, rounds):
+    for batch in cellpuzzles_batches(recs, puzzles.batch_size, seed, stage, puzzles.rounds(stage)):
         cells = [recs[i] for i in batch]
         ids = [c["cell_id"] for c in cells]
         ds = cells[0]["dataset"]
         key = f"{stable_seed(*ids):016x}"
         pid = prompt_id(spec.name, "primal", stage, ds, key)
         gold = [c["cell_type"] for c in cells]
-        candidates = stable_shuffle(gold, "puzzle-candidates", params.seed, pid)
+        candidates = stable_shuffle(gold, "puzzle-candidates", seed, pid)
         meta = _shared_metadata(cells)
         masks = [masker.mask(c["genes"], f"{pid}#{j}") for j, c in enumerate(cells)]
         label = CELLPUZZLES_ANSWER_SEP.join(gold)
@@ -277,7 +284,7 @@ def cellpuzzles_rows(ctx: BuildContext, recs: list[dict[str, Any]], stage: str, 
         if stage == "rl":
             continue
         for j, (cell, mask) in enumerate(zip(cells, masks)):
-            if duals[cell["cell_id"]] >= params.cellpuzzles_duals:
+            if duals[cell["cell_id"]] >= puzzles.duals_per_cell:
                 continue
             duals[cell["cell_id"]] += 1
             out.add(task=spec.name, direction="dual", stage=stage, prompt_id=f"{pid}#{j}", rec=cell,

@@ -145,7 +145,7 @@ def read_task_frame(path: str | Path, columns: Sequence[str] | None = None) -> p
         import pyarrow.parquet as pq
 
         present = set(pq.read_schema(path).names)
-    except Exception as err:  # noqa: BLE001 - any reader failure means "not a readable Parquet file"
+    except Exception as err:
         raise CellDualityError(f"task table {path} is not a readable Parquet file ({type(err).__name__}); "
                                f"{REBUILD_HINT}") from None
     missing = [c for c in wanted if c not in present]

@@ -17,106 +17,28 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from cellduality.config import setting, settings_from_config
 from cellduality.data.label_profiles import label_profiles
 from cellduality.errors import CellDualityError
 from cellduality.io import atomic_path
 from cellduality.seeding import stable_sample, stable_uniform
-from cellduality.tasks.inpainting import InpaintingConfig
+from cellduality.tasks.inpainting import DATA_MARKERS, InpaintingSettings
 from cellduality.tasks.prompts import CONTEXT_KEYS, is_present
 from cellduality.tasks.registry import TASK_REGISTRY, get_task, task_names
 from cellduality.tasks.rows import BuildContext, cellpuzzles_batches
 from cellduality.tasks.schema import ROW_COLUMNS
+from cellduality.tasks.settings import STAGES, CellPuzzlesSettings, TaskTableSettings
 
 REQUIRED_COLUMNS = ("cell_id", "dataset", "split", "sentence")
 SPLITS = ("train", "test", "ood", "adapt")  # adapt: a role adapt dataset's unlabelled RL cells
-STAGES = ("sft", "rl", "eval")
 OUTPUT_COLUMNS = ROW_COLUMNS
-DATA_MARKERS = "data"  # inpainting.markers: learn the marker set from the SFT cells
-__all__ = ["OUTPUT_COLUMNS", "REQUIRED_COLUMNS", "SPLITS", "STAGES", "TaskTableParams", "available_tasks",
-           "build_task_tables", "cellpuzzles_batches", "cells_of_stage", "check_task_inputs", "check_task_prompts",
-           "data_markers", "write_task_tables"]
-
-
-@dataclass(frozen=True)
-class TaskTableParams:
-    """Settings (config keys of the same names; see :meth:`from_dict`)."""
-
-    tasks: tuple[str, ...] = field(default_factory=task_names)
-    top_k: int | None = None
-    hidden_fraction: float = setting("inpainting.hidden_fraction")
-    strategy: str = setting("inpainting.strategy")
-    markers: tuple[str, ...] | str | None = setting("inpainting.markers")  # "data": derived per table
-    seed: int = setting("task_tables.seed")
-    rl_fraction: float = setting("task_tables.rl_fraction")
-    max_cells_sft: int | None = setting("task_tables.max_cells_sft")
-    max_cells_rl: int | None = setting("task_tables.max_cells_rl")
-    max_cells_eval: int | None = setting("task_tables.max_cells_eval")
-    cellpuzzles_n: int = setting("cellpuzzles.batch_size")
-    cellpuzzles_rounds: int = setting("cellpuzzles.train_rounds")
-    cellpuzzles_eval_rounds: int = setting("cellpuzzles.eval_rounds")
-    cellpuzzles_duals: int = setting("cellpuzzles.duals_per_cell")
-    annotation_candidates: bool = setting("task_tables.annotation_candidates")
-    control_values: tuple[str, ...] = setting("task_tables.control_values")
-
-    def __post_init__(self) -> None:
-        unknown = [t for t in self.tasks if t not in TASK_REGISTRY]
-        if unknown:
-            raise CellDualityError(f"tasks: unknown task(s) {unknown}; choose from {', '.join(task_names())}")
-        if not 0.0 <= self.rl_fraction <= 1.0:
-            raise CellDualityError(f"task_tables.rl_fraction must be in [0, 1]; got {self.rl_fraction}")
-        if self.cellpuzzles_n < 2:
-            raise CellDualityError(f"cellpuzzles.batch_size must be at least 2; got {self.cellpuzzles_n}")
-        for key, rounds in (("train_rounds", self.cellpuzzles_rounds), ("eval_rounds", self.cellpuzzles_eval_rounds)):
-            if rounds < 1:
-                raise CellDualityError(f"cellpuzzles.{key} must be at least 1; got {rounds}")
-        if self.cellpuzzles_duals < 0:
-            raise CellDualityError(f"cellpuzzles.duals_per_cell must be 0 or more; got {self.cellpuzzles_duals}")
-        if self.top_k is not None and self.top_k < 1:
-            raise CellDualityError(f"cell_sentence.top_k must be positive; got {self.top_k}")
-        self.inpainting("sft")  # validates fraction / strategy / markers
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> TaskTableParams:
-        """Build from a flat mapping of field names (unknown keys are an error)."""
-        kwargs = dict(values)
-        for key in ("tasks", "markers", "control_values"):
-            if kwargs.get(key) is not None and kwargs[key] != DATA_MARKERS:
-                kwargs[key] = tuple(kwargs[key])
-        return settings_from_config(cls, kwargs, "task-table")
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> TaskTableParams:
-        """Build from the pipeline config: ``task_tables.*``, ``inpainting.{hidden_fraction,strategy,markers}``,
-        ``cellpuzzles.{batch_size,train_rounds,eval_rounds,duals_per_cell}`` and ``cell_sentence.top_k`` (absent
-        sections keep the defaults)."""
-        values: dict[str, Any] = dict(config.get("task_tables") or {})
-        inpainting = config.get("inpainting") or {}
-        values.update({k: inpainting[k] for k in ("hidden_fraction", "strategy", "markers") if k in inpainting})
-        puzzles = config.get("cellpuzzles") or {}
-        for key, name in (("batch_size", "cellpuzzles_n"), ("train_rounds", "cellpuzzles_rounds"),
-                          ("eval_rounds", "cellpuzzles_eval_rounds"), ("duals_per_cell", "cellpuzzles_duals")):
-            if key in puzzles:
-                values[name] = puzzles[key]
-        if "top_k" in (config.get("cell_sentence") or {}):
-            values.setdefault("top_k", config["cell_sentence"]["top_k"])
-        return cls.from_dict(values)
-
-    def inpainting(self, stage: str) -> InpaintingConfig:
-        """Mask settings; the salt differs per stage and seed, so RL masks are fresh."""
-        if self.markers == DATA_MARKERS:  # resolved by build_task_tables; checked here with a stand-in set
-            return InpaintingConfig(self.hidden_fraction, self.strategy, f"{self.seed}:{stage}", frozenset())
-        markers = None if self.markers is None else frozenset(self.markers)
-        return InpaintingConfig(self.hidden_fraction, self.strategy, f"{self.seed}:{stage}", markers)
-
-    def max_cells(self, stage: str) -> int | None:
-        return {"sft": self.max_cells_sft, "rl": self.max_cells_rl, "eval": self.max_cells_eval}[stage]
+__all__ = ["OUTPUT_COLUMNS", "REQUIRED_COLUMNS", "SPLITS", "STAGES", "available_tasks", "build_task_tables",
+           "cellpuzzles_batches", "cells_of_stage", "check_task_inputs", "check_task_prompts", "data_markers",
+           "write_task_tables"]
 
 
 # ---------------------------------------------------------------- input handling
@@ -168,26 +90,26 @@ def data_markers(records: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
     return tuple(sorted(profiles.marker_union()))
 
 
-def _stage_of(row: Mapping[str, Any], params: TaskTableParams) -> str:
+def _stage_of(row: Mapping[str, Any], tables: TaskTableSettings) -> str:
     if row["split"] == "adapt":
         return "rl"
     if row["split"] != "train":
         return "eval"
-    u = stable_uniform("rl-cells", params.seed, row["dataset"], row["cell_id"])
-    return "rl" if u < params.rl_fraction else "sft"
+    u = stable_uniform("rl-cells", tables.seed, row["dataset"], row["cell_id"])
+    return "rl" if u < tables.rl_fraction else "sft"
 
 
-def cells_of_stage(cells: pd.DataFrame, stage: str, params: TaskTableParams | None = None) -> pd.DataFrame:
+def cells_of_stage(cells: pd.DataFrame, stage: str, tables: TaskTableSettings | None = None) -> pd.DataFrame:
     """The rows of a cell-sentence table whose cells the task tables put in ``stage`` (sft, rl or eval)."""
-    params = params or TaskTableParams()
+    tables = tables or TaskTableSettings()
     table = _validate(cells)
-    keep = [_stage_of(row, params) == stage for row in table[["dataset", "cell_id", "split"]].to_dict("records")]
+    keep = [_stage_of(row, tables) == stage for row in table[["dataset", "cell_id", "split"]].to_dict("records")]
     return table[keep]
 
 
-def _limit(records: list[dict[str, Any]], stage: str, params: TaskTableParams) -> list[dict[str, Any]]:
+def _limit(records: list[dict[str, Any]], stage: str, tables: TaskTableSettings) -> list[dict[str, Any]]:
     """At most ``max_cells(stage)`` records per split, chosen by seed, kept in table order."""
-    limit = params.max_cells(stage)
+    limit = tables.max_cells(stage)
     if limit is None:
         return records
     keep: set[int] = set()
@@ -195,7 +117,7 @@ def _limit(records: list[dict[str, Any]], stage: str, params: TaskTableParams) -
     for i, rec in enumerate(records):
         by_split[rec["split"]].append(i)
     for split, idx in by_split.items():
-        keep.update(stable_sample(idx, limit, "limit", params.seed, stage, split))
+        keep.update(stable_sample(idx, limit, "limit", tables.seed, stage, split))
     return [rec for i, rec in enumerate(records) if i in keep]
 
 
@@ -212,40 +134,49 @@ def _label_keys() -> tuple[str, ...]:
     return tuple(dict.fromkeys(c for s in TASK_REGISTRY.values() for c in (*s.columns, s.label_column)))
 
 
-def build_task_tables(cells: pd.DataFrame, params: TaskTableParams | None = None,
+def build_task_tables(cells: pd.DataFrame, tasks: Iterable[str] | None = None, *,
+                      tables: TaskTableSettings | None = None, inpainting: InpaintingSettings | None = None,
+                      cellpuzzles: CellPuzzlesSettings | None = None, top_k: int | None = None,
                       candidates: Sequence[str] | None = None) -> pd.DataFrame:
-    """All prompt rows for the tasks the table supports (see module docstring). Rows are built per stage,
-    task by task in registration order; tasks sharing a row builder (annotation, generation) interleave.
-    ``candidates``: the cell types offered in annotation prompts instead of the table's own (a role adapt
-    dataset offers the label set of its ``adapt_from`` dataset). Cells of split ``adapt`` lose their labels
-    here: they reach the RL stage as unlabelled annotation prompts only."""
-    params = params or TaskTableParams()
+    """All prompt rows for the ``tasks`` (default: every registered task) the table supports (see module
+    docstring). Rows are built per stage, task by task in registration order; tasks sharing a row builder
+    (annotation, generation) interleave. The settings are the config sections ``task_tables``, ``inpainting``
+    and ``cellpuzzles`` (absent: schema defaults); ``top_k`` (``cell_sentence.top_k``) cuts every sentence to
+    its first genes (None: whole sentences). ``candidates``: the cell types offered in annotation prompts
+    instead of the table's own (a role adapt dataset offers the label set of its ``adapt_from`` dataset).
+    Cells of split ``adapt`` lose their labels here: they reach the RL stage as unlabelled annotation prompts
+    only."""
+    tasks = task_names() if tasks is None else tuple(get_task(t).name for t in tasks)
+    tables = tables or TaskTableSettings()
+    inpainting = inpainting or InpaintingSettings()
+    if top_k is not None and top_k < 1:
+        raise CellDualityError(f"cell_sentence.top_k must be positive; got {top_k}")
     table = _validate(cells)
-    tasks = set(available_tasks(table.columns, params.tasks))
-    if (table["split"] == "adapt").any() and "annotation" in params.tasks:
-        tasks.add("annotation")  # an unlabelled adapt dataset needs no label column
+    built = set(available_tasks(table.columns, tasks))
+    if (table["split"] == "adapt").any() and "annotation" in tasks:
+        built.add("annotation")  # an unlabelled adapt dataset needs no label column
     label_keys = _label_keys()
     records: list[dict[str, Any]] = []
     for row in table.to_dict("records"):
         genes = str(row["sentence"]).split()
-        if params.top_k is not None:
-            genes = genes[: params.top_k]
+        if top_k is not None:
+            genes = genes[:top_k]
         if not genes:
             continue
         rec = {"cell_id": row["cell_id"], "dataset": row["dataset"], "split": row["split"], "genes": genes,
                "metadata": _metadata(row)}
         rec.update({k: None if row["split"] == "adapt" else _text(row, k) for k in label_keys})
-        rec["stage"] = _stage_of(rec, params)
+        rec["stage"] = _stage_of(rec, tables)
         records.append(rec)
-    if params.markers == DATA_MARKERS:
-        params = replace(params, markers=data_markers(records))
+    if inpainting.markers == DATA_MARKERS:
+        inpainting = inpainting.replace(markers=data_markers(records))
     builders: dict[Any, list] = {}
     for spec in TASK_REGISTRY.values():
-        if spec.name in tasks:
+        if spec.name in built:
             builders.setdefault(spec.build_rows, []).append(spec)
-    ctx = BuildContext(params, records, candidates)
+    ctx = BuildContext(records, tables, inpainting, cellpuzzles or CellPuzzlesSettings(), candidates)
     for stage in STAGES:
-        recs = _limit([r for r in records if r["stage"] == stage], stage, params)
+        recs = _limit([r for r in records if r["stage"] == stage], stage, tables)
         for build, specs in builders.items():
             build(ctx, recs, stage, specs)
     return pd.DataFrame(ctx.out.rows, columns=list(OUTPUT_COLUMNS))
@@ -314,9 +245,11 @@ def check_task_prompts(table: pd.DataFrame, tasks: Iterable[str], source: object
                                        "splits.test_fraction")
 
 
-def write_task_tables(cells: pd.DataFrame | str | Path, path: str | Path, params: TaskTableParams | None = None,
-                      *, required: Iterable[str] = (), candidates_from: str | Path | None = None) -> pd.DataFrame:
-    """Build the tables from a DataFrame or Parquet path and write them to ``path`` as Parquet. The
+def write_task_tables(cells: pd.DataFrame | str | Path, path: str | Path, tasks: Iterable[str] | None = None, *,
+                      tables: TaskTableSettings | None = None, inpainting: InpaintingSettings | None = None,
+                      cellpuzzles: CellPuzzlesSettings | None = None, top_k: int | None = None,
+                      required: Iterable[str] = (), candidates_from: str | Path | None = None) -> pd.DataFrame:
+    """:func:`build_task_tables` from a DataFrame or Parquet path, written to ``path`` as Parquet. The
     ``required`` tasks (the configured ones) must be buildable and yield prompts: otherwise one line, and no
     file (:func:`check_task_inputs`, :func:`check_task_prompts`). ``candidates_from``: the cell-sentence table
     whose cell types the annotation prompts offer (a role adapt dataset's ``adapt_from``)."""
@@ -328,7 +261,8 @@ def write_task_tables(cells: pd.DataFrame | str | Path, path: str | Path, params
     if candidates_from is not None:
         labels = pd.read_parquet(candidates_from, columns=["cell_type"])["cell_type"]
         candidates = sorted({str(v) for v in labels if is_present(v)})
-    result = build_task_tables(frame, params, candidates)
+    result = build_task_tables(frame, tasks, tables=tables, inpainting=inpainting, cellpuzzles=cellpuzzles,
+                               top_k=top_k, candidates=candidates)
     check_task_prompts(result, required, source)
     with atomic_path(path) as tmp:
         result.to_parquet(tmp, index=False)

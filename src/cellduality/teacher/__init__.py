@@ -2,5 +2,7 @@
 Gemini, or the offline markers teacher in ``teacher.markers``), cached per request, filtered (rejection
 sampling, rank-aware filtering) into SFT data.
 
-Imports tasks and the ground floor; never training.
+Settings: ``runner.TeacherSettings`` (``teacher``), ``filtering.FilterSettings`` (``filtering``).
+
+Imports: data, tasks and the ground floor; never training.
 """

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 
-from cellduality.config import setting, settings_from_config
+from cellduality.config import Settings, setting
 from cellduality.errors import CellDualityError
 from cellduality.tasks.parsing import (
     labels_equal,
@@ -42,9 +42,10 @@ from cellduality.tasks.schema import TaskRow, decode_column, decode_value
 THRESHOLD_KEYS = ("rwjs_threshold", "dual_rwjs_threshold")
 
 @dataclass(frozen=True)
-class FilterSettings:
+class FilterSettings(Settings):
     """Config ``filtering.*``."""
 
+    SECTION: ClassVar[str] = "filtering"
     rwjs_threshold: float = setting("filtering.rwjs_threshold")
     dual_rwjs_threshold: float | None = setting("filtering.dual_rwjs_threshold")
     strict_format: bool = setting("filtering.strict_format")
@@ -52,15 +53,12 @@ class FilterSettings:
     max_accepted_per_prompt: int | None = setting("filtering.max_accepted_per_prompt")
     per_task: Mapping[str, Mapping[str, float | None]] = setting("filtering.per_task")
 
-    @classmethod
-    def from_config(cls, values: Mapping[str, Any]) -> FilterSettings:
-        settings = settings_from_config(cls, values, "filtering")
-        for task, override in settings.per_task.items():
+    def __post_init__(self) -> None:
+        for task, override in self.per_task.items():
             bad = sorted(set(override) - set(THRESHOLD_KEYS))
             if bad:
                 raise CellDualityError(f"filtering.per_task.{task}: unknown key(s) {bad}; "
                                        f"known: {list(THRESHOLD_KEYS)}")
-        return settings
 
     def threshold(self, direction: str, task: str | None = None) -> float:
         """RWJS threshold of gene-list samples: per-task override, else global (duals: dual, else primal)."""

@@ -268,7 +268,7 @@ class OpenAIProvider(TeacherProvider):
             raise TransientError("malformed chat completion body: not a JSON object")
         return completions_from_chat(data, request.n)
 
-    async def aclose(self) -> None:  # noqa: B027 (optional hook: most providers hold nothing)
+    async def aclose(self) -> None:
         await self.client.close()
 
 
@@ -368,7 +368,7 @@ class GeminiProvider(TeacherProvider):
         outs = apportion(output_tokens, [len(t) for t in texts])
         return [Completion(t, i, o, f) for t, i, o, f in zip(texts, ins, outs, finishes)]
 
-    async def aclose(self) -> None:  # noqa: B027 (optional hook: most providers hold nothing)
+    async def aclose(self) -> None:
         close = getattr(self.client.aio, "aclose", None)
         if close is not None:
             await close()

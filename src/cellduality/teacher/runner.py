@@ -31,9 +31,9 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from cellduality.config import setting, settings_from_config
+from cellduality.config import Settings, setting
 from cellduality.data.label_profiles import DataProfiles
 from cellduality.errors import CellDualityError
 from cellduality.teacher.cache import CachedResponse, ResponseCache, cache_key, prompt_hash
@@ -55,45 +55,44 @@ log = logging.getLogger("cellduality.teacher")
 PROVIDERS = ("markers", "openai", "gemini")
 DEFAULT_MODELS = {"markers": "markers-v1", "openai": "gpt-4o", "gemini": "gemini-2.5-pro"}
 DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "gemini": "GEMINI_API_KEY"}
-# settings that change what ends up in the SFT outputs (the rule's params); the rest are operational
-OUTPUT_KEYS = ("provider", "model", "n_samples", "temperature", "max_tokens", "top_p", "seed", "price_in",
-               "price_out", "batch_discount", "max_prompts", "max_prompts_per_task", "max_reasoning_lines", "knowledge",
-               "dual_answers")
 
 
 @dataclass(frozen=True)
-class TeacherSettings:
-    """Config ``teacher.*``: meanings and defaults of every key are in config/schema.yaml."""
+class TeacherSettings(Settings):
+    """Config ``teacher.*``: meanings and defaults of every key are in config/schema.yaml. Fields declared
+    ``reruns=False`` say how the job talks to the API (endpoint, concurrency, retries, timeouts, batch mode, cache,
+    progress bar), not what ends up in the SFT data: changing them reruns nothing."""
 
+    SECTION: ClassVar[str] = "teacher"
     provider: str = setting("teacher.provider")
     model: str | None = setting("teacher.model")
-    base_url: str | None = setting("teacher.base_url")
-    api_key_env: str | None = setting("teacher.api_key_env")
+    base_url: str | None = setting("teacher.base_url", reruns=False)
+    api_key_env: str | None = setting("teacher.api_key_env", reruns=False)
     n_samples: int = setting("teacher.n_samples")
     temperature: float = setting("teacher.temperature")
     max_tokens: int = setting("teacher.max_tokens")
     top_p: float | None = setting("teacher.top_p")
     seed: int | None = setting("teacher.seed")
-    samples_per_request: int = setting("teacher.samples_per_request")
-    concurrency: int = setting("teacher.concurrency")
-    max_retries: int = setting("teacher.max_retries")
-    timeout_s: float = setting("teacher.timeout_s")
-    backoff_s: float = setting("teacher.backoff_s")
-    max_backoff_s: float = setting("teacher.max_backoff_s")
-    max_failed_fraction: float = setting("teacher.max_failed_fraction")
-    batch_api: bool = setting("teacher.batch_api")
-    batch_poll_s: float = setting("teacher.batch_poll_s")
-    batch_max_wait_s: float = setting("teacher.batch_max_wait_s")
+    samples_per_request: int = setting("teacher.samples_per_request", reruns=False)
+    concurrency: int = setting("teacher.concurrency", reruns=False)
+    max_retries: int = setting("teacher.max_retries", reruns=False)
+    timeout_s: float = setting("teacher.timeout_s", reruns=False)
+    backoff_s: float = setting("teacher.backoff_s", reruns=False)
+    max_backoff_s: float = setting("teacher.max_backoff_s", reruns=False)
+    max_failed_fraction: float = setting("teacher.max_failed_fraction", reruns=False)
+    batch_api: bool = setting("teacher.batch_api", reruns=False)
+    batch_poll_s: float = setting("teacher.batch_poll_s", reruns=False)
+    batch_max_wait_s: float = setting("teacher.batch_max_wait_s", reruns=False)
     price_in: float = setting("teacher.price_in")
     price_out: float = setting("teacher.price_out")
     batch_discount: float = setting("teacher.batch_discount")
-    max_cost_usd: float | None = setting("teacher.max_cost_usd")
-    cache: bool = setting("teacher.cache")
-    cache_dir: str | None = setting("teacher.cache_dir")
-    cache_sync: str = setting("teacher.cache_sync")
+    max_cost_usd: float | None = setting("teacher.max_cost_usd", reruns=False)
+    cache: bool = setting("teacher.cache", reruns=False)
+    cache_dir: str | None = setting("teacher.cache_dir", reruns=False)
+    cache_sync: str = setting("teacher.cache_sync", reruns=False)
     max_prompts: int | None = setting("teacher.max_prompts")
     max_prompts_per_task: Mapping[str, int | None] = setting("teacher.max_prompts_per_task")
-    progress: bool = setting("teacher.progress")
+    progress: bool = setting("teacher.progress", reruns=False)
     max_reasoning_lines: int | None = setting("teacher.max_reasoning_lines")
     knowledge: str = setting("teacher.knowledge")
     dual_answers: str = setting("teacher.dual_answers")
@@ -104,10 +103,6 @@ class TeacherSettings:
         if self.n_samples < 1 or self.concurrency < 1 or self.samples_per_request < 1:
             raise CellDualityError("teacher.n_samples, teacher.concurrency and teacher.samples_per_request "
                                    "must be >= 1")
-
-    @classmethod
-    def from_config(cls, values: Mapping[str, Any]) -> TeacherSettings:
-        return settings_from_config(cls, values, "teacher")
 
     @property
     def model_name(self) -> str:
@@ -121,16 +116,11 @@ class TeacherSettings:
         """Most primal SFT prompts of ``task`` sent to the teacher (None = all)."""
         return self.max_prompts_per_task.get(task, self.max_prompts)
 
-    def params(self) -> GenerationParams:
+    def generation_params(self) -> GenerationParams:
         return GenerationParams(self.temperature, self.max_tokens, self.top_p, self.seed)
 
     def cost(self, tokens_in: float, tokens_out: float) -> float:
         return (tokens_in * self.price_in + tokens_out * self.price_out) / 1e6
-
-
-def output_params(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The teacher settings that change outputs (for a Snakemake rule's ``params``)."""
-    return {k: values.get(k) for k in OUTPUT_KEYS}
 
 
 def api_key(settings: TeacherSettings, env: Mapping[str, str] | None = None) -> str | None:
@@ -290,7 +280,7 @@ class TeacherRunner:
         self.settings = settings
         self.cache = cache if provider is None or provider.cache_responses else None
         self.secrets = [s for s in secrets if s]
-        self.params = settings.params()
+        self.params = settings.generation_params()
         self.usage = Usage()
         self._pause_until = 0.0
         self._aliases: dict[str, str] = {}  # prompt id -> the id whose identical prompt was sampled

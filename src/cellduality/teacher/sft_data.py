@@ -34,7 +34,8 @@ from cellduality.io import atomic_path
 from cellduality.seeding import stable_sample
 from cellduality.tasks.prompts import format_answer
 from cellduality.tasks.schema import check_columns, decode_column, read_task_frame
-from cellduality.tasks.tables import TaskTableParams, cells_of_stage
+from cellduality.tasks.settings import TaskTableSettings
+from cellduality.tasks.tables import cells_of_stage
 from cellduality.teacher.cache import ResponseCache
 from cellduality.teacher.filtering import FilterSettings, direction_stats, judge, link_duals, score_summary, select
 from cellduality.teacher.providers import TeacherProvider
@@ -50,12 +51,12 @@ SFT_COLUMNS = (
 REQUIRED = ("prompt_id", "task", "direction", "dataset", "stage", "prompt", "answer", "candidates", "cell_ids")
 
 
-def sft_cell_profiles(cells: pd.DataFrame | str | Path, params: TaskTableParams | None = None,
+def sft_cell_profiles(cells: pd.DataFrame | str | Path, tables: TaskTableSettings | None = None,
                       label_column: str = "cell_type") -> DataProfiles:
     """Label profiles (:mod:`cellduality.data.label_profiles`) of the cells the task tables put in the SFT
     stage: the teacher learns from the training cells it writes SFT data for, never from RL or test cells."""
     frame = pd.read_parquet(cells) if isinstance(cells, (str, Path)) else cells
-    sft = cells_of_stage(frame, "sft", params)
+    sft = cells_of_stage(frame, "sft", tables)
     labels = sft[label_column] if label_column in sft.columns else [""] * len(sft)
     return label_profiles(sft["sentence"], labels)
 

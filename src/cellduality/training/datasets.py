@@ -81,12 +81,3 @@ def rl_dataset(paths: Sequence[str | Path], max_prompts: int | None = None, seed
     records = {"prompt": decode_column(table, "prompt", ", ".join(map(str, paths)))}
     records.update({c: table[c].fillna("").astype(str).tolist() for c in REWARD_COLUMNS})
     return Dataset.from_dict(records)
-
-
-def eval_rows(paths: Sequence[str | Path], max_rows: int | None = None) -> pd.DataFrame:
-    """Evaluation-stage primal rows (at most ``max_rows`` per split, in table order)."""
-    table = _read_tasks(paths, ("prompt", "stage", "direction", "split", "cell_ids", *REWARD_COLUMNS))
-    table = table[(table["stage"] == "eval") & (table["direction"] == "primal")]
-    if max_rows is not None:
-        table = table.groupby("split", sort=False).head(max_rows)
-    return table.reset_index(drop=True)

@@ -95,7 +95,7 @@ def policy_dual_generator(trainer, max_new_tokens: int, temperature: float = 0.0
     """Dual answers from the live policy being trained (unwrapped for generation, no gradients)."""
     from trl.models import unwrap_model_for_generation
 
-    from cellduality.training.generation import generate_chat
+    from cellduality.training.decoding import generate_chat
 
     def generate(conversations: list[Messages]) -> list[str]:
         with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as model:
@@ -108,7 +108,7 @@ def policy_dual_generator(trainer, max_new_tokens: int, temperature: float = 0.0
 def model_dual_generator(model, tokenizer, max_new_tokens: int, temperature: float = 0.0,
                          batch_size: int = 16) -> DualGenerator:
     """Dual answers from a fixed model (e.g. the frozen SFT model)."""
-    from cellduality.training.generation import generate_chat
+    from cellduality.training.decoding import generate_chat
 
     def generate(conversations: list[Messages]) -> list[str]:
         return generate_chat(model, tokenizer, conversations, max_new_tokens=max_new_tokens,

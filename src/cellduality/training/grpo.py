@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from cellduality.tasks.rewards import RewardSettings
 from cellduality.training.datasets import rl_dataset
 from cellduality.training.duality import TaskReward, model_dual_generator, policy_dual_generator
 from cellduality.training.label_signal import label_signal_gate
-from cellduality.training.settings import GRPOSettings, ReportSettings
+from cellduality.training.settings import GRPOSettings, LoraSettings, ReportSettings
 from cellduality.training.setup import (
     last_checkpoint,
     load_tokenizer,
@@ -34,11 +34,10 @@ from cellduality.training.setup import (
 log = logging.getLogger(__name__)
 
 
-def grpo_config(cfg: dict[str, Any] | GRPOSettings, checkpoint_dir: str | Path, n_processes: int = 1,
+def grpo_config(s: GRPOSettings, checkpoint_dir: str | Path, n_processes: int = 1,
                 report: ReportSettings | None = None):
     from trl import GRPOConfig
 
-    s = cfg if isinstance(cfg, GRPOSettings) else GRPOSettings.from_config(cfg)
     s.check_processes(n_processes)
     extra = {"use_vllm": True, "vllm_mode": "colocate"} if s.use_vllm else {}
     return GRPOConfig(
@@ -65,19 +64,17 @@ def write_reward_curve(log_history: list[dict[str, Any]], path: str | Path) -> N
 
 
 def run_grpo(model_path: str, tables: Sequence[str | Path], out_dir: str | Path, checkpoint_dir: str | Path,
-             cfg: dict[str, Any], reward_cfg: dict[str, Any], lora: dict[str, Any], n_processes: int = 1,
-             label_signal: str | Path | None = None, report: Mapping[str, Any] | None = None) -> Path:
+             s: GRPOSettings, settings: RewardSettings, lora: LoraSettings, n_processes: int = 1,
+             label_signal: str | Path | None = None, report: ReportSettings | None = None) -> Path:
     """GRPO from ``model_path`` on the RL prompts of ``tables``; resume from ``checkpoint_dir``. With the duality
     reward, ``label_signal`` (the SFT model's true-label-wins JSON) is checked first: a warning when at chance.
-    ``report``: :class:`ReportSettings` fields (config ``training.report_to``, the metrics folder, run name)."""
+    ``report``: where metrics also go (config ``training.report_to``, the metrics folder, run name)."""
     from transformers import AutoModelForCausalLM
     from trl import GRPOTrainer
 
-    r = ReportSettings.from_config(report)  # a missing tensorboard / wandb is one line before any work
-    checkpoint_dir = run_checkpoint_dir(checkpoint_dir, {"grpo": cfg, "rewards": reward_cfg, "lora": lora},
-                                        [model_path, *tables])
-    s = GRPOSettings.from_config(cfg)
-    settings = RewardSettings(**reward_cfg)
+    r = report or ReportSettings()
+    checkpoint_dir = run_checkpoint_dir(checkpoint_dir, {"grpo": s.rerun_params(), "rewards": settings.params(),
+                                                         "lora": lora.params()}, [model_path, *tables])
     if settings.mode == "duality":
         label_signal_gate(label_signal)
     dataset = rl_dataset(tables, s.max_prompts, seed=s.seed, labelled_only=settings.mode == "oracle")

@@ -8,8 +8,8 @@ The win rate is also the accuracy of the reward's own choice of label. :func:`tr
 the model's greedy answers on the same cells as well (``policy_accuracy``, and the win rates on the cells it
 answers right and wrong): a reward that picks the true label less often than the model already answers it
 pulls the model away from right answers on more cells than it corrects: GRPO on it is not expected to raise
-annotation accuracy, and lowers it where the reward outweighs the KL term to the SFT model (README, Duality
-ablation).
+annotation accuracy, and lowers it where the reward outweighs the KL term to the SFT model
+(docs/duality-ablation.md).
 :func:`true_label_wins` is the model-free core; :func:`true_label_wins_for_model` runs it for a trained model
 on the RL cells (the cells the reward is used on).
 """
@@ -24,13 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cellduality.io import atomic_path
-from cellduality.tasks.inpainting import InpaintingConfig, InpaintingMask
+from cellduality.tasks.inpainting import InpaintingMask, InpaintingSettings
 from cellduality.tasks.prompts import Messages, annotation_dual_prompt
 from cellduality.tasks.registry import get_task
 from cellduality.tasks.rewards import inpainting_reward
 from cellduality.tasks.schema import decode_value
 from cellduality.training.datasets import rl_dataset
-from cellduality.training.generation import generate_chat
+from cellduality.training.decoding import generate_chat
+from cellduality.training.settings import DiagnosticsSettings
 from cellduality.training.setup import load_tokenizer, on_device
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class DiagnosticExample:
     candidates: Sequence[str]
     prompt_id: str
     metadata: Mapping[str, object] | None = None
-    mask: InpaintingMask | None = None  # the RL row's own mask (what the duality reward uses); None: config's
+    mask: InpaintingMask | None = None  # the RL row's own mask (what the duality reward uses); None: one from the settings
 
 
 @dataclass
@@ -86,17 +87,18 @@ class TrueLabelWinsReport:
 def true_label_wins(
     examples: Sequence[DiagnosticExample],
     generate: Generate,
-    config: InpaintingConfig | None = None,
+    inpainting: InpaintingSettings | None = None,
     batch_size: int = 256,
 ) -> TrueLabelWinsReport:
-    """Run the diagnostic; ``generate`` maps a list of chat-message lists to one response string each."""
-    config = config or InpaintingConfig()
+    """Run the diagnostic; ``generate`` maps a list of chat-message lists to one response string each; a cell
+    without a mask of its own gets one of ``inpainting`` (default: the schema's, unsalted)."""
+    masker = (inpainting or InpaintingSettings()).masker()
     jobs: list[tuple[int, str, Messages]] = []
     masks = []
     for i, ex in enumerate(examples):
         if ex.label not in ex.candidates:
             raise ValueError(f"example {ex.prompt_id!r}: true label {ex.label!r} is not among its candidates")
-        mask = ex.mask or config.mask(ex.genes, ex.prompt_id)
+        mask = ex.mask or masker.mask(ex.genes, ex.prompt_id)
         masks.append(mask)
         for cand in dict.fromkeys(ex.candidates):
             jobs.append((i, cand, annotation_dual_prompt(mask.visible, cand, mask.n_hidden, ex.metadata)))
@@ -137,15 +139,17 @@ def true_label_wins(
 
 
 
-def true_label_wins_for_model(model_path: str, tables: Sequence[str | Path], out: str | Path, *, max_cells: int,
-                              seed: int, max_new_tokens: int, batch_size: int = 32) -> dict:
-    """Measure on the RL cells (the cells the reward is used on), each with the inpainting mask its task-table
-    row holds (the mask the duality reward uses), and write a JSON summary."""
+def true_label_wins_for_model(model_path: str, tables: Sequence[str | Path], out: str | Path,
+                              diagnostics: DiagnosticsSettings, *, seed: int, max_new_tokens: int,
+                              batch_size: int = 32) -> dict:
+    """Measure on ``diagnostics.true_label_wins_cells`` RL cells (the cells the reward is used on; chosen with the
+    RL prompts' ``seed``), each with the inpainting mask its task-table row holds (the mask the duality reward
+    uses; dual answers of at most ``max_new_tokens``), and write a JSON summary."""
     from transformers import AutoModelForCausalLM
 
     from cellduality.training.duality import model_dual_generator
 
-    rows = [row for row in rl_dataset(tables, max_cells, seed=seed, labelled_only=True)
+    rows = [row for row in rl_dataset(tables, diagnostics.true_label_wins_cells, seed=seed, labelled_only=True)
             if row["task"] == "annotation" and row["label"]]
     examples = [DiagnosticExample(genes=row["input_sentence"].split(), label=row["label"],
                                   candidates=decode_value("candidates", row["candidates"], row_id=row["prompt_id"]),
@@ -226,7 +230,7 @@ def label_signal_gate(path: str | Path | None) -> dict | None:
         _warn(f"label-signal gate: the duality reward picks the true label on {rate:.3f} of {n} cells, less often "
               f"than the SFT model already answers it ({summary['policy_accuracy']:.3f}), so GRPO+duality is not "
               "expected to raise annotation accuracy, and lowers it where the reward outweighs the KL term (small "
-              "grpo.beta, grpo.scale_rewards: group; README: Duality ablation)")
+              "grpo.beta, grpo.scale_rewards: group; docs/duality-ablation.md)")
     else:
         log.info("label-signal gate: true-label win rate %.3f on %d cells vs chance %.3f", rate, n, chance)
     return summary

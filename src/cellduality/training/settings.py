@@ -1,21 +1,58 @@
-"""Typed settings of the training stage, one class per config section (TRL's style: every field's meaning and
-default are in config/schema.yaml, read through :func:`cellduality.config.setting`; cross-field checks live in
-``__post_init__`` so a bad combination is one line before any model is loaded)."""
+"""Typed settings of the training stage, one class per config section (``model``, ``model.embedded``,
+``model.lora``, ``sft``, ``grpo``, ``diagnostics``, ``training``, ``hub``): TRL's style, every field's meaning and
+default in config/schema.yaml (read through :func:`cellduality.config.setting`), cross-field checks in
+``__post_init__`` so a bad combination is one line before any model is loaded. How they travel from the config
+to a job: :class:`cellduality.config.Settings`."""
 
 from __future__ import annotations
 
 import importlib.util
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from cellduality.config import setting, settings_from_config
+from cellduality.config import Settings, setting
 from cellduality.errors import CellDualityError
 
 
 @dataclass(frozen=True)
-class LoraSettings:
+class ModelSettings(Settings):
+    """Config ``model.*`` (the base model SFT starts from; its sub-sections have their own classes)."""
+
+    SECTION: ClassVar[str] = "model"
+    source: str = setting("model.source")
+    revision: str | None = setting("model.revision")
+    token_env: str = setting("model.token_env")
+
+    @property
+    def embedded(self) -> bool:
+        return self.source == "embedded"
+
+
+@dataclass(frozen=True)
+class EmbeddedModelSettings(Settings):
+    """Config ``model.embedded.*``: the size of the tiny Llama built locally."""
+
+    SECTION: ClassVar[str] = "model.embedded"
+    vocab_size: int = setting("model.embedded.vocab_size")
+    hidden_size: int = setting("model.embedded.hidden_size")
+    intermediate_size: int = setting("model.embedded.intermediate_size")
+    num_layers: int = setting("model.embedded.num_layers")
+    num_heads: int = setting("model.embedded.num_heads")
+    max_position_embeddings: int = setting("model.embedded.max_position_embeddings")
+    seed: int = setting("model.embedded.seed")
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise CellDualityError(f"model.embedded.hidden_size ({self.hidden_size}) must be divisible by "
+                                   f"model.embedded.num_heads ({self.num_heads})")
+
+
+@dataclass(frozen=True)
+class LoraSettings(Settings):
     """Config ``model.lora.*``."""
+
+    SECTION: ClassVar[str] = "model.lora"
 
     enabled: bool = setting("model.lora.enabled")
     r: int = setting("model.lora.r")
@@ -24,18 +61,13 @@ class LoraSettings:
     use_dora: bool = setting("model.lora.use_dora")
     target_modules: str | tuple[str, ...] = setting("model.lora.target_modules")
 
-    @classmethod
-    def from_config(cls, values: Mapping[str, Any]) -> LoraSettings:
-        values = dict(values)
-        if isinstance(values.get("target_modules"), list):
-            values["target_modules"] = tuple(values["target_modules"])
-        return settings_from_config(cls, values, "model.lora")
 
 
 @dataclass(frozen=True)
-class SFTSettings:
+class SFTSettings(Settings):
     """Config ``sft.*``."""
 
+    SECTION: ClassVar[str] = "sft"
     epochs: float = setting("sft.epochs")
     max_steps: int = setting("sft.max_steps")
     learning_rate: float = setting("sft.learning_rate")
@@ -70,19 +102,22 @@ class SFTSettings:
         return [("phase1", self.max_steps, self.learning_rate, tuple(self.held_back_tasks)),
                 ("phase2", self.second_phase_steps, second_lr, ())]
 
-    @classmethod
-    def from_config(cls, values: Mapping[str, Any]) -> SFTSettings:
-        return settings_from_config(cls, values, "sft")
+    def replicate(self, rep: int) -> SFTSettings:
+        """The settings of replicate ``rep`` (seed + rep)."""
+        return self.replace(seed=self.seed + int(rep))
 
 
 @dataclass(frozen=True)
-class GRPOSettings:
-    """Config ``grpo.*`` (``variants`` is the workflow's business, not the trainer's).
+class GRPOSettings(Settings):
+    """Config ``grpo.*`` (``variants`` is the workflow's business: which reward variants it trains; it changes
+    no trained model, so it is not recorded for reruns).
 
     Batch semantics: ``train_batch_size`` completions are generated per round (``train_batch_size /
     num_generations`` prompts) and consumed in optimizer steps of ``mini_batch_size`` completions.
     """
 
+    SECTION: ClassVar[str] = "grpo"
+    variants: tuple[str, ...] = setting("grpo.variants", reruns=False)
     num_generations: int = setting("grpo.num_generations")
     train_batch_size: int = setting("grpo.train_batch_size")
     mini_batch_size: int = setting("grpo.mini_batch_size")
@@ -115,12 +150,17 @@ class GRPOSettings:
     def __post_init__(self) -> None:
         self.check_processes(1)
 
-    @classmethod
-    def from_config(cls, values: Mapping[str, Any]) -> GRPOSettings:
-        return settings_from_config(cls, {k: v for k, v in values.items() if k != "variants"}, "grpo")
+    def replicate(self, rep: int) -> GRPOSettings:
+        """The settings of replicate ``rep`` (seed + rep)."""
+        return self.replace(seed=self.seed + int(rep))
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+
+@dataclass(frozen=True)
+class DiagnosticsSettings(Settings):
+    """Config ``diagnostics.*``: the checks run on the SFT model before RL."""
+
+    SECTION: ClassVar[str] = "diagnostics"
+    true_label_wins_cells: int = setting("diagnostics.true_label_wins_cells")
 
 
 # config training.report_to -> the packages its trainer callback needs (any one of them)
@@ -128,22 +168,66 @@ REPORT_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wa
 
 
 @dataclass(frozen=True)
-class ReportSettings:
-    """Config ``training.report_to`` and where the workflow puts the run's metrics: ``logging_dir``
-    (results/logs/<report_to>/<run name>, from rules/training.smk) and ``run_name`` (e.g. sft_rep0)."""
+class TrainingSettings(Settings):
+    """Config ``training.*``: where and how training jobs run (resources, launcher, replicates, metric
+    reporting). None of it changes what a job makes, so none of it is recorded for reruns; ``replicates`` decides
+    which jobs exist."""
 
-    report_to: str = setting("training.report_to")
+    SECTION: ClassVar[str] = "training"
+    gpus: int = setting("training.gpus", reruns=False)
+    accelerate_config: str | None = setting("training.accelerate_config", reruns=False)
+    mem_mb: int = setting("training.mem_mb", reruns=False)
+    cpus_per_task: int = setting("training.cpus_per_task", reruns=False)
+    runtime: int = setting("training.runtime", reruns=False)
+    replicates: int = setting("training.replicates", reruns=False)
+    report_to: str = setting("training.report_to", reruns=False)
+
+    def __post_init__(self) -> None:
+        check_report_to(self.report_to)
+
+    def report(self, logs_dir: str, run_name: str) -> ReportSettings:
+        """Where run ``run_name`` (e.g. sft_rep0) also sends its metrics: ``<logs_dir>/<report_to>/<run_name>``."""
+        folder = f"{logs_dir}/{self.report_to}/{run_name}" if self.report_to != "none" else None
+        return ReportSettings(report_to=self.report_to, logging_dir=folder, run_name=run_name)
+
+
+@dataclass(frozen=True)
+class HubSettings(Settings):
+    """Config ``hub.*``: the optional upload of a trained model (target push_to_hub)."""
+
+    SECTION: ClassVar[str] = "hub"
+    repo_id: str | None = setting("hub.repo_id")
+    private: bool = setting("hub.private")
+    variant: str = setting("hub.variant")
+    token_env: str = setting("hub.token_env")
+
+
+def check_report_to(report_to: str) -> None:
+    """``training.report_to`` names a known reporter whose package is installed (one line otherwise)."""
+    if report_to not in ("none", *REPORT_PACKAGES):
+        raise CellDualityError(f"training.report_to must be none, tensorboard or wandb; got {report_to!r}")
+    packages = REPORT_PACKAGES.get(report_to, ())
+    if packages and not any(importlib.util.find_spec(name) for name in packages):
+        raise CellDualityError(f"training.report_to is {report_to} but {packages[0]} is not installed; "
+                               f"pip install {packages[0]} (or set training.report_to: none)")
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """Where one training run also sends its metrics (:meth:`TrainingSettings.report`): ``report_to`` (config
+    ``training.report_to``), the folder ``logging_dir`` and the ``run_name`` (e.g. sft_rep0). Not part of a run's
+    identity."""
+
+    report_to: str = setting("training.report_to", reruns=False)
     logging_dir: str | None = None
     run_name: str | None = None
 
     def __post_init__(self) -> None:
-        if self.report_to not in ("none", *REPORT_PACKAGES):
-            raise CellDualityError(f"training.report_to must be none, tensorboard or wandb; got {self.report_to!r}")
-        packages = REPORT_PACKAGES.get(self.report_to, ())
-        if packages and not any(importlib.util.find_spec(name) for name in packages):
-            raise CellDualityError(f"training.report_to is {self.report_to} but {packages[0]} is not installed; "
-                                   f"pip install {packages[0]} (or set training.report_to: none)")
+        check_report_to(self.report_to)
 
     @classmethod
-    def from_config(cls, values: Mapping[str, Any] | None) -> ReportSettings:
-        return settings_from_config(cls, dict(values or {}), "training.report_to")
+    def from_params(cls, values: Mapping[str, Any] | None) -> ReportSettings:
+        return cls(**dict(values or {}))
+
+    def params(self) -> dict[str, Any]:
+        return {"logging_dir": self.logging_dir, "report_to": self.report_to, "run_name": self.run_name}

@@ -48,9 +48,8 @@ def on_device(model):
     return model.to("cuda") if torch.cuda.is_available() else model
 
 
-def peft_config(lora: dict[str, Any]):
+def peft_config(s: LoraSettings):
     """A peft LoraConfig (DoRA with ``use_dora``) or None when LoRA is disabled (config ``model.lora``)."""
-    s = LoraSettings.from_config(lora)
     if not s.enabled:
         return None
     from peft import LoraConfig

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from cellduality.io import atomic_path
 from cellduality.training.datasets import sft_dataset
-from cellduality.training.settings import ReportSettings, SFTSettings
+from cellduality.training.settings import LoraSettings, ReportSettings, SFTSettings
 from cellduality.training.setup import (
     last_checkpoint,
     load_tokenizer,
@@ -92,19 +92,19 @@ def trainer_class(loss_averaging: str):
 
 
 def run_sft(model_path: str, data: Sequence[str | Path], out_dir: str | Path, checkpoint_dir: str | Path,
-            cfg: dict[str, Any], lora: dict[str, Any], callbacks: Sequence[Any] = (),
-            report: Mapping[str, Any] | None = None) -> Path:
+            s: SFTSettings, lora: LoraSettings, callbacks: Sequence[Any] = (),
+            report: ReportSettings | None = None) -> Path:
     """Fine-tune ``model_path`` on ``data``; resume from the newest checkpoint of the same run (same model,
-    data and settings) under ``checkpoint_dir``. ``report``: :class:`ReportSettings` fields (config
+    data and settings) under ``checkpoint_dir``. ``report``: where metrics also go (config
     ``training.report_to``, the metrics folder and run name; not part of the run's identity).
 
     With ``sft.second_phase_steps`` the run has two phases (:meth:`SFTSettings.phases`): the first leaves out
     ``sft.held_back_tasks`` and saves its model under ``checkpoint_dir/<run>/phase1/final``; the second continues
     from it on every task. A rerun skips a finished first phase; ``log_history.json`` holds both phases'
     logs, each entry tagged with its ``phase``."""
-    s = SFTSettings.from_config(cfg)
-    r = ReportSettings.from_config(report)  # a missing tensorboard / wandb is one line before any work
-    checkpoint_dir = run_checkpoint_dir(checkpoint_dir, {"sft": cfg, "lora": lora}, [model_path, *data])
+    r = report or ReportSettings()
+    checkpoint_dir = run_checkpoint_dir(checkpoint_dir, {"sft": s.params(), "lora": lora.params()},
+                                        [model_path, *data])
     phases = s.phases()
     model, history = model_path, []
     for index, (name, max_steps, learning_rate, left_out) in enumerate(phases):
@@ -132,7 +132,7 @@ def run_sft(model_path: str, data: Sequence[str | Path], out_dir: str | Path, ch
 
 
 def _train(model: str, dataset, checkpoint_dir: Path, s: SFTSettings, max_steps: int, learning_rate: float,
-           lora: dict[str, Any], callbacks: Sequence[Any], r: ReportSettings):
+           lora: LoraSettings, callbacks: Sequence[Any], r: ReportSettings):
     """One SFTTrainer run of ``model`` on ``dataset``, resumed from ``checkpoint_dir``'s newest checkpoint."""
     from trl import SFTConfig
 

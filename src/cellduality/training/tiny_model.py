@@ -18,6 +18,7 @@ import pandas as pd
 
 from cellduality.errors import CellDualityError
 from cellduality.tasks.schema import decode_column, read_task_frame
+from cellduality.training.settings import EmbeddedModelSettings
 
 BOS, EOS, PAD, UNK = "<|begin|>", "<|end|>", "<|pad|>", "<|unk|>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
@@ -92,7 +93,7 @@ def train_tokenizer(corpus: Iterable[str], genes: Sequence[str], vocab_size: int
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD,
                                    unk_token=UNK, additional_special_tokens=list(ROLE_TOKENS))
     # whole-item tokens, saved in tokenizer_config.json: generation keeps answer items distinct
-    # (cellduality.training.generation.UniqueAnswerItems)
+    # (cellduality.training.decoding.UniqueAnswerItems)
     fast.init_kwargs["answer_items"] = [*genes, *(f" {g}" for g in genes), *labels, *(f" {x}" for x in labels)]
     fast.init_kwargs["label_items"] = [*labels, *(f" {x}" for x in labels)]  # candidate-constrained decoding
     fast.chat_template = CHAT_TEMPLATE
@@ -101,24 +102,24 @@ def train_tokenizer(corpus: Iterable[str], genes: Sequence[str], vocab_size: int
 
 
 def build_tiny_model(sentence_tables: Sequence[str | Path], task_tables: Sequence[str | Path], out_dir: str | Path,
-                     *, vocab_size: int = 2000, hidden_size: int = 64, intermediate_size: int = 256,
-                     num_layers: int = 2, num_heads: int = 4, max_position_embeddings: int = 2048,
-                     seed: int = 0) -> Path:
-    """Train the tokenizer, initialise a tiny Llama and save both to ``out_dir``."""
+                     size: EmbeddedModelSettings) -> Path:
+    """Train the tokenizer, initialise a tiny Llama of ``size`` (config ``model.embedded``) and save both to
+    ``out_dir``."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     if not task_tables:
         raise CellDualityError("model.embedded: no task tables to train the tokenizer on; assign datasets under tasks:")
     genes = gene_vocabulary(sentence_tables)
-    tokenizer = train_tokenizer(corpus_from_task_tables(task_tables), genes, vocab_size,
+    tokenizer = train_tokenizer(corpus_from_task_tables(task_tables), genes, size.vocab_size,
                                 label_vocabulary(task_tables))
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
-                         num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
-                         max_position_embeddings=max_position_embeddings, tie_word_embeddings=True,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=size.hidden_size,
+                         intermediate_size=size.intermediate_size, num_hidden_layers=size.num_layers,
+                         num_attention_heads=size.num_heads, num_key_value_heads=size.num_heads,
+                         max_position_embeddings=size.max_position_embeddings, tie_word_embeddings=True,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(seed)
+    torch.manual_seed(size.seed)
     model = LlamaForCausalLM(config)
     model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                                                pad_token_id=tokenizer.pad_token_id)

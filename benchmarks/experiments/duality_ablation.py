@@ -1,6 +1,6 @@
 """Duality-reward ablation: from one SFT model, GRPO on annotation with several reward settings, over seeds.
 
-    python benchmarks/duality_ablation.py [--results results] [--config config/config.yaml] [--seeds 0 1 2]
+    python benchmarks/experiments/duality_ablation.py [--results results] [--config config/config.yaml] [--seeds 0 1 2]
         [--settings duality,duality_h25,duality_h50,duality_markers,duality_frozen,oracle]
         [--tlw-cells 100] [--grpo '{"max_steps": 40}'] [--out results/ablation]
 
@@ -25,7 +25,6 @@ coefficient when rewards are not rescaled (``grpo.scale_rewards: none``).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -33,15 +32,21 @@ from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: run_folder
 
-from run_folder import candidate_log_probs, run_folder  # noqa: E402
+from run_folder import candidate_log_probs, run_folder
 
-from cellduality.evaluation.predict import predict  # noqa: E402
-from cellduality.tasks.tables import TaskTableParams, write_task_tables  # noqa: E402
-from cellduality.training.grpo import run_grpo  # noqa: E402
-from cellduality.training.label_signal import kl_optimum_accuracy, true_label_wins_for_model  # noqa: E402
+from cellduality.data.sentence_table import CellSentenceSettings
+from cellduality.evaluation.predict import predict
+from cellduality.evaluation.settings import EvaluationSettings
+from cellduality.tasks.inpainting import InpaintingSettings
+from cellduality.tasks.rewards import RewardSettings
+from cellduality.tasks.settings import CellPuzzlesSettings, TaskTableSettings
+from cellduality.tasks.tables import write_task_tables
+from cellduality.training.grpo import run_grpo
+from cellduality.training.label_signal import kl_optimum_accuracy, true_label_wins_for_model
+from cellduality.training.settings import DiagnosticsSettings, GRPOSettings, LoraSettings
 
 SETTINGS = {
     "duality": {"mode": "duality"},
@@ -61,22 +66,28 @@ def table_for(setting: dict, config: dict, cells: Path, out: Path) -> tuple[Path
     name = f"h{inpainting['hidden_fraction']}_{inpainting['strategy']}"
     path = out / "tables" / f"{name}.parquet"
     if not path.exists():
-        params = TaskTableParams.from_config({**config, "inpainting": inpainting})
-        write_task_tables(cells, path, dataclasses.replace(params, tasks=("annotation",)))
+        write_task_tables(cells, path, ["annotation"], tables=TaskTableSettings.from_config(config),
+                          inpainting=InpaintingSettings.from_params(inpainting),
+                          cellpuzzles=CellPuzzlesSettings.from_config(config),
+                          top_k=CellSentenceSettings.from_config(config).top_k)
     return path, inpainting
 
 
 def measure(model: Path, table: Path, inpainting: dict, config: dict, run_dir: Path, tlw_cells: int | None) -> dict:
-    pred = predict(str(model), [table], run_dir / "predictions.parquet", max_prompts_per_table=None,
-                   max_new_tokens=config["evaluation"]["max_new_tokens"], batch_size=64)
+    # every test cell, unconstrained decoding (format errors are one of the figures)
+    evaluation = EvaluationSettings.from_config(config).replace(max_prompts_per_table=None, batch_size=64,
+                                                                constrain_to_candidates=False)
+    pred = predict(str(model), [table], run_dir / "predictions.parquet", evaluation)
     test = pred[pred["split"] == "test"]
     scores = {"n_test": len(test), "accuracy": float((test["prediction"] == test["label"]).mean()),
               "format_error_rate": float(1 - test["format_ok"].mean())}
     if not tlw_cells:
         return scores | {"tlw_win_rate": float("nan"), "tlw_chance": float("nan"), "tlw_cells": 0}
-    wins = true_label_wins_for_model(str(model), [table], run_dir / "true_label_wins.json", max_cells=tlw_cells,
-                                     seed=config["task_tables"]["seed"],
-                                     max_new_tokens=config["grpo"]["dual_max_new_tokens"])
+    # as the workflow runs it: the RL prompts' selection seed and the reward's dual answer length
+    wins = true_label_wins_for_model(str(model), [table], run_dir / "true_label_wins.json",
+                                     DiagnosticsSettings(true_label_wins_cells=tlw_cells),
+                                     seed=TaskTableSettings.from_config(config).seed,
+                                     max_new_tokens=GRPOSettings.from_config(config).dual_max_new_tokens)
     return scores | {"tlw_win_rate": wins["win_rate"], "tlw_chance": wins["chance_rate"], "tlw_cells": wins["n_cells"]}
 
 
@@ -166,6 +177,8 @@ def main() -> None:
         pd.DataFrame(rows).to_csv(runs_path, sep="\t", index=False)  # every finished run is kept
         print(json.dumps(row), flush=True)
 
+    grpo = GRPOSettings.from_config(config).replace(**json.loads(args.grpo))
+    rewards, lora = RewardSettings.from_config(config), LoraSettings.from_config(config)
     base_table, base_inpainting = table_for({}, config, cells, out)
     if ("sft", 0) not in have:
         record({"setting": "sft", "seed": 0, "grpo_s": 0.0,
@@ -182,12 +195,10 @@ def main() -> None:
             if (name, seed) in have:
                 continue
             run_dir = out / name / f"seed{seed}"
-            grpo = {k: v for k, v in config["grpo"].items() if k != "variants"}
-            grpo.update(json.loads(args.grpo))
-            grpo.update(seed=seed, dual_model=setting.get("dual_model", grpo["dual_model"]))
+            seeded = grpo.replace(seed=seed, dual_model=setting.get("dual_model", grpo.dual_model))
             start = time.perf_counter()
-            run_grpo(str(sft), [table], run_dir / "model", run_dir / "checkpoints", grpo,
-                     {**config["rewards"], "mode": setting["mode"]}, config["model"]["lora"])
+            run_grpo(str(sft), [table], run_dir / "model", run_dir / "checkpoints", seeded,
+                     rewards.replace(mode=setting["mode"]), lora)
             seconds = time.perf_counter() - start
             record({"setting": name, "seed": seed, "grpo_s": round(seconds, 1),
                     **measure(run_dir / "model", table, inpainting, config, run_dir,

@@ -1,6 +1,6 @@
 """CellPuzzles on the embedded default: can the tiny model bind answer slot i to cell i?
 
-    python benchmarks/cellpuzzles_binding.py [--results results] [--config config/config.yaml]
+    python benchmarks/experiments/cellpuzzles_binding.py [--results results] [--config config/config.yaml]
         [--variants answer_r8,answer_r48,answer_r48_lr1e-3,copy4_r48,labels_r48,answer_r48_g8] [--out DIR]
 
 Needs a finished embedded run (``snakemake --cores 2``): its CellPuzzles dataset's cell-sentence table, base model
@@ -31,7 +31,6 @@ Prints a table and writes ``puzzle_binding.tsv`` and ``puzzle_binding.md`` under
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import re
 import sys
@@ -41,18 +40,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: run_folder
 
-from run_folder import candidate_log_probs, run_folder  # noqa: E402
+from run_folder import candidate_log_probs, run_folder
 
-from cellduality.evaluation.classification_metrics import cellpuzzles_scores  # noqa: E402
-from cellduality.evaluation.predict import predict  # noqa: E402
-from cellduality.evaluation.score import parsed_predictions  # noqa: E402
-from cellduality.tasks.prompts import annotation_prompt  # noqa: E402
-from cellduality.tasks.schema import decode_column  # noqa: E402
-from cellduality.tasks.tables import TaskTableParams, write_task_tables  # noqa: E402
-from cellduality.training.sft import run_sft  # noqa: E402
+from cellduality.data.sentence_table import CellSentenceSettings
+from cellduality.evaluation.classification_metrics import cellpuzzles_scores
+from cellduality.evaluation.predict import predict
+from cellduality.evaluation.score import parsed_predictions
+from cellduality.evaluation.settings import EvaluationSettings
+from cellduality.tasks.inpainting import InpaintingSettings
+from cellduality.tasks.prompts import annotation_prompt
+from cellduality.tasks.schema import decode_column
+from cellduality.tasks.settings import CellPuzzlesSettings, TaskTableSettings
+from cellduality.tasks.tables import write_task_tables
+from cellduality.training.settings import LoraSettings, SFTSettings
+from cellduality.training.sft import run_sft
 
 VARIANT = re.compile(r"^(answer|labels|copy(\d+))_r(\d+)(_g(\d+))?(_lr([0-9.e-]+))?$")
 
@@ -60,9 +64,10 @@ VARIANT = re.compile(r"^(answer|labels|copy(\d+))_r(\d+)(_g(\d+))?(_lr([0-9.e-]+
 def puzzle_table(config: dict, cells: Path, rounds: int, out: Path) -> Path:
     path = out / "tables" / f"r{rounds}.parquet"
     if not path.exists():
-        params = dataclasses.replace(TaskTableParams.from_config(config), tasks=("cellpuzzles",),
-                                     cellpuzzles_rounds=rounds)
-        write_task_tables(cells, path, params)
+        write_task_tables(cells, path, ["cellpuzzles"], tables=TaskTableSettings.from_config(config),
+                          inpainting=InpaintingSettings.from_config(config),
+                          cellpuzzles=CellPuzzlesSettings.from_config(config).replace(train_rounds=rounds),
+                          top_k=CellSentenceSettings.from_config(config).top_k)
     return path
 
 
@@ -196,18 +201,19 @@ def main() -> None:
         if match.group(5):
             table = shorter_cells(table, int(match.group(5)), run_dir)
         data = sft_data(table, kind, k, run_dir)
-        sft = {**config["sft"], "max_steps": 600 if lr else 300, "save_steps": 100000,
-               "held_back_tasks": [], "second_phase_steps": 0,  # one phase: the data is puzzles only
-               **({"learning_rate": lr} if lr else {})}
+        # the config's SFT in one phase (the data is puzzles only)
+        sft = SFTSettings.from_config(config).replace(max_steps=600 if lr else 300, save_steps=100000,
+                                                      held_back_tasks=(), second_phase_steps=0,
+                                                      **({"learning_rate": lr} if lr else {}))
         timing = run_dir / "sft_seconds.txt"
         if not timing.exists():  # a variant trained by an earlier (interrupted) run is not trained again
             t0 = time.time()
             run_sft(str(args.results / "models" / "base"), [data], run_dir / "model", run_dir / "checkpoints", sft,
-                    {"enabled": False})
+                    LoraSettings())
             timing.write_text(f"{time.time() - t0:.0f}\n")
         seconds = int(timing.read_text())
-        pred = predict(str(run_dir / "model"), [table], run_dir / "predictions.parquet", max_prompts_per_table=None,
-                       max_new_tokens=64 + 5 * (k + 8), batch_size=64, constrain_to_candidates=True)
+        evaluation = EvaluationSettings(max_new_tokens=64 + 5 * (k + 8), batch_size=64, constrain_to_candidates=True)
+        pred = predict(str(run_dir / "model"), [table], run_dir / "predictions.parquet", evaluation)
         scores = cellpuzzles_scores(pred["label"].tolist(), parsed_predictions(pred)).as_dict()
         row = {"variant": name, "puzzles": int((pd.read_parquet(data)["accepted"]).sum()), "seconds": seconds,
                "cell_accuracy": round(float(scores["cell_accuracy"]), 3), "n_cells": int(scores["n_cells"]),
