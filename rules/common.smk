@@ -20,6 +20,8 @@ from cellduality.data.sentence_table import CellSentenceSettings
 from cellduality.data.splits import SplitSettings
 from cellduality.errors import CellDualityError, fail
 from cellduality.evaluation.settings import (
+    ABLATION_ARMS,
+    AblationSettings,
     AnnotateSettings,
     EmbeddingSettings,
     EvaluationSettings,
@@ -112,6 +114,7 @@ HUB_UPLOAD = _settings(HubSettings)
 EVALUATION = _settings(EvaluationSettings)
 EMBEDDING = _settings(EmbeddingSettings)
 ANNOTATE = _settings(AnnotateSettings)
+ABLATION = _settings(AblationSettings)
 try:
     GRPO.check_processes(TRAINING.gpus)
     check_catalog(config, source="config")
@@ -410,3 +413,7 @@ EVALUATED = list(EVALUATION.variants)
 
 
 GRPO_VARIANTS = [v for v in EVALUATED if v.startswith("grpo_")]
+
+
+# the ablation (target ablation): SFT and three GRPO arms (ABLATION_ARMS), each on seeds 0..ablation.seeds-1
+ABLATION_SEEDS = list(range(ABLATION.seeds))

@@ -10,7 +10,7 @@ rule predict:
     log:
         f"{LOGS}/predict/{{variant}}/rep{{rep}}.log",
     wildcard_constraints:
-        variant="base|sft|grpo_duality|grpo_oracle",
+        variant="base|sft|grpo_duality|grpo_oracle|grpo_shuffled",
     conda:
         "../envs/training.yaml"
     threads: 2
@@ -37,7 +37,7 @@ rule evaluate:
     log:
         f"{LOGS}/evaluate/{{variant}}/rep{{rep}}.log",
     wildcard_constraints:
-        variant="base|sft|grpo_duality|grpo_oracle",
+        variant="base|sft|grpo_duality|grpo_oracle|grpo_shuffled",
     conda:
         "../envs/evaluation.yaml"
     resources:
@@ -156,6 +156,46 @@ rule evaluation:
     input:
         rules.report_tables.output,
         rules.report_figures.output,
+
+
+# Optional target (never part of all): the duality ablation with its controls, over ablation.seeds seeds.
+rule ablation:
+    input:
+        tables=TASK_TABLES,
+        h5ad=EVAL_INPUTS["h5ad"],
+        sentences=EVAL_INPUTS["sentences"],
+        predictions=[
+            rules.predict.output[0].format(variant=arm, rep=seed)
+            for arm in ABLATION_ARMS
+            for seed in ABLATION_SEEDS
+        ],
+    output:
+        table=report(
+            f"{RESULTS}/report/ablation.tsv",
+            caption="../workflow/report/ablation.rst",
+            category="Ablation",
+        ),
+        figure=report(
+            f"{RESULTS}/report/ablation.png",
+            caption="../workflow/report/ablation.rst",
+            category="Ablation",
+        ),
+    log:
+        f"{LOGS}/report/ablation.log",
+    conda:
+        "../envs/evaluation.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        code=script_code("ablation.py"),
+        arms=ABLATION_ARMS,
+        seeds=ABLATION_SEEDS,
+        data=DATA_FILES,
+        ablation=ABLATION.params(),
+        embedding=EMBEDDING.params(),
+    script:
+        "../workflow/scripts/ablation.py"
 
 
 rule annotate:

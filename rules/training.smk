@@ -103,7 +103,7 @@ rule grpo:
     log:
         f"{LOGS}/grpo_{{reward}}/rep{{rep}}.log",
     wildcard_constraints:
-        reward="duality|oracle",
+        reward="duality|oracle|shuffled",
     conda:
         "../envs/training.yaml"
     threads: 2

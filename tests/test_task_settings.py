@@ -62,7 +62,7 @@ def test_task_sections_name_registered_tasks_and_the_configured_ones() -> None:
     (lambda: InpaintingSettings(strategy="markers"), "inpainting.strategy 'markers' needs a marker gene set"),
     (lambda: InpaintingSettings(markers="everything"), "inpainting.markers must be a list of genes, null or data"),
     (lambda: InpaintingSettings(markers="data").masker("x"), "inpainting.markers: data is learned from"),
-    (lambda: RewardSettings(mode="both"), "rewards.mode must be one of duality, oracle"),
+    (lambda: RewardSettings(mode="both"), "rewards.mode must be one of duality, oracle, shuffled"),
     (lambda: TaskTableSettings.from_params({"hidden_fraction": 0.5}), "unknown task_tables setting"),
     (lambda: CellPuzzlesSettings.from_config({"cellpuzzles": {"batch_size": 1}}), "batch_size must be at least 2"),
     (lambda: TaskTableSettings().replace(rl_fraction=2), "task_tables.rl_fraction must be in"),

@@ -17,7 +17,7 @@ from cellduality.training.decoding import generate_chat
 from cellduality.training.setup import load_tokenizer, on_device
 
 log = logging.getLogger(__name__)
-PREDICTION_COLUMNS = ("prompt_id", "task", "dataset", "split", "label", "candidates", "reference_sentence",
+PREDICTION_COLUMNS = ("prompt_id", "sample", "task", "dataset", "split", "label", "candidates", "reference_sentence",
                       "input_sentence", "metadata", "cell_ids", "response", "format_ok", "prediction")
 
 
@@ -28,26 +28,40 @@ def parse_prediction(task: str, response: str, candidates: Sequence[str]) -> tup
 
 
 def predict(model_path: str, tables: Sequence[str | Path], out: str | Path, settings: EvaluationSettings) -> pd.DataFrame:
-    """Greedy answers of ``model_path`` to the eval-stage primal prompts of ``tables``, parsed. With
-    ``settings.constrain_to_candidates`` the label and assignment answers can only name the prompt's candidates
-    (:class:`cellduality.training.decoding.CandidateItems`; models whose tokenizer records its labels)."""
+    """Answers of ``model_path`` to the eval-stage primal prompts of ``tables``, parsed: label and CellPuzzles
+    answers greedy (one per prompt; with ``settings.constrain_to_candidates`` they can only name the prompt's
+    candidates, :class:`cellduality.training.decoding.CandidateItems`, for models whose tokenizer records its
+    labels), gene-list answers (generation, perturbation) ``settings.samples_per_prompt`` samples each at
+    ``settings.sample_temperature`` (column ``sample``), seeded by ``settings.seed``."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     rows = eval_rows(tables, settings.max_prompts_per_table)
+    sampled = rows["task"].map(lambda task: get_task(task).kind("primal") == "genes").to_numpy(bool)
+    greedy = rows[~sampled].assign(sample=0)
+    population = rows[sampled].loc[rows[sampled].index.repeat(settings.samples_per_prompt)]
+    population = population.assign(sample=population.groupby(level=0).cumcount())
     tokenizer = load_tokenizer(model_path)
     model = on_device(AutoModelForCausalLM.from_pretrained(model_path))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    log.info("answering %d eval prompts with %s", len(rows), model_path)
+    log.info("answering %d eval prompts with %s (greedy: %d; %d gene-list prompts x %d samples at temperature %g)",
+             len(rows), model_path, len(greedy), int(sampled.sum()), settings.samples_per_prompt,
+             settings.sample_temperature)
     allowed = None
     if settings.constrain_to_candidates:
         allowed = [list(c) if get_task(t).kind("primal") in ("label", "assignment") and c else None
-                   for t, c in zip(rows["task"], decode_column(rows, "candidates"))]
-    responses = generate_chat(model, tokenizer, decode_column(rows, "prompt"),
-                              max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
-                              allowed_labels=allowed)
-    rows["response"] = responses
-    parsed = [parse_prediction(t, r, c) for t, r, c in zip(rows["task"], responses, decode_column(rows, "candidates"))]
+                   for t, c in zip(greedy["task"], decode_column(greedy, "candidates"))]
+    greedy["response"] = generate_chat(model, tokenizer, decode_column(greedy, "prompt"),
+                                       max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
+                                       allowed_labels=allowed)
+    torch.manual_seed(settings.seed)
+    population["response"] = generate_chat(model, tokenizer, decode_column(population, "prompt"),
+                                           max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
+                                           temperature=settings.sample_temperature)
+    rows = pd.concat([greedy, population]).sort_index(kind="stable").reset_index(drop=True)
+    parsed = [parse_prediction(t, r, c)
+              for t, r, c in zip(rows["task"], rows["response"], decode_column(rows, "candidates"))]
     rows["format_ok"] = [ok for ok, _ in parsed]
     rows["prediction"] = [answer for _, answer in parsed]
     result = rows[list(PREDICTION_COLUMNS)]

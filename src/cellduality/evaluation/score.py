@@ -67,16 +67,30 @@ def _generative_scores(metric: str, group: pd.DataFrame, space: ExpressionSpace,
     scores = {"format_error_rate": 1 - len(ok) / len(group)}
     if len(ok) < 2:
         return scores
+    scores.update(distinct_cells(ok))
     fit = space.fit(group["dataset"].iloc[0])
-    real = fit.invert(group["reference_sentence"].fillna("").tolist()).X
+    references = group.drop_duplicates("prompt_id")  # a prompt's samples share one real cell
+    real = fit.invert(references["reference_sentence"].fillna("").tolist()).X
     generated = fit.invert(ok["prediction"].tolist()).X
     space_e = make_embedding(real, fit.genes, method=embedding.method, n_components=embedding.n_components,
                              scgpt_checkpoint=embedding.scgpt_checkpoint, seed=seed)
     real_e, gen_e = space_e.transform(real), space_e.transform(generated)
     if metric == "generation":
-        scores.update(generation_scores(real_e, group["label"].tolist(), gen_e, ok["label"].tolist(), seed=seed))
+        scores.update(generation_scores(real_e, references["label"].tolist(), gen_e, ok["label"].tolist(),
+                                        seed=seed))
     else:
         scores.update(perturbation_scores(real_e, gen_e, seed=seed))
+    return scores
+
+
+def distinct_cells(ok: pd.DataFrame) -> dict[str, float]:
+    """How many different cells were generated: ``distinct_cells`` (distinct gene lists among the well-formed
+    answers), ``distinct_fraction`` (that over their number) and ``distinct_cells[<condition>]`` per condition (the
+    prompt's label: cell type, or drug). A model that ignores its condition, or a collapsed sampler, shows here."""
+    scores = {"distinct_cells": float(ok["prediction"].nunique()),
+              "distinct_fraction": ok["prediction"].nunique() / len(ok) if len(ok) else float("nan")}
+    for label, cells in ok.groupby("label", sort=True):
+        scores[f"distinct_cells[{label}]"] = float(cells["prediction"].nunique())
     return scores
 
 

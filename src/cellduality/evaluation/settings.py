@@ -23,6 +23,9 @@ class EvaluationSettings(Settings):
     max_new_tokens: int = setting("evaluation.max_new_tokens")
     batch_size: int = setting("evaluation.batch_size")
     constrain_to_candidates: bool = setting("evaluation.constrain_to_candidates")
+    samples_per_prompt: int = setting("evaluation.samples_per_prompt")
+    sample_temperature: float = setting("evaluation.sample_temperature")
+    seed: int = setting("evaluation.seed")
 
 
 @dataclass(frozen=True)
@@ -48,3 +51,20 @@ class AnnotateSettings(Settings):
     inputs: Mapping[str, str] = setting("annotate.inputs")
     model: str = setting("annotate.model")
     batch_size: int = setting("annotate.batch_size")
+
+
+# the ablation's arms: no RL, the duality reward, its positive control (ground truth) and its negative control
+ABLATION_ARMS = ("sft", "grpo_duality", "grpo_oracle", "grpo_shuffled")
+
+
+@dataclass(frozen=True)
+class AblationSettings(Settings):
+    """Config ``ablation.*``: the duality ablation's seeds, its pre-stated metric per task and its statistics
+    (:mod:`cellduality.evaluation.ablation`)."""
+
+    SECTION: ClassVar[str] = "ablation"
+    seeds: int = setting("ablation.seeds")
+    primary_metric: Mapping[str, str] = setting("ablation.primary_metric")
+    bootstrap: int = setting("ablation.bootstrap")
+    confidence: float = setting("ablation.confidence")
+    bootstrap_seed: int = setting("ablation.bootstrap_seed")

@@ -94,6 +94,27 @@ def umap_figure(real: np.ndarray, real_labels: Sequence[str], generated: dict[st
     _save(fig, path)
 
 
+def ablation_figure(table: pd.DataFrame, path: str | Path) -> None:
+    """One panel per task: each GRPO arm's paired difference to SFT on the task's primary metric, with its CI
+    (the ablation table, :mod:`cellduality.evaluation.ablation`)."""
+    plt = _pyplot()
+    deltas = table[table["arm"] != "sft"]
+    tasks = sorted(deltas["task"].unique()) or ["(no task)"]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        rows = deltas[deltas["task"] == task].reset_index(drop=True)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.errorbar(range(len(rows)), rows["delta_vs_sft"],
+                    yerr=[rows["delta_vs_sft"] - rows["delta_ci_low"], rows["delta_ci_high"] - rows["delta_vs_sft"]],
+                    fmt="o", capsize=4)
+        ax.set_xticks(range(len(rows)), [a.removeprefix("grpo_") for a in rows["arm"]])
+        metric = rows["metric"].iloc[0] if len(rows) else ""
+        ax.set_title(f"{task}: {metric}", fontsize=9)
+        ax.set_ylabel("difference to SFT (95% CI)")
+        ax.set_xlim(-0.5, max(len(rows), 1) - 0.5)
+    _save(fig, path)
+
+
 def write_report_figures(*, predictions: dict[str, str | Path], curves: dict[str, str | Path],
                          label_signal: Sequence[str | Path], data: dict[str, dict[str, str]], outputs) -> None:
     """All report figures and the label-signal table (``outputs``: confusion, rewards, umap, label_signal);

@@ -31,7 +31,7 @@ from cellduality.tasks.rwjs import as_gene_list, rwjs
 DEFAULT_FORMAT_PENALTY = schema_default("rewards.format_penalty")
 CELLPUZZLES_VARIANTS = ("paper", "released")
 _RELEASED_FORMAT = re.compile(r"^<think>.*?</think>\n<answer>.*?</answer>$", re.DOTALL)  # tags checked once first
-REWARD_MODES = ("duality", "oracle")
+REWARD_MODES = ("duality", "oracle", "shuffled")
 
 
 @dataclass(frozen=True)

@@ -64,9 +64,11 @@ def sft_dataset(paths: Sequence[str | Path], seed: int = 0, task_weights: Mappin
 
 
 def rl_dataset(paths: Sequence[str | Path], max_prompts: int | None = None, seed: int = 0,
-               labelled_only: bool = False):
+               labelled_only: bool = False, task_prompts: Mapping[str, int | None] | None = None):
     """RL-stage primal prompts with the columns the reward functions read (labels only for the oracle, which
-    gets ``labelled_only``: a role adapt dataset's unlabelled prompts are for the duality reward alone)."""
+    gets ``labelled_only``: a role adapt dataset's unlabelled prompts are for the duality reward alone), shuffled
+    by ``seed``. ``task_prompts`` (config ``grpo.task_prompts``), when not empty, keeps only the tasks it names,
+    each capped at its value (None = all of that task's prompts); ``max_prompts`` caps the total."""
     from datasets import Dataset
 
     table = _read_tasks(paths, ("prompt", "stage", "direction", *REWARD_COLUMNS))
@@ -76,6 +78,13 @@ def rl_dataset(paths: Sequence[str | Path], max_prompts: int | None = None, seed
     if table.empty:
         raise CellDualityError(f"no RL prompts in {', '.join(map(str, paths))}; check task_tables.rl_fraction")
     table = table.sample(frac=1.0, random_state=seed)
+    if task_prompts:
+        kept = [group if cap is None else group.head(cap)
+                for task, cap in sorted(task_prompts.items()) for group in [table[table["task"] == task]]]
+        table = pd.concat(kept).sample(frac=1.0, random_state=seed)
+        if table.empty:
+            raise CellDualityError(f"grpo.task_prompts {dict(task_prompts)}: no RL prompts of these tasks in "
+                                   f"{', '.join(map(str, paths))}; name tasks the run has (tasks:)")
     if max_prompts is not None:
         table = table.head(max_prompts)
     records = {"prompt": decode_column(table, "prompt", ", ".join(map(str, paths)))}

@@ -6,7 +6,8 @@ known part x_k (the task's ``duals`` in :mod:`cellduality.tasks.registry`), answ
 ``duality_reward``). Dual prompts are deduplicated before generation: the G rollouts of
 one prompt that give the same answer share one dual generation (greedy by default), so they get the
 same reward. The oracle reward is also computed in duality mode and logged (never optimised) as a
-diagnostic of how well the duality reward tracks correctness.
+diagnostic of how well the duality reward tracks correctness. The ``shuffled`` reward (the ablation's negative
+control) is the duality reward scored against another prompt's condition (:func:`shuffle_conditions`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,42 @@ def oracle_reward(ctx: Rollout, settings: rewards.RewardSettings) -> float:
     return get_task(ctx.task).rollout_oracle_reward(ctx, settings)
 
 
+# what a rollout's duality reward is scored against: the condition the dual must recover
+CONDITION_COLUMNS = ("label", "hidden_genes")
+
+
+def shuffle_conditions(rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """``rows`` with each prompt's condition (:data:`CONDITION_COLUMNS`; a perturbation's drug in its metadata)
+    taken from another prompt of the same task in the batch (a seeded derangement of the batch's distinct
+    prompts; a task with one prompt in the batch keeps its own). The G rollouts of one prompt keep one
+    condition, so the group's advantages stay comparable, but the reward no longer says anything about the
+    prompt: the negative control of the ablation."""
+    import random
+
+    out = [dict(row) for row in rows]
+    by_task: dict[str, list[str]] = {}
+    for row in rows:
+        ids = by_task.setdefault(row["task"], [])
+        if row.get("prompt_id") not in ids:
+            ids.append(row.get("prompt_id"))
+    first = {(row["task"], row.get("prompt_id")): row for row in rows}
+    for task, ids in by_task.items():
+        if len(ids) < 2:
+            continue
+        shift = random.Random(f"{seed}:{task}:{'|'.join(map(str, ids))}").randrange(1, len(ids))
+        donor = {pid: first[(task, ids[(i + shift) % len(ids)])] for i, pid in enumerate(ids)}
+        for row in out:
+            if row["task"] != task:
+                continue
+            source = donor[row.get("prompt_id")]
+            row.update({c: source[c] for c in CONDITION_COLUMNS if c in source})
+            if task == "perturbation" and "metadata" in source:
+                metadata = json.loads(row["metadata"] or "{}")
+                metadata["drug"] = json.loads(source["metadata"] or "{}").get("drug")
+                row["metadata"] = json.dumps(metadata)
+    return out
+
+
 class TaskReward:
     """A TRL reward function (``reward_funcs=[TaskReward(...)]``) for every task of the mixed RL dataset."""
 
@@ -53,13 +90,18 @@ class TaskReward:
         self.dual_generator = dual_generator
         self.__name__ = f"{settings.mode}_reward"
         self.last_stats: dict[str, float] = {}
+        self._calls = 0  # salts the shuffled reward's permutation per batch
 
     def __call__(self, prompts: list, completions: list, task: list[str], log_metric=None, **columns) -> list[float]:
         rows = [{"task": t, **{k: v[i] for k, v in columns.items() if isinstance(v, list) and len(v) == len(task)}}
                 for i, t in enumerate(task)]
         contexts = [Rollout(completion_text(c), row, self.settings.strict_format)
                     for c, row in zip(completions, rows)]
-        oracle = [oracle_reward(ctx, self.settings) for ctx in contexts]
+        oracle = [oracle_reward(ctx, self.settings) for ctx in contexts]  # the true condition, always
+        if self.settings.mode == "shuffled":
+            self._calls += 1
+            contexts = [Rollout(completion_text(c), row, self.settings.strict_format)
+                        for c, row in zip(completions, shuffle_conditions(rows, self._calls))]
         stats = {"oracle_reward": sum(oracle) / len(oracle),
                  "format_ok": sum(ctx.parsed.format_ok for ctx in contexts) / len(contexts)}
         if self.settings.mode == "oracle":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -77,14 +78,21 @@ def run_grpo(model_path: str, tables: Sequence[str | Path], out_dir: str | Path,
                                                          "lora": lora.params()}, [model_path, *tables])
     if settings.mode == "duality":
         label_signal_gate(label_signal)
-    dataset = rl_dataset(tables, s.max_prompts, seed=s.seed, labelled_only=settings.mode == "oracle")
+    dataset = rl_dataset(tables, s.max_prompts, seed=s.seed, labelled_only=settings.mode == "oracle",
+                         task_prompts=s.task_prompts)
+    passes = s.passes(len(dataset))
+    (log.warning if passes < 2 else log.info)(
+        "GRPO: %d optimizer steps of %d prompts go %.1f times over the %d RL prompts (%s)%s", s.max_steps,
+        s.mini_batch_size // s.num_generations, passes, len(dataset),
+        ", ".join(f"{task} {n}" for task, n in sorted(Counter(dataset["task"]).items())),
+        "" if passes >= 2 else "; raise grpo.max_steps for at least two passes")
     tokenizer = load_tokenizer(model_path)
     reward = TaskReward(settings)
     with reporting(r):
         trainer = GRPOTrainer(model=model_path, reward_funcs=[reward],
                               args=grpo_config(s, checkpoint_dir, n_processes, report=r), train_dataset=dataset,
                               processing_class=tokenizer, peft_config=peft_config(lora))
-        if settings.mode == "duality":
+        if settings.mode != "oracle":  # duality and its shuffled control answer duals
             dual = dict(max_new_tokens=s.dual_max_new_tokens, temperature=s.dual_temperature)
             if s.dual_model == "frozen":
                 frozen = AutoModelForCausalLM.from_pretrained(model_path).to(trainer.accelerator.device).eval()

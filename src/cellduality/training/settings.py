@@ -130,6 +130,7 @@ class GRPOSettings(Settings):
     temperature: float = setting("grpo.temperature")
     max_completion_length: int = setting("grpo.max_completion_length")
     max_prompts: int | None = setting("grpo.max_prompts")
+    task_prompts: Mapping[str, int | None] = setting("grpo.task_prompts")
     dual_model: str = setting("grpo.dual_model")
     dual_max_new_tokens: int = setting("grpo.dual_max_new_tokens")
     dual_temperature: float = setting("grpo.dual_temperature")
@@ -149,6 +150,11 @@ class GRPOSettings(Settings):
 
     def __post_init__(self) -> None:
         self.check_processes(1)
+
+    def passes(self, n_prompts: int) -> float:
+        """How many times ``max_steps`` optimizer steps go over ``n_prompts`` RL prompts (each step consumes
+        ``mini_batch_size`` completions, ``num_generations`` per prompt)."""
+        return self.max_steps * self.mini_batch_size / self.num_generations / max(n_prompts, 1)
 
     def replicate(self, rep: int) -> GRPOSettings:
         """The settings of replicate ``rep`` (seed + rep)."""

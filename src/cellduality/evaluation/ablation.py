@@ -1,0 +1,158 @@
+"""The duality ablation: does the duality reward improve a model without labels, beside a positive and a
+negative control? Arms (each trained from the SFT model of the same seed): ``sft`` (no RL), ``grpo_duality``,
+``grpo_oracle`` (ground-truth reward: the positive control) and ``grpo_shuffled`` (the duality reward scored
+against another prompt's condition: the negative control), over ``ablation.seeds`` seeds (replicates).
+
+Each task is judged by one metric stated before the run (config ``ablation.primary_metric``), computed per
+item so arms can be paired: an eval prompt of the in-distribution test split (classification: 1 when right;
+CellPuzzles: the share of the puzzle's cells assigned right; generation: the share of the prompt's sampled cells
+a kNN classifier on the real test cells recognises as the condition, a malformed sample counting as not
+recognised). Statistics over items x seeds:
+
+- ``mean`` and its 95% CI: a two-way bootstrap that resamples seeds and items with replacement;
+- ``delta_vs_sft`` and its CI: the same bootstrap of the paired differences (arm - SFT of the same seed, item by
+  item), so item difficulty and the seed's starting model cancel;
+- ``p_mcnemar``: the exact McNemar test of the pooled (item, seed) pairs where items are right/wrong (label
+  tasks); NaN otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from cellduality.errors import CellDualityError
+from cellduality.evaluation.classification_metrics import is_missing
+from cellduality.evaluation.score import ExpressionSpace, attach_references
+from cellduality.evaluation.settings import ABLATION_ARMS as ARMS
+from cellduality.evaluation.settings import AblationSettings, EmbeddingSettings
+from cellduality.tasks.registry import get_task
+
+ABLATION_COLUMNS = ("task", "metric", "arm", "mean", "ci_low", "ci_high", "delta_vs_sft", "delta_ci_low",
+                    "delta_ci_high", "p_mcnemar", "n_seeds", "n_items")
+KNN_PREFIX = "knn_acc_k"
+
+
+def _knn_items(group: pd.DataFrame, k: int, space: ExpressionSpace, embedding: EmbeddingSettings,
+               seed: int) -> pd.Series:
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from cellduality.evaluation.generation_metrics import make_embedding
+
+    fit = space.fit(group["dataset"].iloc[0])
+    references = group.drop_duplicates("prompt_id")
+    real = fit.invert(references["reference_sentence"].fillna("").tolist()).X
+    space_e = make_embedding(real, fit.genes, method=embedding.method, n_components=embedding.n_components,
+                             scgpt_checkpoint=embedding.scgpt_checkpoint, seed=seed)
+    classifier = KNeighborsClassifier(n_neighbors=k).fit(space_e.transform(real), references["label"].astype(str))
+    ok = ~group["prediction"].map(is_missing).to_numpy(bool)
+    right = np.zeros(len(group))
+    if ok.any():
+        generated = space_e.transform(fit.invert(group.loc[ok, "prediction"].tolist()).X)
+        right[ok] = classifier.predict(generated) == group.loc[ok, "label"].astype(str).to_numpy()
+    return pd.Series(right, index=group["prompt_id"].to_numpy()).groupby(level=0).mean()
+
+
+def item_scores(pred: pd.DataFrame, task: str, metric: str, space: ExpressionSpace, embedding: EmbeddingSettings,
+                seed: int = 0) -> pd.Series:
+    """``metric`` of each test-split prompt of ``task`` (index: ``dataset/prompt_id``), see the module notes."""
+    rows = pred[(pred["task"] == task) & (pred["split"] == "test")]
+    if rows.empty:
+        return pd.Series(dtype=float)
+    family = get_task(task).metric
+    parts = []
+    for dataset, group in rows.groupby("dataset", sort=True):
+        if family == "classification" and metric == "accuracy":
+            scores = pd.Series([float(not is_missing(p) and p == label)
+                                for p, label in zip(group["prediction"], group["label"])], index=group["prompt_id"])
+        elif family == "cellpuzzles" and metric == "cell_accuracy":
+            scores = pd.Series([_puzzle_share(gold, p) for gold, p in zip(group["label"], group["prediction"])],
+                               index=group["prompt_id"])
+        elif family == "generation" and metric.startswith(KNN_PREFIX):
+            scores = _knn_items(group, int(metric.removeprefix(KNN_PREFIX)), space, embedding, seed)
+        else:
+            raise CellDualityError(f"ablation.primary_metric.{task}: {metric} is not scored per item for a "
+                                   f"{family} task; use accuracy (classification), cell_accuracy (CellPuzzles) or "
+                                   "knn_acc_k<k> (generation)")
+        parts.append(scores.rename(lambda pid, d=dataset: f"{d}/{pid}"))
+    return pd.concat(parts).astype(float)
+
+
+def _puzzle_share(gold: str, predicted) -> float:
+    from cellduality.evaluation.classification_metrics import _assignment
+
+    truth, guess = _assignment(gold), _assignment(predicted)
+    if not truth or guess is None or len(guess) != len(truth):
+        return 0.0
+    return sum(a == b for a, b in zip(truth, guess)) / len(truth)
+
+
+def two_way_bootstrap(values: np.ndarray, n_boot: int, confidence: float, seed: int) -> tuple[float, float]:
+    """CI of the mean of ``values`` (seeds x items), resampling seeds and items with replacement."""
+    rng = np.random.default_rng(seed)
+    n_seeds, n_items = values.shape
+    stats = np.empty(n_boot)
+    for b in range(n_boot):
+        rows = rng.integers(0, n_seeds, n_seeds)
+        cols = rng.integers(0, n_items, n_items)
+        stats[b] = values[np.ix_(rows, cols)].mean()
+    tail = (1 - confidence) / 2
+    return float(np.quantile(stats, tail)), float(np.quantile(stats, 1 - tail))
+
+
+def mcnemar_exact(base: np.ndarray, arm: np.ndarray) -> float:
+    """Two-sided exact McNemar p-value of paired binary outcomes (NaN unless both are 0/1)."""
+    if not (np.isin(base, (0, 1)).all() and np.isin(arm, (0, 1)).all()):
+        return float("nan")
+    lost, gained = int(((base == 1) & (arm == 0)).sum()), int(((base == 0) & (arm == 1)).sum())
+    n = lost + gained
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(lost, gained) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def ablation_table(scores: Mapping[tuple[str, str, int], pd.Series], settings: AblationSettings) -> pd.DataFrame:
+    """The ablation table from item scores keyed ``(task, arm, seed)`` (see the module notes)."""
+    rows = []
+    tasks = sorted({task for task, _, _ in scores})
+    seeds = sorted({seed for _, _, seed in scores})
+    for task in tasks:
+        metric = settings.primary_metric[task]
+        frames = {}
+        for arm in ARMS:
+            present = [scores[(task, arm, seed)] for seed in seeds if (task, arm, seed) in scores]
+            if len(present) == len(seeds):
+                frames[arm] = pd.concat(present, axis=1, keys=seeds)
+        if "sft" not in frames:
+            continue
+        items = sorted(set.intersection(*(set(f.dropna().index) for f in frames.values())))
+        base = frames["sft"].loc[items].to_numpy().T
+        for arm, frame in frames.items():
+            values = frame.loc[items].to_numpy().T  # seeds x items
+            low, high = two_way_bootstrap(values, settings.bootstrap, settings.confidence, settings.bootstrap_seed)
+            delta = values - base
+            d_low, d_high = two_way_bootstrap(delta, settings.bootstrap, settings.confidence, settings.bootstrap_seed)
+            rows.append((task, metric, arm, values.mean(), low, high, delta.mean(), d_low, d_high,
+                         mcnemar_exact(base.ravel(), values.ravel()) if arm != "sft" else float("nan"),
+                         len(seeds), len(items)))
+    return pd.DataFrame(rows, columns=list(ABLATION_COLUMNS))
+
+
+def run_ablation(predictions: Mapping[tuple[str, int], str], task_tables: Sequence[str],
+                 data: Mapping[str, Mapping[str, str]], settings: AblationSettings,
+                 embedding: EmbeddingSettings) -> pd.DataFrame:
+    """Item scores of every ``(arm, seed) -> predictions.parquet`` for each task with a primary metric, then
+    :func:`ablation_table`."""
+    space = ExpressionSpace(data)
+    scores = {}
+    for (arm, seed), path in predictions.items():
+        pred = attach_references(pd.read_parquet(path), task_tables)
+        for task, metric in settings.primary_metric.items():
+            items = item_scores(pred, task, metric, space, embedding)
+            if len(items):
+                scores[(task, arm, seed)] = items
+    return ablation_table(scores, settings)

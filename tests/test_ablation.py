@@ -1,0 +1,77 @@
+"""The ablation's statistics: paired deltas over items x seeds with bootstrap CIs, the exact McNemar test, and
+the table's columns; the per-item scores of each task family."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellduality.errors import CellDualityError
+from cellduality.evaluation.ablation import (
+    ABLATION_COLUMNS,
+    ablation_table,
+    item_scores,
+    mcnemar_exact,
+    two_way_bootstrap,
+)
+from cellduality.evaluation.settings import AblationSettings
+
+
+def test_mcnemar_exact_matches_the_binomial_test():
+    from scipy.stats import binomtest
+
+    base = np.array([1] * 10 + [0] * 10 + [1] * 5 + [0] * 5)
+    arm = np.array([1] * 10 + [0] * 10 + [0] * 5 + [1] * 5)
+    assert mcnemar_exact(base, arm) == 1.0  # 5 lost, 5 gained
+    arm = np.array([1] * 10 + [0] * 10 + [1] * 5 + [1] * 5)
+    assert mcnemar_exact(base, arm) == pytest.approx(binomtest(0, 5, 0.5).pvalue)  # 0 lost, 5 gained
+    assert mcnemar_exact(base, base) == 1.0 and math.isnan(mcnemar_exact(base, arm * 0.5))
+
+
+def test_bootstrap_ci_covers_the_mean_and_shrinks_with_items():
+    rng = np.random.default_rng(0)
+    small, large = rng.normal(0.3, 1, (3, 30)), rng.normal(0.3, 1, (3, 3000))
+    lo, hi = two_way_bootstrap(small, 500, 0.95, 0)
+    assert lo < small.mean() < hi
+    lo2, hi2 = two_way_bootstrap(large, 500, 0.95, 0)
+    assert hi2 - lo2 < hi - lo and lo2 < 0.3 < hi2
+    assert two_way_bootstrap(small, 500, 0.95, 0) == (lo, hi)  # seeded
+
+
+def test_ablation_table_pairs_items_and_seeds():
+    items = [f"d/p{i}" for i in range(200)]
+    rng = np.random.default_rng(1)
+    scores = {}
+    for seed in range(3):
+        base = pd.Series(rng.integers(0, 2, len(items)).astype(float), index=items)
+        better = base.copy()
+        better.iloc[rng.choice(len(items), 40, replace=False)] = 1.0  # the positive control: strictly better
+        scores[("annotation", "sft", seed)] = base
+        scores[("annotation", "grpo_oracle", seed)] = better
+        scores[("annotation", "grpo_shuffled", seed)] = base.copy()  # the negative control: unchanged
+    table = ablation_table(scores, AblationSettings(bootstrap=300))
+    assert list(table.columns) == list(ABLATION_COLUMNS)
+    row = table.set_index("arm")
+    assert row.loc["grpo_oracle", "delta_ci_low"] > 0 and row.loc["grpo_oracle", "p_mcnemar"] < 1e-6
+    assert row.loc["grpo_shuffled", "delta_vs_sft"] == 0 and row.loc["grpo_shuffled", "p_mcnemar"] == 1.0
+    assert row.loc["sft", "delta_vs_sft"] == 0 and math.isnan(row.loc["sft", "p_mcnemar"])
+    assert set(row["n_seeds"]) == {3} and set(row["n_items"]) == {200} and row.loc["sft", "metric"] == "accuracy"
+    assert "grpo_duality" not in row.index  # an arm without every seed is left out, not half-counted
+
+
+def test_item_scores_per_task_family():
+    pred = pd.DataFrame({
+        "task": ["annotation", "annotation", "annotation", "cellpuzzles", "annotation"],
+        "split": ["test", "test", "test", "test", "ood"],
+        "dataset": ["d"] * 5,
+        "prompt_id": ["a", "b", "c", "p", "o"],
+        "label": ["T", "B", "T", "T | B", "T"],
+        "prediction": ["T", "T", None, "T | T", "T"],
+    })
+    assert item_scores(pred, "annotation", "accuracy", None, None).to_dict() == {"d/a": 1.0, "d/b": 0.0, "d/c": 0.0}
+    assert item_scores(pred, "cellpuzzles", "cell_accuracy", None, None).to_dict() == {"d/p": 0.5}
+    with pytest.raises(CellDualityError, match="not scored per item"):
+        item_scores(pred, "annotation", "macro_f1", None, None)
