@@ -415,5 +415,11 @@ EVALUATED = list(EVALUATION.variants)
 GRPO_VARIANTS = [v for v in EVALUATED if v.startswith("grpo_")]
 
 
+# the ceiling check runs before duality GRPO trains conditional generation (rule ceiling)
+CEILING = "generation" in TASKS and (
+    not GRPO.task_prompts or "generation" in GRPO.task_prompts
+)
+
+
 # the ablation (target ablation): SFT and three GRPO arms (ABLATION_ARMS), each on seeds 0..ablation.seeds-1
 ABLATION_SEEDS = list(range(ABLATION.seeds))

@@ -75,6 +75,49 @@ rule baselines:
         "../workflow/scripts/baselines.py"
 
 
+# Before duality GRPO trains conditional generation: can its reward raise generation accuracy at all?
+rule ceiling:
+    input:
+        model=rules.sft.output[0],
+        tables=[
+            f"{RESULTS}/tasks/generation/{name}.parquet"
+            for name in TASKS.get("generation", [])
+        ],
+        h5ad=[DATA_FILES[name]["h5ad"] for name in TASKS.get("generation", [])],
+        sentences=[
+            DATA_FILES[name]["sentences"] for name in TASKS.get("generation", [])
+        ],
+    output:
+        f"{RESULTS}/diagnostics/ceiling/generation/rep{{rep}}.json",
+    log:
+        f"{LOGS}/ceiling/rep{{rep}}.log",
+    conda:
+        "../envs/training.yaml"
+    threads: 2
+    resources:
+        **GENERATION_RESOURCES,
+    params:
+        code=cli_code("evaluation.ceiling"),
+        # GRPO's prompts, samples as evaluation draws them, GRPO's beta and dual answer length
+        settings=lambda wildcards: cli_json(
+            samples=EVALUATION.samples_per_prompt,
+            temperature=EVALUATION.sample_temperature,
+            beta=GRPO.beta,
+            max_prompts=GRPO.task_prompts.get("generation"),
+            max_new_tokens=GRPO.dual_max_new_tokens,
+            seed=GRPO.replicate(wildcards.rep).seed,
+            embedding=EMBEDDING,
+        ),
+        files=lambda wildcards, input, output: cli_json(
+            model=input.model,
+            tables=list(input.tables),
+            data=DATA_FILES,
+            out=output[0],
+        ),
+    shell:
+        "python -m cellduality.cli ceiling --settings {params.settings:q} --files {params.files:q} --log {log:q}"
+
+
 rule report_tables:
     input:
         metrics=evaluated(rules.evaluate.output[0]),
@@ -115,6 +158,7 @@ rule report_figures:
             if TASKS.get("annotation")
             else []
         ),
+        ceiling=expand(rules.ceiling.output, rep=REPLICATES) if CEILING else [],
     output:
         confusion=report(
             f"{RESULTS}/report/confusion_matrices.png",
@@ -134,6 +178,11 @@ rule report_figures:
         label_signal=report(
             f"{RESULTS}/report/true_label_wins.tsv",
             caption="../workflow/report/label_signal.rst",
+            category="Diagnostics",
+        ),
+        ceiling=report(
+            f"{RESULTS}/report/ceiling.tsv",
+            caption="../workflow/report/ceiling.rst",
             category="Diagnostics",
         ),
     log:

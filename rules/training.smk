@@ -98,6 +98,10 @@ rule grpo:
             if wildcards.reward == "duality" and TASKS.get("annotation")
             else []
         ),
+        # and the ceiling check, where GRPO trains conditional generation
+        ceiling=lambda wildcards: (
+            rules.ceiling.output if wildcards.reward == "duality" and CEILING else []
+        ),
     output:
         model=directory(f"{RESULTS}/models/grpo_{{reward}}/rep{{rep}}"),
     log:
@@ -122,6 +126,7 @@ rule grpo:
             out=output.model,
             checkpoints=f"{RESULTS}/checkpoints/grpo_{wildcards.reward}/rep{wildcards.rep}",
             label_signal=input.label_signal[0] if input.label_signal else None,
+            ceiling=input.ceiling[0] if input.ceiling else None,
             **report_files(f"grpo_{wildcards.reward}_rep{wildcards.rep}"),
         ),
     shell:

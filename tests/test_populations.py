@@ -120,3 +120,29 @@ def test_shuffled_conditions_keep_groups_and_carry_no_information():
     assert shuffle_conditions(rows, seed=1) == shuffled and rows[0]["hidden_genes"] == json.dumps(["g0"])
     alone = [{"task": "generation", "prompt_id": "p0", "label": "T cell"}]
     assert shuffle_conditions(alone, seed=0) == alone
+
+
+def test_kl_reweighted_accuracy_follows_the_reward_as_beta_shrinks():
+    from cellduality.evaluation.ceiling import kl_reweighted_accuracy
+
+    rewards = [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]
+    right = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]  # the reward agrees with the judge on one prompt
+    assert kl_reweighted_accuracy(rewards, right, beta=1e6) == pytest.approx(0.25)  # the policy's own samples
+    assert kl_reweighted_accuracy(rewards, right, beta=1e-6) == pytest.approx(0.5)  # the reward's favourites
+    assert 0.25 < kl_reweighted_accuracy(rewards, right, beta=1.0) < 0.5
+
+
+def test_ceiling_gate_warns_when_the_reward_cannot_help(tmp_path, caplog):
+    from cellduality.training.label_signal import ceiling_gate
+
+    path = tmp_path / "ceiling.json"
+    summary = {"task": "generation", "beta": 0.01, "kl_optimum_accuracy": 0.40, "policy_accuracy": 0.44}
+    path.write_text(json.dumps({"summary": summary}))
+    with caplog.at_level("WARNING"):
+        assert ceiling_gate(path) == summary
+    assert "not expected to raise it" in caplog.text
+    caplog.clear()
+    path.write_text(json.dumps({"summary": {**summary, "kl_optimum_accuracy": 0.6}}))
+    with caplog.at_level("WARNING"):
+        ceiling_gate(path)
+    assert "not expected" not in caplog.text and ceiling_gate(None) is None

@@ -59,6 +59,7 @@ def _grpo(settings: Mapping[str, Any], files: Mapping[str, Any]) -> None:
     run_grpo(files["model"], files["tables"], files["out"], files["checkpoints"],
              GRPOSettings.from_params(settings["grpo"]), rewards, LoraSettings.from_params(settings["lora"]),
              n_processes=int(os.environ.get("WORLD_SIZE", "1")), label_signal=files.get("label_signal"),
+             ceiling=files.get("ceiling"),
              report=ReportSettings.from_params(files.get("report")))
     if _rank0():  # the policy keeps the SFT model's label set, data and base model
         derive_model_card(files["model"], files["out"], variant=f"grpo_{rewards.mode}",
@@ -110,7 +111,17 @@ def _predict(settings: Mapping[str, Any], files: Mapping[str, Any]) -> None:
     predict(files["model"], files["tables"], files["out"], EvaluationSettings.from_params(settings["evaluation"]))
 
 
-COMMANDS = {"build-model": _build_model, "fetch-model": _fetch_model, "sft": _sft, "grpo": _grpo,
+def _ceiling(settings: Mapping[str, Any], files: Mapping[str, Any]) -> None:
+    from cellduality.evaluation.ceiling import generation_ceiling
+    from cellduality.evaluation.settings import EmbeddingSettings
+
+    generation_ceiling(files["model"], files["tables"], files["data"], files["out"],
+                       embedding=EmbeddingSettings.from_params(settings["embedding"]),
+                       **{k: settings[k] for k in ("samples", "temperature", "beta", "max_prompts", "max_new_tokens",
+                                                   "seed")})
+
+
+COMMANDS = {"build-model": _build_model, "ceiling": _ceiling, "fetch-model": _fetch_model, "sft": _sft, "grpo": _grpo,
             "true-label-wins": _true_label_wins, "predict": _predict, "push-model": _push_model}
 
 

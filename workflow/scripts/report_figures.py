@@ -12,6 +12,7 @@ def main(smk=snakemake):
         predictions=dict(zip(smk.params.variants, smk.input.predictions)),
         curves={v: Path(d) / "reward_curve.tsv" for v, d in zip(smk.params.grpo_variants, smk.input.curves)},
         label_signal=list(smk.input.label_signal),
+        ceiling=list(smk.input.ceiling),
         data=smk.params.data,
         outputs=smk.output,
     )

@@ -116,9 +116,11 @@ def ablation_figure(table: pd.DataFrame, path: str | Path) -> None:
 
 
 def write_report_figures(*, predictions: dict[str, str | Path], curves: dict[str, str | Path],
-                         label_signal: Sequence[str | Path], data: dict[str, dict[str, str]], outputs) -> None:
-    """All report figures and the label-signal table (``outputs``: confusion, rewards, umap, label_signal);
-    ``label_signal`` holds one true-label-wins JSON per replicate (the first is drawn beside the reward curves)."""
+                         label_signal: Sequence[str | Path], data: dict[str, dict[str, str]], outputs,
+                         ceiling: Sequence[str | Path] = ()) -> None:
+    """All report figures and the diagnostics tables (``outputs``: confusion, rewards, umap, label_signal,
+    ceiling); ``label_signal`` holds one true-label-wins JSON per replicate (the first is drawn beside the reward
+    curves), ``ceiling`` one generation ceiling check per replicate (cellduality.evaluation.ceiling)."""
     import json
 
     from cellduality.evaluation.classification_metrics import is_missing
@@ -157,3 +159,8 @@ def write_report_figures(*, predictions: dict[str, str | Path], curves: dict[str
     rows = signals
     with atomic_path(outputs.label_signal) as tmp:
         pd.DataFrame(rows).to_csv(tmp, sep="\t", index=False)
+    checks = [{"replicate": i, **json.loads(Path(p).read_text())["summary"]} for i, p in enumerate(ceiling)]
+    columns = ["replicate", "task", "n_prompts", "samples", "beta", "judge_accuracy_real", "policy_accuracy",
+               "mean_reward", "kl_optimum_accuracy", "ceiling_gain", "chance_rate"]
+    with atomic_path(outputs.ceiling) as tmp:
+        pd.DataFrame(checks, columns=columns).to_csv(tmp, sep="\t", index=False, float_format="%.4f")

@@ -19,7 +19,7 @@ from cellduality.io import atomic_path
 from cellduality.tasks.rewards import RewardSettings
 from cellduality.training.datasets import rl_dataset
 from cellduality.training.duality import TaskReward, model_dual_generator, policy_dual_generator
-from cellduality.training.label_signal import label_signal_gate
+from cellduality.training.label_signal import ceiling_gate, label_signal_gate
 from cellduality.training.settings import GRPOSettings, LoraSettings, ReportSettings
 from cellduality.training.setup import (
     last_checkpoint,
@@ -66,9 +66,11 @@ def write_reward_curve(log_history: list[dict[str, Any]], path: str | Path) -> N
 
 def run_grpo(model_path: str, tables: Sequence[str | Path], out_dir: str | Path, checkpoint_dir: str | Path,
              s: GRPOSettings, settings: RewardSettings, lora: LoraSettings, n_processes: int = 1,
-             label_signal: str | Path | None = None, report: ReportSettings | None = None) -> Path:
+             label_signal: str | Path | None = None, report: ReportSettings | None = None,
+             ceiling: str | Path | None = None) -> Path:
     """GRPO from ``model_path`` on the RL prompts of ``tables``; resume from ``checkpoint_dir``. With the duality
-    reward, ``label_signal`` (the SFT model's true-label-wins JSON) is checked first: a warning when at chance.
+    reward, ``label_signal`` (the SFT model's true-label-wins JSON) and ``ceiling`` (the generation ceiling check's
+    JSON, cellduality.evaluation.ceiling) are checked first: a warning when the reward cannot help.
     ``report``: where metrics also go (config ``training.report_to``, the metrics folder, run name)."""
     from transformers import AutoModelForCausalLM
     from trl import GRPOTrainer
@@ -78,6 +80,7 @@ def run_grpo(model_path: str, tables: Sequence[str | Path], out_dir: str | Path,
                                                          "lora": lora.params()}, [model_path, *tables])
     if settings.mode == "duality":
         label_signal_gate(label_signal)
+        ceiling_gate(ceiling)
     dataset = rl_dataset(tables, s.max_prompts, seed=s.seed, labelled_only=settings.mode == "oracle",
                          task_prompts=s.task_prompts)
     passes = s.passes(len(dataset))

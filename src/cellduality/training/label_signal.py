@@ -236,6 +236,22 @@ def label_signal_gate(path: str | Path | None) -> dict | None:
     return summary
 
 
+def ceiling_gate(path: str | Path | None) -> dict | None:
+    """Read the generation ceiling check (cellduality.evaluation.ceiling) before duality GRPO; warn (not fail)
+    when the KL-optimum of the reward is not above the policy's own accuracy. Returns the summary."""
+    if not path or not Path(path).is_file():
+        return None
+    summary = json.loads(Path(path).read_text())["summary"]
+    if not summary["kl_optimum_accuracy"] > summary["policy_accuracy"]:
+        _warn(f"ceiling check ({summary['task']}): at beta {summary['beta']} the duality reward's preferred samples are "
+              f"recognised as their condition on {summary['kl_optimum_accuracy']:.3f}, no more often than the SFT "
+              f"model's own samples ({summary['policy_accuracy']:.3f}), so GRPO+duality is not expected to raise it")
+    else:
+        log.info("ceiling check (%s): KL-optimum %.3f vs policy %.3f", summary["task"],
+                 summary["kl_optimum_accuracy"], summary["policy_accuracy"])
+    return summary
+
+
 def _warn(message: str) -> None:
     log.warning("%s", message)
     print(f"cellduality warning: {message}", file=sys.__stderr__, flush=True)
