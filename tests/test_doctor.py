@@ -129,7 +129,7 @@ def test_request_too_large_fails_per_rule(cluster):
 
 def test_gpu_rules_on_a_partition_without_gpus_warn(cluster):
     rc, lines = cluster()  # the default partition is cpu
-    assert rc == 0 and any(line.startswith("warn GPU partition: rules grpo, predict, sft, true_label_wins ask for "
+    assert rc == 0 and any(line.startswith("warn GPU partition: rules ceiling, grpo, predict, sft, true_label_wins ask for "
                                            "GPUs but partition cpu has none (partitions with GPUs: gpu)")
                            for line in lines), lines
 
