@@ -85,7 +85,10 @@ def test_a_prompts_samples_share_one_real_cell_in_the_knn_reference(tmp_path, mo
                 X = np.array([[float(g in s.split()) for g in GENES] for s in sentences])
             return Inverted
 
-    class Space:
+    class Space(score.ExpressionSpace):
+        def __init__(self):
+            super().__init__({})
+
         def fit(self, dataset):
             return Fit()
 

@@ -38,21 +38,17 @@ KNN_PREFIX = "knn_acc_k"
 
 def _knn_items(group: pd.DataFrame, k: int, space: ExpressionSpace, embedding: EmbeddingSettings,
                seed: int) -> pd.Series:
-    from sklearn.neighbors import KNeighborsClassifier
+    from cellduality.evaluation.generation_metrics import knn_recognised
 
-    from cellduality.evaluation.generation_metrics import make_embedding
-
-    fit = space.fit(group["dataset"].iloc[0])
     references = group.drop_duplicates("prompt_id")
-    real = fit.invert(references["reference_sentence"].fillna("").tolist()).X
-    space_e = make_embedding(real, fit.genes, method=embedding.method, n_components=embedding.n_components,
-                             scgpt_checkpoint=embedding.scgpt_checkpoint, seed=seed)
-    classifier = KNeighborsClassifier(n_neighbors=k).fit(space_e.transform(real), references["label"].astype(str))
+    fit, space_e, real_e = space.embed_references(group["dataset"].iloc[0],
+                                                  references["reference_sentence"].fillna(""), embedding, seed)
     ok = ~group["prediction"].map(is_missing).to_numpy(bool)
     right = np.zeros(len(group))
     if ok.any():
         generated = space_e.transform(fit.invert(group.loc[ok, "prediction"].tolist()).X)
-        right[ok] = classifier.predict(generated) == group.loc[ok, "label"].astype(str).to_numpy()
+        right[ok] = knn_recognised(real_e, references["label"].tolist(), generated,
+                                   group.loc[ok, "label"].tolist(), k)
     return pd.Series(right, index=group["prompt_id"].to_numpy()).groupby(level=0).mean()
 
 

@@ -58,10 +58,9 @@ def generation_ceiling(model_dir: str | Path, tables: Sequence[str | Path], data
     """Measure (see the module notes) on at most ``max_prompts`` RL generation prompts of ``tables`` (the first of
     GRPO's seeded order) and write a JSON summary to ``out``."""
     import torch
-    from sklearn.neighbors import KNeighborsClassifier
     from transformers import AutoModelForCausalLM
 
-    from cellduality.evaluation.generation_metrics import make_embedding
+    from cellduality.evaluation.generation_metrics import knn_recognised
     from cellduality.training.datasets import rl_dataset
     from cellduality.training.decoding import generate_chat
     from cellduality.training.setup import load_tokenizer, on_device
@@ -85,8 +84,7 @@ def generation_ceiling(model_dir: str | Path, tables: Sequence[str | Path], data
     judge_real = float(np.mean([n == y for n, y in zip(named, rows["label"])]))
 
     index = [i for i in range(len(rows)) for _ in range(samples)]
-    conversations = [json.loads(rows["prompt"].iloc[i]) if isinstance(rows["prompt"].iloc[i], str)
-                     else rows["prompt"].iloc[i] for i in index]
+    conversations = [rows["prompt"].iloc[i] for i in index]  # rl_dataset decodes the prompts
     torch.manual_seed(seed)
     responses = generate_chat(model, tokenizer, conversations, max_new_tokens=max_new_tokens, batch_size=batch_size,
                               temperature=temperature)
@@ -95,18 +93,15 @@ def generation_ceiling(model_dir: str | Path, tables: Sequence[str | Path], data
     dual = judge(genes, index)
     rewards = [penalty if g is None else float(d == rows["label"].iloc[i]) for g, d, i in zip(genes, dual, index)]
 
-    dataset = rows["dataset"].iloc[0]
-    fit = ExpressionSpace(data).fit(dataset)
-    real = fit.invert(rows["reference_sentence"].tolist()).X
-    space = make_embedding(real, fit.genes, method=embedding.method, n_components=embedding.n_components,
-                           scgpt_checkpoint=embedding.scgpt_checkpoint, seed=seed)
-    knn = KNeighborsClassifier(n_neighbors=min(5, len(rows))).fit(space.transform(real), rows["label"].astype(str))
+    fit, space, real_e = ExpressionSpace(data).embed_references(rows["dataset"].iloc[0], rows["reference_sentence"],
+                                                                embedding, seed)
     ok = [g is not None for g in genes]
     right = np.zeros(len(genes))
     if any(ok):
-        kept = [" ".join(g) for g in genes if g is not None]
-        predicted = knn.predict(space.transform(fit.invert(kept).X))
-        right[np.flatnonzero(ok)] = predicted == np.asarray([rows["label"].iloc[i] for i, o in zip(index, ok) if o])
+        generated = space.transform(fit.invert([" ".join(g) for g in genes if g is not None]).X)
+        right[np.flatnonzero(ok)] = knn_recognised(real_e, rows["label"].tolist(), generated,
+                                                   [rows["label"].iloc[i] for i, o in zip(index, ok) if o],
+                                                   min(5, len(rows)))
     per_prompt = pd.DataFrame({"prompt": index, "reward": rewards, "right": right})
     grouped = [(g["reward"].tolist(), g["right"].tolist()) for _, g in per_prompt.groupby("prompt", sort=True)]
     policy = float(right.mean())

@@ -171,9 +171,10 @@ def subsample(X: np.ndarray, max_cells: int | None, seed: int = 0) -> np.ndarray
 
 # ---------------------------------------------------------------- conditional generation
 
-def knn_accuracy(real, real_labels: Sequence[str], generated, generated_labels: Sequence[str],
-                 ks: Sequence[int] = KNN_KS) -> dict[int, float]:
-    """k -> share of generated cells whose kNN vote among real cells is their conditioning label."""
+def knn_recognised(real, real_labels: Sequence[str], generated, generated_labels: Sequence[str],
+                   k: int) -> np.ndarray:
+    """Per generated cell: whether the vote of its ``k`` nearest real cells (Euclidean, uniform) is its
+    conditioning label."""
     from sklearn.neighbors import KNeighborsClassifier
 
     a, b = _pair(real, generated)
@@ -181,14 +182,15 @@ def knn_accuracy(real, real_labels: Sequence[str], generated, generated_labels: 
         raise CellDualityError("knn_accuracy: one label per real and per generated cell is needed")
     target = np.asarray([str(label) for label in generated_labels], dtype=object)
     train = np.asarray([str(label) for label in real_labels], dtype=object)
-    scores: dict[int, float] = {}
-    for k in ks:
-        if k > len(a):
-            scores[int(k)] = float("nan")
-            continue
-        model = KNeighborsClassifier(n_neighbors=int(k)).fit(a, train)
-        scores[int(k)] = float(np.mean(model.predict(b) == target))
-    return scores
+    return KNeighborsClassifier(n_neighbors=int(k)).fit(a, train).predict(b) == target
+
+
+def knn_accuracy(real, real_labels: Sequence[str], generated, generated_labels: Sequence[str],
+                 ks: Sequence[int] = KNN_KS) -> dict[int, float]:
+    """k -> share of generated cells whose kNN vote among real cells is their conditioning label."""
+    n_real = len(_pair(real, generated)[0])
+    return {int(k): float("nan") if k > n_real else
+            float(np.mean(knn_recognised(real, real_labels, generated, generated_labels, k))) for k in ks}
 
 
 def _distances(X: np.ndarray, normalize: str | None) -> np.ndarray:

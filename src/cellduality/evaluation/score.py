@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from cellduality.evaluation.classification_metrics import (
@@ -60,6 +62,16 @@ class ExpressionSpace:
             self._fits[dataset] = fit_from_files(files["h5ad"], files["sentences"], dataset=dataset, seed=self.seed)
         return self._fits[dataset]
 
+    def embed_references(self, dataset: str, sentences: Sequence[str], embedding: EmbeddingSettings,
+                         seed: int = 0) -> tuple[RankExpressionFit, Any, np.ndarray]:
+        """The real cells ``sentences`` of ``dataset`` inverted to expression, the embedding
+        (``evaluation.embedding``) fit on them, and their embedded rows: where generated cells are compared."""
+        fit = self.fit(dataset)
+        real = fit.invert(list(sentences)).X
+        space = make_embedding(real, fit.genes, method=embedding.method, n_components=embedding.n_components,
+                               scgpt_checkpoint=embedding.scgpt_checkpoint, seed=seed)
+        return fit, space, space.transform(real)
+
 
 def _generative_scores(metric: str, group: pd.DataFrame, space: ExpressionSpace, embedding: EmbeddingSettings,
                        seed: int) -> dict[str, float]:
@@ -68,13 +80,10 @@ def _generative_scores(metric: str, group: pd.DataFrame, space: ExpressionSpace,
     if len(ok) < 2:
         return scores
     scores.update(distinct_cells(ok))
-    fit = space.fit(group["dataset"].iloc[0])
     references = group.drop_duplicates("prompt_id")  # a prompt's samples share one real cell
-    real = fit.invert(references["reference_sentence"].fillna("").tolist()).X
-    generated = fit.invert(ok["prediction"].tolist()).X
-    space_e = make_embedding(real, fit.genes, method=embedding.method, n_components=embedding.n_components,
-                             scgpt_checkpoint=embedding.scgpt_checkpoint, seed=seed)
-    real_e, gen_e = space_e.transform(real), space_e.transform(generated)
+    fit, space_e, real_e = space.embed_references(group["dataset"].iloc[0],
+                                                  references["reference_sentence"].fillna(""), embedding, seed)
+    gen_e = space_e.transform(fit.invert(ok["prediction"].tolist()).X)
     if metric == "generation":
         scores.update(generation_scores(real_e, references["label"].tolist(), gen_e, ok["label"].tolist(),
                                         seed=seed))
