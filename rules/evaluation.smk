@@ -143,6 +143,10 @@ rule report_tables:
         runtime=10,
     params:
         code=script_code("report_tables.py"),
+        # how the answers were drawn and scored, stated above the tables
+        evaluation=EVALUATION.params(),
+        embedding=EMBEDDING.params(),
+        replicates=len(REPLICATES),
     script:
         "../workflow/scripts/report_tables.py"
 

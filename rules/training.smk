@@ -119,6 +119,8 @@ rule grpo:
             grpo=GRPO.replicate(wildcards.rep),
             rewards=REWARDS.replace(mode=wildcards.reward),
             lora=LORA,
+            # label and CellPuzzles rollouts decoded as evaluation decodes them
+            constrain_to_candidates=EVALUATION.constrain_to_candidates,
         ),
         files=lambda wildcards, input, output: cli_json(
             model=input.model,

@@ -5,11 +5,13 @@ import pandas as pd
 import pytest
 
 from cellduality.errors import CellDualityError
+from cellduality.evaluation.settings import EmbeddingSettings, EvaluationSettings
 from cellduality.report.tables import (
     ABLATION_VARIANTS,
     layout_table,
     load_paper_results,
     paper_tables,
+    protocol_note,
     render_html,
     render_markdown,
 )
@@ -99,7 +101,7 @@ def test_ablation_interleaves_paper_and_our_variants():
 
 def test_rendering_and_extra_tables():
     layouts = paper_tables(_results())
-    assert list(layouts) == ["table2", "table3", "table4", "table5", "table6"]
+    assert list(layouts) == ["table2", "table3", "table4", "table5", "table6", "cellpuzzles"]  # CellPuzzles: ours
     markdown = render_markdown(layouts)
     assert "**Table 4: Perturbation Response Generation (sci-Plex3).**" in markdown
     assert "| paper | scGen | Supervised | 0.95 | 1.05 | 0.98 |" in markdown  # Table 4's supervision type
@@ -109,7 +111,7 @@ def test_rendering_and_extra_tables():
     assert supervision[("ours", "baseline: copy the control cell")] == "Reference baseline"
     assert "scFID ↓" in markdown and "Acc. (%) ↑" in markdown and "| ours | baseline: copy the control cell" in markdown
     html = render_html(layouts)
-    assert html.count("<figure") == 5 and "<b>" in html and "C2S-Scale (GRPO w/ GT)" in html
+    assert html.count("<figure") == 6 and "<b>" in html and "C2S-Scale (GRPO w/ GT)" in html
     puzzles = layout_table(_results(), "cellpuzzles")
     assert list(puzzles.values.columns) == [("ID", "pbmc68k", m) for m in
                                             ("cell_accuracy", "batch_accuracy", "format_error_rate")]
@@ -124,3 +126,33 @@ def test_bad_input():
         layout_table(_results().drop(columns="split"), "table2")
     with pytest.raises(CellDualityError, match="not found"):
         load_paper_results("/nonexistent/paper.yaml")
+
+
+def test_what_the_tables_say_they_measured():
+    """A single value shows its 95% CI, replicates their std (not a CI), chance is a row, our distances are marked
+    as not comparable with the paper's scGPT-space values, captions describe our rows, the protocol is stated."""
+    extra = pd.DataFrame([
+        ("logreg", "annotation", "pbmc68k", "test", "accuracy_ci_low", 0.78),
+        ("logreg", "annotation", "pbmc68k", "test", "accuracy_ci_high", 0.88),
+        ("grpo_duality", "annotation", "pbmc68k", "test", "accuracy_ci_low", 0.4),  # two seeds: std wins
+        ("grpo_duality", "annotation", "pbmc68k", "test", "accuracy_ci_high", 0.7),
+        ("chance", "sensitivity", "gdsc", "test", "accuracy", 0.5),
+    ], columns=["model", "task", "dataset", "split", "metric", "value"])
+    results = pd.concat([_results(), extra], ignore_index=True)
+    text = layout_table(results, "table2").formatted()
+    assert text.loc[("ours", "baseline: logistic regression"), ("ID", "pbmc68k", "accuracy")] == "83.00 [78.0, 88.0]"
+    assert text.loc[("ours", "GRPO + duality reward (CellDuality)"), ("ID", "pbmc68k", "accuracy")] == "55.00 ± 7.07"
+    assert not any("_ci_" in c[2] for c in layout_table(results, "table2").values.columns)
+    sensitivity = layout_table(results, "table3")
+    assert sensitivity.values.loc[("ours", "chance: uniform guess among the candidates"),
+                                  ("ID", "gdsc", "accuracy")] == 50.0
+    assert sensitivity.caption.startswith("Our rows:") and "Paper rows, as published:" in sensitivity.caption
+    assert "Cell2Sentence" not in layout_table(results, "table5").caption.split("Paper rows")[0]
+    marked = layout_table(results, "table4", embedding_method="pca")
+    assert "scFID† ↓" in marked.to_markdown() and "not in the paper's scGPT space" in marked.caption
+    assert "†" not in layout_table(results, "table4", embedding_method="scgpt").to_markdown()
+    note = protocol_note(EvaluationSettings(), EmbeddingSettings(), replicates=1)
+    assert "greedy" in note and "4 cells per prompt at temperature 1" in note and "95% bootstrap CI" in note
+    assert render_markdown(paper_tables(results), preamble=note).startswith("How these numbers")
+    unconstrained = EvaluationSettings().replace(constrain_to_candidates=False)
+    assert "mean ± std over 3 replicates" in protocol_note(unconstrained, EmbeddingSettings(), replicates=3)

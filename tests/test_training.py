@@ -506,3 +506,34 @@ def test_sft_second_phase_adds_held_back_tasks_and_resumes_after_the_first(works
         ("phase1", 1), ("phase1", 2), ("phase2", 1), ("phase2", 2), ("phase2", 3), ("phase2", 4)]
     assert max(e["learning_rate"] for e in history if e["phase"] == "phase2" and "learning_rate" in e) <= 5e-4
     assert (out / "model.safetensors").exists()
+
+
+def test_grpo_rollouts_of_label_prompts_name_only_their_candidates(workspace, tmp_path, monkeypatch):
+    """With evaluation.constrain_to_candidates, GRPO samples label and CellPuzzles answers as evaluation decodes
+    them: an untrained model, free, names any cell type; constrained, only the prompt's candidates."""
+    from trl import GRPOTrainer
+
+    from cellduality.training import grpo
+    from cellduality.training.datasets import rl_dataset
+    from cellduality.training.grpo import constrained_trainer, grpo_config, prompt_key, rollout_candidates
+    from cellduality.training.setup import load_tokenizer
+
+    built, original = [], grpo.answer_processors
+    monkeypatch.setattr(grpo, "answer_processors", lambda *a, **k: built.append(k) or original(*a, **k))
+
+    dataset = rl_dataset([workspace / "tasks.parquet"], 8, seed=0)
+    assert set(rollout_candidates(dataset).values()) == {tuple(TYPES)}  # every annotation prompt, as in the table
+    only_b = {prompt_key(p): ("B cell",) for p in dataset["prompt"]}
+    tokenizer = load_tokenizer(str(workspace / "base"))
+    args = grpo_config(GRPO_CFG.replace(max_completion_length=40), tmp_path)
+    prompts = [p for p in dataset["prompt"] for _ in range(2)]
+    named = {}
+    for name, trainer_class in (("free", GRPOTrainer), ("constrained", constrained_trainer(tokenizer, only_b))):
+        trainer = trainer_class(model=str(workspace / "base"), reward_funcs=[lambda completions, **_: [0.0] *
+                                len(completions)], args=args, train_dataset=dataset, processing_class=tokenizer)
+        completions = trainer._generate(prompts)[3]
+        texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
+        named[name] = {t for text in texts for t in TYPES if t in text}
+    assert named["free"] - {"B cell"}  # the untrained model names other types when free
+    assert named["constrained"] <= {"B cell"}
+    assert len(built) == 1 and built[0]["allowed_labels"] == [("B cell",)] * len(prompts)  # one batch

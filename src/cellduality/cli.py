@@ -59,8 +59,8 @@ def _grpo(settings: Mapping[str, Any], files: Mapping[str, Any]) -> None:
     run_grpo(files["model"], files["tables"], files["out"], files["checkpoints"],
              GRPOSettings.from_params(settings["grpo"]), rewards, LoraSettings.from_params(settings["lora"]),
              n_processes=int(os.environ.get("WORLD_SIZE", "1")), label_signal=files.get("label_signal"),
-             ceiling=files.get("ceiling"),
-             report=ReportSettings.from_params(files.get("report")))
+             ceiling=files.get("ceiling"), report=ReportSettings.from_params(files.get("report")),
+             constrain_to_candidates=bool(settings.get("constrain_to_candidates", False)))
     if _rank0():  # the policy keeps the SFT model's label set, data and base model
         derive_model_card(files["model"], files["out"], variant=f"grpo_{rewards.mode}",
                           settings={"grpo": settings["grpo"], "rewards": settings["rewards"]})

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from cellduality.errors import CellDualityError
-from cellduality.evaluation.classification_metrics import is_missing
+from cellduality.evaluation.classification_metrics import is_missing, puzzle_counts
 from cellduality.evaluation.score import ExpressionSpace, attach_references
 from cellduality.evaluation.settings import ABLATION_ARMS as ARMS
 from cellduality.evaluation.settings import AblationSettings, EmbeddingSettings
@@ -65,8 +65,8 @@ def item_scores(pred: pd.DataFrame, task: str, metric: str, space: ExpressionSpa
             scores = pd.Series([float(not is_missing(p) and p == label)
                                 for p, label in zip(group["prediction"], group["label"])], index=group["prompt_id"])
         elif family == "cellpuzzles" and metric == "cell_accuracy":
-            scores = pd.Series([_puzzle_share(gold, p) for gold, p in zip(group["label"], group["prediction"])],
-                               index=group["prompt_id"])
+            right, sizes, _ = puzzle_counts(group["label"].tolist(), group["prediction"].tolist())
+            scores = pd.Series(right / sizes, index=group["prompt_id"])
         elif family == "generation" and metric.startswith(KNN_PREFIX):
             scores = _knn_items(group, int(metric.removeprefix(KNN_PREFIX)), space, embedding, seed)
         else:
@@ -75,15 +75,6 @@ def item_scores(pred: pd.DataFrame, task: str, metric: str, space: ExpressionSpa
                                    "knn_acc_k<k> (generation)")
         parts.append(scores.rename(lambda pid, d=dataset: f"{d}/{pid}"))
     return pd.concat(parts).astype(float)
-
-
-def _puzzle_share(gold: str, predicted) -> float:
-    from cellduality.evaluation.classification_metrics import _assignment
-
-    truth, guess = _assignment(gold), _assignment(predicted)
-    if not truth or guess is None or len(guess) != len(truth):
-        return 0.0
-    return sum(a == b for a, b in zip(truth, guess)) / len(truth)
 
 
 def two_way_bootstrap(values: np.ndarray, n_boot: int, confidence: float, seed: int) -> tuple[float, float]:

@@ -139,13 +139,10 @@ class PuzzleScores(_Scores):
     n_cells: int
 
 
-def cellpuzzles_scores(gold: Sequence[str | Sequence[str]],
-                       predicted: Sequence[str | Sequence[str] | None]) -> PuzzleScores:
-    """Cell-o1 cell- and batch-level accuracy of assignments (``"a | b | c"`` strings or label sequences).
-
-    Predictions should be canonical candidate labels (``parsing.parse_cellpuzzles_answer``); they are
-    compared exactly, position by position. A prediction of the wrong length counts as a format error.
-    """
+def puzzle_counts(gold: Sequence[str | Sequence[str]],
+                  predicted: Sequence[str | Sequence[str] | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per batch: cells assigned right, cells, and whether the answer is a format error (missing or of the
+    wrong length; no cell right)."""
     _check_lengths(gold, predicted)
     right = np.zeros(len(gold))
     sizes = np.zeros(len(gold))
@@ -159,6 +156,17 @@ def cellpuzzles_scores(gold: Sequence[str | Sequence[str]],
             invalid[i] = True
             continue
         right[i] = sum(a == b for a, b in zip(truth, guess))
+    return right, sizes, invalid
+
+
+def cellpuzzles_scores(gold: Sequence[str | Sequence[str]],
+                       predicted: Sequence[str | Sequence[str] | None]) -> PuzzleScores:
+    """Cell-o1 cell- and batch-level accuracy of assignments (``"a | b | c"`` strings or label sequences).
+
+    Predictions should be canonical candidate labels (``parsing.parse_cellpuzzles_answer``); they are
+    compared exactly, position by position. A prediction of the wrong length counts as a format error.
+    """
+    right, sizes, invalid = puzzle_counts(gold, predicted)
     if not len(gold):
         nan = float("nan")
         return PuzzleScores(nan, nan, nan, nan, 0, 0)

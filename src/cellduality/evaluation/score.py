@@ -6,7 +6,9 @@ accuracy. Generation and perturbation: generated sentences and the real referenc
 both turned into expression by the dataset's rank->expression fit (so they live in the same space), embedded
 with a PCA fit on the real cells, and compared by kNN accuracy and Gromov-Wasserstein (generation) or
 scFID, MMD and Wasserstein (perturbation). Format errors are excluded from distribution metrics and counted
-in ``format_error_rate``.
+in ``format_error_rate``. Accuracies (``accuracy``, ``cell_accuracy``, ``batch_accuracy``, ``knn_acc_k*``) come
+with a 95% bootstrap CI over prompts, ``<metric>_ci_low`` and ``<metric>_ci_high``
+(:mod:`cellduality.evaluation.intervals`); :func:`chance_results` gives the ``chance`` rows of label tasks.
 """
 
 from __future__ import annotations
@@ -24,9 +26,17 @@ from cellduality.evaluation.classification_metrics import (
     classification_scores,
     confusion_matrix,
     is_missing,
+    puzzle_counts,
 )
 from cellduality.evaluation.expression_inversion import RankExpressionFit, fit_from_files
-from cellduality.evaluation.generation_metrics import generation_scores, make_embedding, perturbation_scores
+from cellduality.evaluation.generation_metrics import (
+    KNN_KS,
+    generation_scores,
+    knn_recognised,
+    make_embedding,
+    perturbation_scores,
+)
+from cellduality.evaluation.intervals import ci_scores
 from cellduality.evaluation.settings import EmbeddingSettings
 from cellduality.tasks.registry import get_task, tasks_with
 from cellduality.tasks.schema import decode_value, read_task_frame
@@ -85,8 +95,12 @@ def _generative_scores(metric: str, group: pd.DataFrame, space: ExpressionSpace,
                                                   references["reference_sentence"].fillna(""), embedding, seed)
     gen_e = space_e.transform(fit.invert(ok["prediction"].tolist()).X)
     if metric == "generation":
-        scores.update(generation_scores(real_e, references["label"].tolist(), gen_e, ok["label"].tolist(),
-                                        seed=seed))
+        real_labels, labels = references["label"].tolist(), ok["label"].tolist()
+        scores.update(generation_scores(real_e, real_labels, gen_e, labels, seed=seed))
+        for k in (k for k in KNN_KS if k <= len(real_labels)):  # a prompt's samples are resampled together
+            per_prompt = pd.Series(knn_recognised(real_e, real_labels, gen_e, labels, k)).groupby(
+                ok["prompt_id"].to_numpy()).agg(["sum", "count"])
+            scores.update(ci_scores(f"knn_acc_k{k}", per_prompt["sum"], per_prompt["count"], seed))
     else:
         scores.update(perturbation_scores(real_e, gen_e, seed=seed))
     return scores
@@ -114,10 +128,16 @@ def score_predictions(pred: pd.DataFrame, task_tables: Sequence[str | Path], dat
     for (model, task, dataset, split), group in pred.groupby(["model", "task", "dataset", "split"], sort=True):
         predictions = parsed_predictions(group)
         metric = get_task(task).metric
+        labels = group["label"].tolist()
         if metric == "classification":
-            scores = classification_scores(group["label"].tolist(), predictions).as_dict()
+            scores = classification_scores(labels, predictions).as_dict()
+            scores.update(ci_scores("accuracy", [float(p is not None and p == t) for p, t in zip(predictions, labels)],
+                                    seed=seed))
         elif metric == "cellpuzzles":
-            scores = cellpuzzles_scores(group["label"].tolist(), predictions).as_dict()
+            scores = cellpuzzles_scores(labels, predictions).as_dict()
+            right, sizes, _ = puzzle_counts(labels, predictions)
+            scores.update(ci_scores("cell_accuracy", right, sizes, seed))
+            scores.update(ci_scores("batch_accuracy", (right == sizes).astype(float), seed=seed))
         else:
             scores = _generative_scores(metric, group, space, embedding, seed)
         rows += [(model, task, dataset, split, metric, float(value)) for metric, value in scores.items()]
@@ -158,3 +178,28 @@ def run_baselines(task_tables: Sequence[str | Path], data: Mapping[str, Mapping[
             frames.append(classification_baselines(table, files["sentences"], files["h5ad"], task=task,
                                                    prompt_ids=ids))
     return pd.concat(frames, ignore_index=True)
+
+
+CHANCE_MODEL = "chance"
+
+
+def chance_results(task_tables: Sequence[str | Path], max_prompts_per_table: int | None) -> pd.DataFrame:
+    """The ``chance`` model's rows: the expected score of a uniform guess among each evaluated prompt's candidates
+    (label tasks and CellPuzzles; :mod:`cellduality.evaluation.intervals`), on the prompts the models answer."""
+    from cellduality.evaluation.intervals import chance_puzzle_scores, chance_scores
+    from cellduality.evaluation.selection import eval_rows
+
+    rows = []
+    for path in task_tables:
+        table = eval_rows([path], max_prompts_per_table)
+        if table.empty or get_task(table["task"].iloc[0]).metric not in ("classification", "cellpuzzles"):
+            continue
+        for (task, dataset, split), group in table.groupby(["task", "dataset", "split"], sort=True):
+            candidates = [decode_value("candidates", c, row_id=pid) for c, pid in zip(group["candidates"],
+                                                                                     group["prompt_id"])]
+            if get_task(task).metric == "classification":
+                scores = chance_scores(group["label"].astype(str).tolist(), candidates)
+            else:
+                scores = chance_puzzle_scores([len(c) for c in candidates])
+            rows += [(CHANCE_MODEL, task, dataset, split, metric, value) for metric, value in scores.items()]
+    return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))

@@ -4,15 +4,17 @@ Input: a long results frame with :data:`RESULT_COLUMNS` (``model, task, dataset,
 metric names are those of the metric modules (``accuracy``, ``macro_f1``, ``format_error_rate``,
 ``cell_accuracy``, ``batch_accuracy``, ``knn_acc_k3`` … ``knn_acc_k25``, ``gw_distance``, ``scfid``, ``mmd``,
 ``wasserstein``); accuracies are fractions in [0, 1] and are shown ×100 where the paper prints percent.
-Several values of one (model, task, dataset, split, metric), e.g. seeds, are shown as mean ± std.
+Several values of one (model, task, dataset, split, metric), e.g. seeds, are shown as mean ± std; a single value
+with ``<metric>_ci_low`` / ``<metric>_ci_high`` rows (cellduality.evaluation.intervals) as ``value [low, high]``.
 
 Layout (:func:`layout_table`): columns are (split, dataset, metric) groups, with split ``ID`` for our
 ``test`` split and ``OOD`` for ``ood``; rows are (source, model), source ``paper`` or ``ours``. A dataset of
 ours goes into the paper's column when its name matches the paper's dataset or one of its aliases
 (ignoring case and punctuation) and its split matches, or through ``dataset_map``; otherwise it gets its
-own column group with the table's metrics. Table 6 (ablation) and ``task="ablation"`` tables list the
-four variants (base, SFT-only, GRPO + ground-truth reward, GRPO + duality reward), each paper row
-followed by ours. :data:`EXTRA_TABLES` describes tables of ours that have no paper counterpart
+own column group with the table's metrics. Captions say what our rows are (:data:`OUR_ROWS`) before quoting the
+paper's caption; :func:`protocol_note` states how the answers were drawn and scored. Table 6 (ablation) and
+``task="ablation"`` tables list the four variants (base, SFT-only, GRPO + ground-truth reward, GRPO + duality
+reward), each paper row followed by ours. :data:`EXTRA_TABLES` describes tables of ours that have no paper counterpart
 (CellPuzzles with Cell-o1's metrics).
 """
 
@@ -30,6 +32,7 @@ import pandas as pd
 import yaml
 
 from cellduality.errors import CellDualityError
+from cellduality.evaluation.settings import EmbeddingSettings, EvaluationSettings
 from cellduality.io import RESOURCES
 
 PAPER_RESULTS = RESOURCES / "paper_results.yaml"
@@ -48,6 +51,28 @@ MODEL_LABELS = {
     "copy_control": "baseline: copy the control cell",
     "drug_mean": "baseline: mean train cell of the drug",
     "control_shift": "baseline: control + mean drug shift",
+    "chance": "chance: uniform guess among the candidates",
+}
+CI_SUFFIXES = ("_ci_low", "_ci_high")  # interval rows of a metric in results.tsv (evaluation.intervals)
+# metrics of generated cells computed in our embedding space (evaluation.embedding), not the paper's scGPT space
+SPACE_METRICS = ("gw_distance", "scfid", "mmd", "wasserstein")
+SPACE_MARK = "†"
+#: what our rows of a table are, by the table's task (the paper's caption follows, quoted)
+OUR_ROWS = {
+    "annotation": "Our rows: each model variant's greedy answer on the test (ID) and OOD cells of our datasets, "
+                  "and reference baselines trained on the same train cells (logistic regression, kNN) and chance.",
+    "sensitivity": "Our rows: each model variant's greedy answer on our test cells, beside chance (a uniform "
+                   "guess between sensitive and resistant: 50%) and a kNN classifier on the same train cells.",
+    "perturbation": "Our rows: each model variant's sampled responses to the held-out drug treatments of our "
+                    "perturbation dataset, beside baselines (the control cell unchanged, the mean treated cell, "
+                    "the control plus the mean drug shift).",
+    "generation": "Our rows: cells each model variant sampled for the test prompts' cell types, compared with the "
+                  "real test cells, beside baselines (the mean and a random train cell of the type); our kNN "
+                  "classifier is trained on the real test cells of our dataset.",
+    "ablation": "Our rows: the same SFT model, then GRPO with the ground-truth reward or the duality reward "
+                "(one replicate per training seed).",
+    "cellpuzzles": "Our rows: each model variant's greedy assignment of a batch's candidate types to its cells, "
+                   "beside chance (a random assignment) and classifiers trained on the same train cells.",
 }
 SUPERVISION = {"base": "None", "sft": "Supervised", "grpo_oracle": "Ground-Truth RL",
                "grpo_duality": "Self-Supervised"}  # Table 4's "Supervision Type" of our rows; baselines: below
@@ -185,21 +210,30 @@ class TableLayout:
     metric_labels: dict = field(default_factory=dict)  # column -> printed metric name
     number: int | None = None
     row_info: pd.DataFrame | None = None  # text columns shown before the values (e.g. Table 4's supervision)
+    ci_low: pd.DataFrame | None = None  # 95% CI of a single value (paper units; NaN = none)
+    ci_high: pd.DataFrame | None = None
 
     @property
     def heading(self) -> str:
         return f"Table {self.number}: {self.title}" if self.number else self.title
 
     def formatted(self) -> pd.DataFrame:
-        """Cells as text: ``mean ± std`` where a std exists, "–" where no value."""
+        """Cells as text: ``mean ± std`` where a std exists, ``value [low, high]`` where a CI exists, "–" where
+        no value."""
         out = pd.DataFrame("–", index=self.values.index, columns=self.values.columns, dtype=object)
         for column in self.values.columns:
-            percent = self.units.get(column) == "%"
+            number = "{:.2f}" if self.units.get(column) == "%" else "{:.4g}"
+            bound = "{:.1f}" if self.units.get(column) == "%" else "{:.3g}"
             for row in self.values.index:
                 value, std = self.values.at[row, column], self.std.at[row, column]
-                if np.isfinite(value):
-                    text = f"{value:.2f}" if percent else f"{value:.4g}"
-                    out.at[row, column] = text + (f" ± {std:.3g}" if np.isfinite(std) else "")
+                if not np.isfinite(value):
+                    continue
+                text = number.format(value) + (f" ± {std:.3g}" if np.isfinite(std) else "")
+                low, high = (np.nan if frame is None else frame.at[row, column]
+                             for frame in (self.ci_low, self.ci_high))
+                if np.isfinite(low) and np.isfinite(high):
+                    text += f" [{bound.format(low)}, {bound.format(high)}]"
+                out.at[row, column] = text
         return out
 
     def best(self) -> pd.DataFrame:
@@ -250,8 +284,20 @@ class TableLayout:
 
 
 def _aggregate(results: pd.DataFrame) -> pd.DataFrame:
-    grouped = results.groupby(["model", "task", "dataset", "split", "metric"], sort=False)["value"]
-    return grouped.agg(value="mean", std=lambda s: s.std(ddof=1) if s.notna().sum() > 1 else np.nan).reset_index()
+    """Mean and std (over replicates) of each (model, task, dataset, split, metric), with ``ci_low`` and
+    ``ci_high`` from the metric's interval rows where there is one replicate (else NaN: the std says it)."""
+    is_ci = results["metric"].str.endswith(CI_SUFFIXES)
+    grouped = results[~is_ci].groupby(["model", "task", "dataset", "split", "metric"], sort=False)["value"]
+    out = grouped.agg(value="mean", std=lambda s: s.std(ddof=1) if s.notna().sum() > 1 else np.nan,
+                      n="count").reset_index()
+    for suffix in CI_SUFFIXES:
+        bounds = results[results["metric"].str.endswith(suffix)].assign(
+            metric=lambda f, k=suffix: f["metric"].str.removesuffix(k))
+        bounds = bounds.groupby(["model", "task", "dataset", "split", "metric"], sort=False)["value"].agg(
+            "first").rename(suffix.removeprefix("_")).reset_index()
+        out = out.merge(bounds, how="left", on=["model", "task", "dataset", "split", "metric"])
+        out.loc[out["n"] > 1, suffix.removeprefix("_")] = np.nan
+    return out.drop(columns="n")
 
 
 def _table_metrics(table: dict) -> dict[str, list[str]]:
@@ -269,12 +315,14 @@ def _table_metrics(table: dict) -> dict[str, list[str]]:
 def layout_table(results: pd.DataFrame | None, key: str, *, paper: PaperResults | None = None,
                  dataset_map: Mapping[str, str] | None = None, model_labels: Mapping[str, str] | None = None,
                  extra_metrics: Sequence[str] = (), include_paper: bool = True,
-                 models: Sequence[str] | None = None) -> TableLayout:
+                 models: Sequence[str] | None = None, embedding_method: str | None = None) -> TableLayout:
     """Lay out paper table ``key`` (``table2`` … ``table6``, or an :data:`EXTRA_TABLES` key) with our rows.
 
     ``dataset_map`` maps our dataset names to the paper's; ``model_labels`` renames our models (default
     :data:`MODEL_LABELS`); ``extra_metrics`` adds columns of ours (e.g. ``format_error_rate``) to every
-    group; ``models`` restricts and orders our rows.
+    group; ``models`` restricts and orders our rows; ``embedding_method`` (config ``evaluation.embedding.method``)
+    other than ``scgpt`` marks the generated-cell distances (:data:`SPACE_METRICS`) as not comparable with the
+    paper's.
     """
     paper = paper or load_paper_results()
     table = paper.table(key)
@@ -297,7 +345,7 @@ def layout_table(results: pd.DataFrame | None, key: str, *, paper: PaperResults 
         for metric in column["metrics"]:
             add_column(column["split"], column["dataset"], metric)
     paper_split = {column["dataset"]: column["split"] for column in table["columns"]}
-    cells: dict[tuple[tuple[str, str], tuple[str, str, str]], tuple[float, float]] = {}
+    cells: dict[tuple[tuple[str, str], tuple[str, str, str]], tuple[float, ...]] = {}
     row_order: list[tuple[str, str]] = []
     paper_rows = table["rows"] if include_paper else []
     for row in paper_rows:
@@ -305,7 +353,7 @@ def layout_table(results: pd.DataFrame | None, key: str, *, paper: PaperResults 
         row_order.append(row_key)
         for dataset, values in row["values"].items():
             for metric, value in values.items():
-                cells[(row_key, (paper_split[dataset], dataset, metric))] = _mean_std(value)
+                cells[(row_key, (paper_split[dataset], dataset, metric))] = (*_mean_std(value), np.nan, np.nan)
 
     our_rows: list[tuple[str, str]] = []
     if results is not None and len(results):
@@ -327,7 +375,8 @@ def layout_table(results: pd.DataFrame | None, key: str, *, paper: PaperResults 
             if row_key not in our_rows:
                 our_rows.append(row_key)
             scale = 100.0 if paper.metric(rec.metric).get("unit") == "%" else 1.0
-            cells[(row_key, (split, dataset, rec.metric))] = (rec.value * scale, rec.std * scale)
+            cells[(row_key, (split, dataset, rec.metric))] = (rec.value * scale, rec.std * scale,
+                                                              rec.ci_low * scale, rec.ci_high * scale)
         our_rows = _order_rows(our_rows, labels, models)
     if ablation:
         row_order = _interleave_ablation(table, row_order, our_rows, labels)
@@ -337,13 +386,25 @@ def layout_table(results: pd.DataFrame | None, key: str, *, paper: PaperResults 
     groups = list(dict.fromkeys(c[:2] for c in columns))  # keep each (split, dataset) group together
     columns.sort(key=lambda c: groups.index(c[:2]))
     col_index = pd.MultiIndex.from_tuples(columns, names=["split", "dataset", "metric"])
-    values = pd.DataFrame(np.nan, index=index, columns=col_index)
-    std = values.copy()
-    for (row_key, column), (value, sd) in cells.items():
-        if row_key in values.index:
-            values.at[row_key, column], std.at[row_key, column] = value, sd
-    return TableLayout(key=key, title=table["title"], caption=" ".join(str(table.get("caption", "")).split()),
-                       values=values, std=std, directions=directions, units=units, metric_labels=metric_labels,
+    frames = [pd.DataFrame(np.nan, index=index, columns=col_index) for _ in range(4)]  # value, std, CI bounds
+    for (row_key, column), numbers in cells.items():
+        if row_key in index:
+            for frame, number in zip(frames, numbers):
+                frame.at[row_key, column] = number
+    caption = " ".join(str(table.get("caption", "")).split())
+    if table["task"] in OUR_ROWS:
+        quoted = f"Paper rows, as published: {caption}" if key in paper.tables else caption
+        caption = f"{OUR_ROWS[table['task']]} {quoted}"
+    if embedding_method and embedding_method != "scgpt" and any(c[2] in SPACE_METRICS for c in columns):
+        for column in columns:
+            if column[2] in SPACE_METRICS:
+                metric_labels[column] += SPACE_MARK
+        caption += (f" {SPACE_MARK} Our generated-cell distances are computed in a {embedding_method.upper()} space "
+                    "of real cells after rank-to-expression inversion, not in the paper's scGPT space: compare "
+                    "them between our rows only, never with the paper's values.")
+    values, std, ci_low, ci_high = frames
+    return TableLayout(key=key, title=table["title"], caption=caption, values=values, std=std, ci_low=ci_low,
+                       ci_high=ci_high, directions=directions, units=units, metric_labels=metric_labels,
                        number=table.get("number"), row_info=_row_info(table, index, labels))
 
 
@@ -388,18 +449,38 @@ def _interleave_ablation(table: dict, paper_rows: list[tuple[str, str]], our_row
 
 def paper_tables(results: pd.DataFrame | None, *, keys: Sequence[str] | None = None,
                  **options) -> dict[str, TableLayout]:
-    """All paper tables (``table2`` … ``table6``) laid out with our results (options as :func:`layout_table`)."""
+    """All paper tables (``table2`` … ``table6``) laid out with our results, then the :data:`EXTRA_TABLES` whose
+    task the results hold (options as :func:`layout_table`)."""
     paper = options.pop("paper", None) or load_paper_results()
-    return {key: layout_table(results, key, paper=paper, **options) for key in (keys or list(paper.tables))}
+    tasks = set() if results is None or "task" not in results else set(results["task"].astype(str))
+    extra = [key for key, table in EXTRA_TABLES.items() if table["task"] in tasks]
+    return {key: layout_table(results, key, paper=paper, **options) for key in (keys or [*paper.tables, *extra])}
 
 
-def render_markdown(layouts: Mapping[str, TableLayout] | Sequence[TableLayout]) -> str:
-    """All tables as one Markdown document."""
+def protocol_note(evaluation: EvaluationSettings, embedding: EmbeddingSettings, replicates: int) -> str:
+    """How the answers behind the tables were drawn and scored (config ``evaluation.*``), in one paragraph."""
+    decoding = ("constrained to the prompt's candidates by the answer grammar (evaluation.constrain_to_candidates)"
+                if evaluation.constrain_to_candidates else "unconstrained (evaluation.constrain_to_candidates: false)")
+    space = ("the scGPT embedding" if embedding.method == "scgpt" else f"a {embedding.n_components}-component "
+             f"{embedding.method.upper()} of real cells (not the paper's scGPT space)")
+    spread = (f"mean ± std over {replicates} replicates (training seeds)" if replicates > 1 else
+              "one replicate; the brackets are its 95% bootstrap CI over the evaluated prompts")
+    return (f"How these numbers were measured: label tasks and CellPuzzles take one greedy answer per prompt, "
+            f"{decoding}; conditional generation and perturbation draw {evaluation.samples_per_prompt} cells per "
+            f"prompt at temperature {evaluation.sample_temperature:g} (evaluation.samples_per_prompt, "
+            f"evaluation.sample_temperature) and are scored as populations, the generated and real cells compared "
+            f"in {space}. Our values: {spread}. "
+            "Chance is the expected score of a uniform guess among each prompt's candidates.")
+
+
+def render_markdown(layouts: Mapping[str, TableLayout] | Sequence[TableLayout], preamble: str = "") -> str:
+    """All tables as one Markdown document (``preamble``, e.g. :func:`protocol_note`, first)."""
     items = layouts.values() if isinstance(layouts, Mapping) else layouts
-    return "\n".join(layout.to_markdown() for layout in items)
+    return "\n".join([*([preamble + "\n"] if preamble else []), *(layout.to_markdown() for layout in items)])
 
 
-def render_html(layouts: Mapping[str, TableLayout] | Sequence[TableLayout]) -> str:
-    """All tables as one HTML fragment (a ``<figure>`` with caption per table)."""
+def render_html(layouts: Mapping[str, TableLayout] | Sequence[TableLayout], preamble: str = "") -> str:
+    """All tables as one HTML fragment (``preamble`` as a paragraph, then a ``<figure>`` with caption per table)."""
     items = layouts.values() if isinstance(layouts, Mapping) else layouts
-    return "\n".join(layout.to_html() for layout in items)
+    head = [f"<p class=\"cellduality-protocol\">{html.escape(preamble)}</p>\n"] if preamble else []
+    return "\n".join([*head, *(layout.to_html() for layout in items)])

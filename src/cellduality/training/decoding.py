@@ -36,12 +36,15 @@ def answer_item_groups(tokenizer) -> dict[int, int]:
 
 class UniqueAnswerItems:
     """Logits processor: an item token already generated in this reply (after ``prompt_length``) is banned;
-    with ``answer_token`` (the id of ``<answer>``) only items generated after that token count."""
+    with ``answer_token`` (the id of ``<answer>``) only items generated after that token count; with ``rows``
+    (one flag per batch row) only the flagged rows are constrained."""
 
-    def __init__(self, groups: dict[int, int], prompt_length: int, answer_token: int | None = None) -> None:
+    def __init__(self, groups: dict[int, int], prompt_length: int, answer_token: int | None = None,
+                 rows: Sequence[bool] | None = None) -> None:
         self.groups = groups
         self.prompt_length = prompt_length
         self.answer_token = answer_token
+        self.rows = None if rows is None else list(rows)
         self.n_groups = max(groups.values(), default=-1) + 1
         self._vocab_groups = None  # token id -> item index (n_groups = no item), built once per vocabulary size
 
@@ -70,6 +73,8 @@ class UniqueAnswerItems:
         seen = torch.zeros(scores.shape[0], self.n_groups + 1, dtype=torch.bool, device=scores.device)
         seen.scatter_(1, items, True)
         banned = seen[:, group_of] & (group_of < self.n_groups)
+        if self.rows is not None:
+            banned &= torch.tensor(self.rows[: scores.shape[0]], dtype=torch.bool, device=scores.device)[:, None]
         return scores.masked_fill(banned, float("-inf"))
 
 
@@ -153,6 +158,25 @@ def answer_grammar_tokens(tokenizer) -> tuple[int, int, int] | None:
     return vocab[ANSWER_TAG], vocab[ANSWER_CLOSE], separator[0]
 
 
+def answer_processors(tokenizer, prompt_length: int, *, unique_items: bool = True,
+                      allowed_labels: Sequence[Sequence[str] | None] | None = None,
+                      unique_rows: Sequence[bool] | None = None) -> list:
+    """The logits processors of one batch whose prompts are ``prompt_length`` tokens long (left-padded):
+    :class:`UniqueAnswerItems` (on ``unique_rows`` only, when given) where the tokenizer records its answer items,
+    and with ``allowed_labels`` (one entry per row, None = free) :class:`CandidateItems` and
+    :class:`LabelAnswerGrammar` where it records its labels and answer tags. Empty for other tokenizers."""
+    groups = answer_item_groups(tokenizer) if unique_items else {}
+    answer_token = tokenizer.get_vocab().get(ANSWER_TAG)
+    processors: list = [UniqueAnswerItems(groups, prompt_length, answer_token, unique_rows)] if groups else []
+    labels = label_item_tokens(tokenizer) if allowed_labels is not None else {}
+    if labels:
+        processors.append(CandidateItems(labels, allowed_labels))
+        grammar = answer_grammar_tokens(tokenizer)
+        if grammar:
+            processors.append(LabelAnswerGrammar(labels, allowed_labels, prompt_length, *grammar))
+    return processors
+
+
 def generate_chat(model, tokenizer, conversations: Sequence[Messages], *, max_new_tokens: int = 256,
                   temperature: float = 0.0, top_p: float = 1.0, batch_size: int = 16,
                   unique_items: bool = True, allowed_labels: Sequence[Sequence[str] | None] | None = None) -> list[str]:
@@ -167,10 +191,6 @@ def generate_chat(model, tokenizer, conversations: Sequence[Messages], *, max_ne
     model.eval()
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    groups = answer_item_groups(tokenizer) if unique_items else {}
-    answer_token = tokenizer.get_vocab().get(ANSWER_TAG)
-    labels = label_item_tokens(tokenizer) if allowed_labels is not None else {}
-    grammar = answer_grammar_tokens(tokenizer) if labels else None
     replies: list[str] = []
     try:
         for start in range(0, len(conversations), batch_size):
@@ -179,12 +199,9 @@ def generate_chat(model, tokenizer, conversations: Sequence[Messages], *, max_ne
             batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
                 {"do_sample": False}
-            processors = [UniqueAnswerItems(groups, batch["input_ids"].shape[1], answer_token)] if groups else []
-            if labels:
-                rows = allowed_labels[start:start + batch_size]
-                processors.append(CandidateItems(labels, rows))
-                if grammar:
-                    processors.append(LabelAnswerGrammar(labels, rows, batch["input_ids"].shape[1], *grammar))
+            rows = None if allowed_labels is None else allowed_labels[start:start + batch_size]
+            processors = answer_processors(tokenizer, batch["input_ids"].shape[1], unique_items=unique_items,
+                                           allowed_labels=rows)
             if processors:
                 sampling["logits_processor"] = LogitsProcessorList(processors)
             with torch.no_grad():

@@ -4,6 +4,11 @@ Batch semantics (paper: G=8, train batch 512, mini-batch 32): ``train_batch_size
 generated per round (train_batch_size / G prompts), then consumed in optimizer steps of
 ``mini_batch_size`` completions, so one round is train_batch_size / mini_batch_size optimizer steps.
 ``max_steps`` counts optimizer steps, as in TRL. The KL term (``beta``) is to the starting (SFT) model.
+
+Rollouts of label and CellPuzzles prompts are decoded as evaluation decodes them (config
+``evaluation.constrain_to_candidates``): only the prompt's candidates, each once, in the answer grammar
+(:func:`cellduality.training.decoding.answer_processors`), so a reward is not spent on answers evaluation could not
+give. Gene-list rollouts (generation, perturbation) are sampled free.
 """
 
 from __future__ import annotations
@@ -11,13 +16,15 @@ from __future__ import annotations
 import csv
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from cellduality.io import atomic_path
 from cellduality.tasks.rewards import RewardSettings
+from cellduality.tasks.schema import decode_value
 from cellduality.training.datasets import rl_dataset
+from cellduality.training.decoding import answer_processors
 from cellduality.training.duality import TaskReward, model_dual_generator, policy_dual_generator
 from cellduality.training.label_signal import ceiling_gate, label_signal_gate
 from cellduality.training.settings import GRPOSettings, LoraSettings, ReportSettings
@@ -64,20 +71,69 @@ def write_reward_curve(log_history: list[dict[str, Any]], path: str | Path) -> N
             writer.writerow([entry.get("step")] + [entry.get(key, "") for key in wanted.values()])
 
 
+def rollout_candidates(dataset) -> dict[str, tuple[str, ...]]:
+    """The candidates of each label and CellPuzzles prompt of an RL dataset, keyed by :func:`prompt_key`."""
+    from cellduality.tasks.registry import get_task
+
+    out = {}
+    for prompt, task, candidates in zip(dataset["prompt"], dataset["task"], dataset["candidates"]):
+        options = decode_value("candidates", candidates) if candidates else []
+        if options and get_task(task).kind("primal") in ("label", "assignment"):
+            out[prompt_key(prompt)] = tuple(options)
+    return out
+
+
+def prompt_key(prompt) -> str:
+    """A rollout prompt (chat messages or text) as the key of :func:`rollout_candidates`."""
+    return prompt[-1]["content"] if isinstance(prompt, list) else str(prompt)
+
+
+def constrained_trainer(tokenizer, candidates: Mapping[str, Sequence[str]]):
+    """TRL's GRPOTrainer whose rollouts of the prompts in ``candidates`` use the evaluation's answer processors
+    (:func:`cellduality.training.decoding.answer_processors`); other prompts are sampled as TRL samples them."""
+    from transformers import LogitsProcessorList
+    from trl import GRPOTrainer
+
+    class AnswerGrammarGRPOTrainer(GRPOTrainer):
+        def _generate(self, prompts: list):
+            allowed = [candidates.get(prompt_key(p)) for p in prompts]
+            if self.use_vllm or all(a is None for a in allowed):
+                return super()._generate(prompts)
+            model = self.accelerator.unwrap_model(self.model_wrapped)
+            free = model.generate
+
+            def generate(*args, **kwargs):
+                processors = answer_processors(tokenizer, kwargs["input_ids"].shape[1], allowed_labels=allowed,
+                                               unique_rows=[a is not None for a in allowed])
+                return free(*args, logits_processor=LogitsProcessorList(processors), **kwargs)
+
+            model.generate = generate
+            try:
+                return super()._generate(prompts)
+            finally:
+                del model.generate
+
+    return AnswerGrammarGRPOTrainer
+
+
 def run_grpo(model_path: str, tables: Sequence[str | Path], out_dir: str | Path, checkpoint_dir: str | Path,
              s: GRPOSettings, settings: RewardSettings, lora: LoraSettings, n_processes: int = 1,
              label_signal: str | Path | None = None, report: ReportSettings | None = None,
-             ceiling: str | Path | None = None) -> Path:
+             ceiling: str | Path | None = None, constrain_to_candidates: bool = False) -> Path:
     """GRPO from ``model_path`` on the RL prompts of ``tables``; resume from ``checkpoint_dir``. With the duality
     reward, ``label_signal`` (the SFT model's true-label-wins JSON) and ``ceiling`` (the generation ceiling check's
     JSON, cellduality.evaluation.ceiling) are checked first: a warning when the reward cannot help.
-    ``report``: where metrics also go (config ``training.report_to``, the metrics folder, run name)."""
+    ``report``: where metrics also go (config ``training.report_to``, the metrics folder, run name);
+    ``constrain_to_candidates`` (config ``evaluation.constrain_to_candidates``): label and CellPuzzles rollouts
+    decoded as evaluation decodes them (see the module notes)."""
     from transformers import AutoModelForCausalLM
     from trl import GRPOTrainer
 
     r = report or ReportSettings()
     checkpoint_dir = run_checkpoint_dir(checkpoint_dir, {"grpo": s.rerun_params(), "rewards": settings.params(),
-                                                         "lora": lora.params()}, [model_path, *tables])
+                                                         "lora": lora.params(),
+                                                         "constrain_to_candidates": constrain_to_candidates},
+                                        [model_path, *tables])
     if settings.mode == "duality":
         label_signal_gate(label_signal)
         ceiling_gate(ceiling)
@@ -91,8 +147,13 @@ def run_grpo(model_path: str, tables: Sequence[str | Path], out_dir: str | Path,
         "" if passes >= 2 else "; raise grpo.max_steps for at least two passes")
     tokenizer = load_tokenizer(model_path)
     reward = TaskReward(settings)
+    candidates = rollout_candidates(dataset) if constrain_to_candidates else {}
+    if candidates and s.use_vllm:
+        log.warning("GRPO: grpo.use_vllm samples %d label/CellPuzzles prompts without the answer grammar that "
+                    "evaluation uses", len(candidates))
+    trainer_class = constrained_trainer(tokenizer, candidates) if candidates else GRPOTrainer
     with reporting(r):
-        trainer = GRPOTrainer(model=model_path, reward_funcs=[reward],
+        trainer = trainer_class(model=model_path, reward_funcs=[reward],
                               args=grpo_config(s, checkpoint_dir, n_processes, report=r), train_dataset=dataset,
                               processing_class=tokenizer, peft_config=peft_config(lora))
         if settings.mode != "oracle":  # duality and its shuffled control answer duals

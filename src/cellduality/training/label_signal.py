@@ -245,7 +245,8 @@ def ceiling_gate(path: str | Path | None) -> dict | None:
     if not summary["kl_optimum_accuracy"] > summary["policy_accuracy"]:
         _warn(f"ceiling check ({summary['task']}): at beta {summary['beta']} the duality reward's preferred samples are "
               f"recognised as their condition on {summary['kl_optimum_accuracy']:.3f}, no more often than the SFT "
-              f"model's own samples ({summary['policy_accuracy']:.3f}), so GRPO+duality is not expected to raise it")
+              f"model's own samples ({summary['policy_accuracy']:.3f}): re-ranking them by the reward gains nothing; "
+              "GRPO may still move further (a bound, not a forecast)")
     else:
         log.info("ceiling check (%s): KL-optimum %.3f vs policy %.3f", summary["task"],
                  summary["kl_optimum_accuracy"], summary["policy_accuracy"])
