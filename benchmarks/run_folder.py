@@ -23,13 +23,9 @@ def run_folder(results: Path, config_path: Path, out: Path | None, task: str, na
 def candidate_log_probs(model, tokenizer, prompts: list, candidates: list[str]):
     """``len(prompts) x len(candidates)`` array: the model's teacher-forced log-probability of answering each
     prompt with each candidate, in the answer-only format the embedded default trains
-    (``<think></think>`` then ``<answer>candidate</answer>``)."""
+    (``<think></think>`` then ``<answer>candidate</answer>``; cellduality.training.decoding.candidate_log_probs)."""
     import numpy as np
 
-    from cellduality.evaluation.annotate import answer_probability
+    from cellduality.training.decoding import candidate_log_probs as log_probs
 
-    conversations = [prompt for prompt in prompts for _ in candidates]
-    answers = [c for _ in prompts for c in candidates]
-    responses = [f"<think></think>\n<answer>{a}</answer>" for a in answers]
-    p = np.array(answer_probability(model, tokenizer, conversations, responses, answers))
-    return np.log(np.maximum(p, 1e-30)).reshape(len(prompts), len(candidates))
+    return np.maximum(np.array(log_probs(model, tokenizer, prompts, [candidates] * len(prompts))), np.log(1e-30))

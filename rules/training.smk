@@ -158,6 +158,8 @@ rule true_label_wins:
             diagnostics=DIAGNOSTICS,
             seed=TASK_TABLE.seed,
             max_new_tokens=GRPO.dual_max_new_tokens,
+            # the annotation ceiling: the reward's KL-optimum at GRPO's beta
+            beta=GRPO.beta,
         ),
         files=lambda wildcards, input, output: cli_json(
             model=input.model, tables=list(input.tables), out=output[0]

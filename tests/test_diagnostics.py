@@ -141,3 +141,30 @@ def test_kl_optimum_trades_the_model_against_the_reward():
     assert kl_optimum_accuracy(log_prior, rewards, gold, 0.2) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="shapes"):
         kl_optimum_accuracy(log_prior, rewards[:2], gold, 0.1)
+
+
+def test_annotation_ceiling_per_cell_candidates_and_its_warning(tmp_path, capfd):
+    """kl_optimum_summary scores each cell over its own candidates; the gate warns when the optimum does not beat
+    the model's own accuracy, and says nothing of a ceiling where none was measured."""
+    import json
+
+    from cellduality.training.label_signal import kl_optimum_summary, label_signal_gate
+
+    cells = [DiagnosticExample(genes=["CD3D"], label="T", candidates=["T", "B", "T"], prompt_id="a"),  # a repeat
+             DiagnosticExample(genes=["MS4A1"], label="B", candidates=["NK", "B"], prompt_id="b")]
+    per_cell = [{"scores": {"T": 0.1, "B": 0.9}}, {"scores": {"NK": 0.0, "B": 0.8}}]
+    prior = [[-0.1, -3.0], [-0.1, -3.0]]  # the model prefers T, then NK
+    model_only = kl_optimum_summary(per_cell, cells, prior, float("inf"), policy_accuracy=0.5)
+    assert model_only == {"beta": float("inf"), "kl_optimum_accuracy": 0.5, "ceiling_gain": 0.0}
+    assert kl_optimum_summary(per_cell, cells, prior, 0.0, 0.5)["kl_optimum_accuracy"] == 0.5  # reward: B, B
+    assert kl_optimum_summary(per_cell, cells, prior, 0.1, 0.5)["kl_optimum_accuracy"] == 0.5
+    summary = {"n_cells": 2, "win_rate": 0.9, "chance_rate": 0.5, "policy_accuracy": 0.5, "task": "annotation",
+               **model_only}
+    path = tmp_path / "wins.json"
+    path.write_text(json.dumps({"summary": summary, "per_cell": []}))
+    label_signal_gate(path)
+    assert "ceiling check (annotation): at beta inf the duality reward's KL-optimum is right on 0.500" in \
+        capfd.readouterr().err
+    path.write_text(json.dumps({"summary": {k: v for k, v in summary.items() if "kl_" not in k}, "per_cell": []}))
+    label_signal_gate(path)
+    assert "ceiling" not in capfd.readouterr().err

@@ -143,7 +143,7 @@ def test_ceiling_gate_warns_when_the_reward_cannot_help(tmp_path, caplog):
     path.write_text(json.dumps({"summary": summary}))
     with caplog.at_level("WARNING"):
         assert ceiling_gate(path) == summary
-    assert "re-ranking them by the reward gains nothing" in caplog.text
+    assert "re-weighting the SFT model by the reward gains nothing" in caplog.text
     caplog.clear()
     path.write_text(json.dumps({"summary": {**summary, "kl_optimum_accuracy": 0.6}}))
     with caplog.at_level("WARNING"):

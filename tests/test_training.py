@@ -537,3 +537,30 @@ def test_grpo_rollouts_of_label_prompts_name_only_their_candidates(workspace, tm
     assert named["free"] - {"B cell"}  # the untrained model names other types when free
     assert named["constrained"] <= {"B cell"}
     assert len(built) == 1 and built[0]["allowed_labels"] == [("B cell",)] * len(prompts)  # one batch
+
+
+def test_candidate_log_probs_score_each_candidate_after_the_reply_prefix(workspace):
+    """candidate_log_probs is the log of annotate's teacher-forced answer probability, candidate by candidate,
+    and scores after the given reply prefix (a reasoning model after its reasoning)."""
+    import math
+
+    from transformers import AutoModelForCausalLM
+
+    from cellduality.evaluation.annotate import answer_probability
+    from cellduality.training.decoding import ANSWER_ONLY_PREFIX, candidate_log_probs, reply_prefix
+    from cellduality.training.setup import load_tokenizer
+
+    tokenizer = load_tokenizer(str(workspace / "base"))
+    model = AutoModelForCausalLM.from_pretrained(str(workspace / "base"))
+    conversations = [prompts.annotation_prompt(["CD3E", "GENE1"], {}, TYPES),
+                     prompts.annotation_prompt(["CD14", "GENE2"], {}, TYPES)]
+    scores = candidate_log_probs(model, tokenizer, conversations, [TYPES, TYPES[:2]])
+    assert [len(row) for row in scores] == [3, 2]
+    for conversation, row, options in zip(conversations, scores, [TYPES, TYPES[:2]]):
+        replies = [f"{ANSWER_ONLY_PREFIX}{c}</answer>" for c in options]
+        p = answer_probability(model, tokenizer, [conversation] * len(options), replies, list(options))
+        assert row == pytest.approx([math.log(x) for x in p], rel=1e-4)
+    assert reply_prefix("<think>T cell markers</think>\n<answer>T cell</answer>") == \
+        "<think>T cell markers</think>\n<answer>"
+    after = candidate_log_probs(model, tokenizer, conversations[:1], [TYPES], ["<think>CD3E</think>\n<answer>"])
+    assert after[0] != pytest.approx(scores[0])

@@ -79,7 +79,7 @@ def _true_label_wins(settings: Mapping[str, Any], files: Mapping[str, Any]) -> N
 
     true_label_wins_for_model(files["model"], files["tables"], files["out"],
                               DiagnosticsSettings.from_params(settings["diagnostics"]), seed=settings["seed"],
-                              max_new_tokens=settings["max_new_tokens"])
+                              max_new_tokens=settings["max_new_tokens"], beta=settings.get("beta"))
 
 
 def _fetch_model(settings: Mapping[str, Any], files: Mapping[str, Any]) -> None:

@@ -38,35 +38,14 @@ from cellduality.training.model_card import read_model_card
 log = logging.getLogger(__name__)
 def answer_probability(model, tokenizer, conversations, responses, answers, batch_size: int = 32) -> list[float]:
     """exp(sum of log-probabilities) of each answer's tokens, teacher-forced after the prompt and the response
-    text before the answer (0 where the answer is None); scored in right-padded batches."""
-    import torch
+    text before the answer (0 where the answer is None)."""
+    from cellduality.training.decoding import continuation_log_probs
 
-    out = [0.0] * len(conversations)
-    items = []  # (index, token ids, number of answer tokens at the end)
-    for i, (messages, response, answer) in enumerate(zip(conversations, responses, answers)):
-        if answer is None:
-            continue
-        prompt = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-        before = prompt + response[: max(response.find(answer), 0)]
-        n_before = len(tokenizer(before, add_special_tokens=False)["input_ids"])
-        ids = tokenizer(before + answer, add_special_tokens=False)["input_ids"]
-        if len(ids) > n_before:
-            items.append((i, ids, len(ids) - n_before))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
-        width = max(len(ids) for _, ids, _ in chunk)
-        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, (_, ids, _) in enumerate(chunk):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            mask[row, : len(ids)] = 1
-        with torch.no_grad():
-            logits = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device)).logits
-        logp = logits[:, :-1].float().log_softmax(-1).gather(2, input_ids[:, 1:, None].to(model.device))[..., 0]
-        for row, (i, ids, n_answer) in enumerate(chunk):
-            out[i] = float(math.exp(logp[row, len(ids) - 1 - n_answer: len(ids) - 1].sum().item()))
-    return out
+    contexts = [tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+                + response[: max(response.find(answer), 0)] if answer is not None else ""
+                for messages, response, answer in zip(conversations, responses, answers)]
+    log_probs = continuation_log_probs(model, tokenizer, contexts, [a or "" for a in answers], batch_size)
+    return [math.exp(lp) if answer is not None else 0.0 for lp, answer in zip(log_probs, answers)]
 
 
 def annotate(model_dir: str | Path, h5ad: str | Path, out: str | Path, *, batch_size: int = 32,

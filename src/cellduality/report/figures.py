@@ -120,7 +120,8 @@ def write_report_figures(*, predictions: dict[str, str | Path], curves: dict[str
                          ceiling: Sequence[str | Path] = ()) -> None:
     """All report figures and the diagnostics tables (``outputs``: confusion, rewards, umap, label_signal,
     ceiling); ``label_signal`` holds one true-label-wins JSON per replicate (the first is drawn beside the reward
-    curves), ``ceiling`` one generation ceiling check per replicate (cellduality.evaluation.ceiling)."""
+    curves; its annotation ceiling, where measured, joins the ceiling table: the reward's own accuracy is its
+    true-label win rate), ``ceiling`` one generation ceiling check per replicate (cellduality.evaluation.ceiling)."""
     import json
 
     from cellduality.evaluation.classification_metrics import is_missing
@@ -160,6 +161,10 @@ def write_report_figures(*, predictions: dict[str, str | Path], curves: dict[str
     with atomic_path(outputs.label_signal) as tmp:
         pd.DataFrame(rows).to_csv(tmp, sep="\t", index=False)
     checks = [{"replicate": i, **json.loads(Path(p).read_text())["summary"]} for i, p in enumerate(ceiling)]
+    checks += [{"replicate": s["replicate"], "task": "annotation", "n_prompts": s["n_cells"], "samples": 1,
+                "beta": s["beta"], "judge_accuracy_real": s["win_rate"], "policy_accuracy": s["policy_accuracy"],
+                "kl_optimum_accuracy": s["kl_optimum_accuracy"], "ceiling_gain": s["ceiling_gain"],
+                "chance_rate": s["chance_rate"]} for s in signals if s.get("kl_optimum_accuracy") is not None]
     columns = ["replicate", "task", "n_prompts", "samples", "beta", "judge_accuracy_real", "policy_accuracy",
                "mean_reward", "kl_optimum_accuracy", "ceiling_gain", "chance_rate"]
     with atomic_path(outputs.ceiling) as tmp:

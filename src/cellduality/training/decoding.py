@@ -213,3 +213,58 @@ def generate_chat(model, tokenizer, conversations: Sequence[Messages], *, max_ne
         tokenizer.padding_side = side
         model.train(was_training)
     return replies
+
+
+ANSWER_ONLY_PREFIX = f"<think></think>\n{ANSWER_TAG}"  # a reply without reasoning, up to its answer
+
+
+def continuation_log_probs(model, tokenizer, contexts: Sequence[str], continuations: Sequence[str],
+                           batch_size: int = 32) -> list[float]:
+    """The summed log-probability of each continuation's tokens right after its context (texts, teacher-forced,
+    in right-padded batches); -inf where the continuation adds no token."""
+    import torch
+
+    out = [float("-inf")] * len(contexts)
+    items = []  # (index, token ids, number of continuation tokens at the end)
+    for i, (context, continuation) in enumerate(zip(contexts, continuations)):
+        n_before = len(tokenizer(context, add_special_tokens=False)["input_ids"])
+        ids = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+        if len(ids) > n_before:
+            items.append((i, ids, len(ids) - n_before))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        width = max(len(ids) for _, ids, _ in chunk)
+        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, (_, ids, _) in enumerate(chunk):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            mask[row, : len(ids)] = 1
+        with torch.no_grad():
+            logits = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device)).logits
+        logp = logits[:, :-1].float().log_softmax(-1).gather(2, input_ids[:, 1:, None].to(model.device))[..., 0]
+        for row, (i, ids, n_new) in enumerate(chunk):
+            out[i] = float(logp[row, len(ids) - 1 - n_new: len(ids) - 1].sum().item())
+    return out
+
+
+def reply_prefix(reply: str) -> str:
+    """A reply up to and including its ``<answer>`` tag, where its answer is scored (:data:`ANSWER_ONLY_PREFIX`
+    when it has none)."""
+    at = reply.find(ANSWER_TAG)
+    return reply[: at + len(ANSWER_TAG)] if at >= 0 else ANSWER_ONLY_PREFIX
+
+
+def candidate_log_probs(model, tokenizer, conversations: Sequence[Messages], candidates: Sequence[Sequence[str]],
+                        prefixes: Sequence[str] | None = None, batch_size: int = 32) -> list[list[float]]:
+    """Per conversation, the model's log-probability of answering each of its candidates: teacher-forced after
+    the chat prompt and the reply's prefix (``prefixes``, e.g. :func:`reply_prefix` of the model's own reply, so
+    a reasoning model is scored after its reasoning; default :data:`ANSWER_ONLY_PREFIX`)."""
+    prefixes = prefixes if prefixes is not None else [ANSWER_ONLY_PREFIX] * len(conversations)
+    contexts, continuations = [], []
+    for conversation, options, prefix in zip(conversations, candidates, prefixes):
+        prompt = tokenizer.apply_chat_template(list(conversation), tokenize=False, add_generation_prompt=True)
+        contexts += [prompt + prefix] * len(options)
+        continuations += list(options)
+    flat = iter(continuation_log_probs(model, tokenizer, contexts, continuations, batch_size))
+    return [[next(flat) for _ in options] for options in candidates]

@@ -30,7 +30,7 @@ from cellduality.tasks.registry import get_task
 from cellduality.tasks.rewards import inpainting_reward
 from cellduality.tasks.schema import decode_value
 from cellduality.training.datasets import rl_dataset
-from cellduality.training.decoding import generate_chat
+from cellduality.training.decoding import candidate_log_probs, generate_chat, reply_prefix
 from cellduality.training.settings import DiagnosticsSettings
 from cellduality.training.setup import load_tokenizer, on_device
 
@@ -141,10 +141,11 @@ def true_label_wins(
 
 def true_label_wins_for_model(model_path: str, tables: Sequence[str | Path], out: str | Path,
                               diagnostics: DiagnosticsSettings, *, seed: int, max_new_tokens: int,
-                              batch_size: int = 32) -> dict:
+                              batch_size: int = 32, beta: float | None = None) -> dict:
     """Measure on ``diagnostics.true_label_wins_cells`` RL cells (the cells the reward is used on; chosen with the
     RL prompts' ``seed``), each with the inpainting mask its task-table row holds (the mask the duality reward
-    uses; dual answers of at most ``max_new_tokens``), and write a JSON summary."""
+    uses; dual answers of at most ``max_new_tokens``), and write a JSON summary. With ``beta`` (config
+    ``grpo.beta``) also the annotation ceiling: :func:`kl_optimum_summary`."""
     from transformers import AutoModelForCausalLM
 
     from cellduality.training.duality import model_dual_generator
@@ -167,8 +168,13 @@ def true_label_wins_for_model(model_path: str, tables: Sequence[str | Path], out
              for answer, ex in zip(answers, examples)]
     for cell, ok in zip(report.per_cell, right):
         cell["policy_right"] = ok
-    summary = {"model": str(model_path), "chance_rate": _chance(examples), **report.summary(),
+    summary = {"model": str(model_path), "task": "annotation", "chance_rate": _chance(examples), **report.summary(),
                **policy_summary(report.per_cell)}
+    if beta is not None and examples:
+        conversations = [row["prompt"] for row in rows]
+        log_prior = candidate_log_probs(model, tokenizer, conversations, [_options(ex) for ex in examples],
+                                        [reply_prefix(a) for a in answers], batch_size)
+        summary.update(kl_optimum_summary(report.per_cell, examples, log_prior, beta, summary["policy_accuracy"]))
     with atomic_path(out) as tmp:
         tmp.write_text(json.dumps({"summary": summary, "per_cell": report.per_cell}, indent=1))
     return summary
@@ -184,6 +190,27 @@ def policy_summary(per_cell: Sequence[Mapping[str, object]]) -> dict[str, float 
     wrong = [c for c in per_cell if not c["policy_right"]]
     return {"policy_accuracy": len(right) / len(per_cell) if per_cell else None,
             "win_rate_policy_right": rate(right), "win_rate_policy_wrong": rate(wrong)}
+
+
+def _options(example: DiagnosticExample) -> list[str]:
+    return list(dict.fromkeys(example.candidates))
+
+
+def kl_optimum_summary(per_cell: Sequence[Mapping[str, object]], examples: Sequence[DiagnosticExample],
+                       log_prior: Sequence[Sequence[float]], beta: float, policy_accuracy: float | None) -> dict:
+    """The annotation ceiling: on the diagnostic's cells, the accuracy of the most likely answer of GRPO's
+    KL-regularised optimum at ``beta`` (:func:`kl_optimum_accuracy`; ``log_prior``: the SFT model's log-probability
+    of each of the cell's candidates, ``per_cell``'s ``scores``: the duality reward of each) and its gain over the
+    model's own answers (``policy_accuracy``). Like the generation ceiling check, a bound on what re-weighting the
+    SFT model by the reward gives, not a forecast of GRPO."""
+    right = []
+    for cell, example, prior in zip(per_cell, examples, log_prior):
+        options = _options(example)
+        rewards = [float(cell["scores"][option]) for option in options]
+        right.append(kl_optimum_accuracy([prior], [rewards], [options.index(example.label)], beta))
+    accuracy = sum(right) / len(right) if right else float("nan")
+    gain = accuracy - policy_accuracy if policy_accuracy is not None else None
+    return {"beta": beta, "kl_optimum_accuracy": accuracy, "ceiling_gain": gain}
 
 
 def kl_optimum_accuracy(log_prior: Sequence[Sequence[float]], rewards: Sequence[Sequence[float]],
@@ -233,24 +260,32 @@ def label_signal_gate(path: str | Path | None) -> dict | None:
               "grpo.beta, grpo.scale_rewards: group; docs/duality-ablation.md)")
     else:
         log.info("label-signal gate: true-label win rate %.3f on %d cells vs chance %.3f", rate, n, chance)
+    check_ceiling(summary)
     return summary
 
 
 def ceiling_gate(path: str | Path | None) -> dict | None:
-    """Read the generation ceiling check (cellduality.evaluation.ceiling) before duality GRPO; warn (not fail)
-    when the KL-optimum of the reward is not above the policy's own accuracy. Returns the summary."""
+    """Read the generation ceiling check (cellduality.evaluation.ceiling) before duality GRPO and warn as
+    :func:`check_ceiling`. Returns the summary."""
     if not path or not Path(path).is_file():
         return None
     summary = json.loads(Path(path).read_text())["summary"]
-    if not summary["kl_optimum_accuracy"] > summary["policy_accuracy"]:
-        _warn(f"ceiling check ({summary['task']}): at beta {summary['beta']} the duality reward's preferred samples are "
-              f"recognised as their condition on {summary['kl_optimum_accuracy']:.3f}, no more often than the SFT "
-              f"model's own samples ({summary['policy_accuracy']:.3f}): re-ranking them by the reward gains nothing; "
-              "GRPO may still move further (a bound, not a forecast)")
-    else:
-        log.info("ceiling check (%s): KL-optimum %.3f vs policy %.3f", summary["task"],
-                 summary["kl_optimum_accuracy"], summary["policy_accuracy"])
+    check_ceiling(summary)
     return summary
+
+
+def check_ceiling(summary: Mapping[str, object]) -> None:
+    """Warn (not fail) when the accuracy of the reward's KL-optimum (``kl_optimum_accuracy``) is not above the
+    policy's own (``policy_accuracy``): re-weighting the SFT model by the reward gains nothing at that beta."""
+    optimum, policy = summary.get("kl_optimum_accuracy"), summary.get("policy_accuracy")
+    if optimum is None or policy is None:
+        return
+    if not optimum > policy:
+        _warn(f"ceiling check ({summary['task']}): at beta {summary['beta']} the duality reward's KL-optimum is right on "
+              f"{optimum:.3f}, no more often than the SFT model's own answers ({policy:.3f}): re-weighting the SFT "
+              "model by the reward gains nothing; GRPO may still move further (a bound, not a forecast)")
+    else:
+        log.info("ceiling check (%s): KL-optimum %.3f vs policy %.3f", summary["task"], optimum, policy)
 
 
 def _warn(message: str) -> None:
