@@ -9,6 +9,7 @@ sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
 from cellduality.config import (
     apply_preset,
+    check_stages,
     load_schema,
     validate_config,
     minimal_config_warning,
@@ -78,6 +79,7 @@ try:
         load_schema(os.path.join(workflow.basedir, "config", "schema.yaml")),
         source="config (--configfile / config/config.yaml)",
     )
+    check_stages(config, source="config (--configfile / config/config.yaml)")
 except CellDualityError as _err:
     fail(str(_err))
 

@@ -132,3 +132,35 @@ def test_preset_demo_keeps_laptop_scale_and_replaces_the_catalog(tmp_path):
     assert "add `preset: demo`" in minimal_config_warning(bare)
     with pytest.raises(CellDualityError, match="preset"):
         validate_config({"preset": "huge"})
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"results_dir": ""}, "results_dir '' would put every output at the file-system root"),
+        ({"results_dir": "/"}, "results_dir '/' would put every output at the file-system root"),
+        ({"tasks": {}}, "tasks lists no dataset, so there is nothing to train or evaluate"),
+        ({"splits": {"test_fraction": 1.0}}, "splits.test_fraction 1.0 puts every cell in the test split"),
+        ({"splits": {"test_fraction": 0}}, "splits.test_fraction 0 leaves no test cells to evaluate on"),
+        ({"task_tables": {"rl_fraction": 1.0}}, "task_tables.rl_fraction 1.0 holds every train cell out for RL"),
+        ({"task_tables": {"rl_fraction": 0}}, "task_tables.rl_fraction 0 leaves no RL prompts for GRPO"),
+        ({"preset": "foo"}, "preset 'foo' is not one of the shipped presets: demo, paper"),
+    ],
+)
+def test_settings_that_leave_a_stage_empty_stop_at_start(tmp_path, change, message):
+    """Each stops with one line naming the key, when the config is read (the workflow runs the same check)."""
+    config = {"preset": "demo", **change}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(CellDualityError) as err:
+        load_config(path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_an_ood_dataset_is_enough_to_evaluate_without_a_test_split(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"preset": "demo", "splits": {"test_fraction": 0},
+                                    "datasets": {"a": {"source": "builtin:scanpy/pbmc68k_reduced"},
+                                                 "b": {"source": "builtin:scanpy/pbmc68k_reduced", "role": "ood"}},
+                                    "tasks": {"annotation": ["a", "b"]}}))
+    assert load_config(path)["splits"]["test_fraction"] == 0

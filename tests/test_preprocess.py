@@ -148,7 +148,7 @@ def test_missing_or_corrupt_input_file(tmp_path):
         preprocess_file(junk, tmp_path / "o.h5ad", tmp_path / "q.json", DS, SETTINGS, "d")
 
 
-def test_missing_labels_are_dropped_with_a_count_or_fail(counts_adata, caplog):
+def test_missing_labels_are_dropped_with_a_count_or_fail(counts_adata, caplog, capfd):
     labels = counts_adata.obs["celltype"].astype(object).to_numpy()
     labels[[1, 4]] = np.nan
     labels[7] = " "
@@ -158,6 +158,7 @@ def test_missing_labels_are_dropped_with_a_count_or_fail(counts_adata, caplog):
     assert out.n_obs == counts_adata.n_obs - 3 and not {"cell1", "cell4", "cell7"} & set(out.obs_names)
     assert report.dropped["cells_missing_cell_type"] == 3
     assert "dropping 3 of" in caplog.text and "'celltype'" in caplog.text
+    assert "cellduality warning: " in capfd.readouterr().err  # on the terminal too, not only in the rule log
     with pytest.raises(CellDualityError, match="3 of .* cells have no value in obs column 'celltype'.*missing_labels"):
         run(counts_adata, settings=SETTINGS.replace(missing_labels="error"))
     counts_adata.obs["celltype"] = pd.Categorical([np.nan] * counts_adata.n_obs, categories=["T"])

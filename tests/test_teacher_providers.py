@@ -115,9 +115,10 @@ def test_bad_request_is_not_retried(server):
 def test_authentication_error_stops_the_run(server, kind):
     server.faults[:] = [Fault("401", times=99)]
     runner = TeacherRunner(provider(kind, server), settings(n_samples=1, concurrency=1))
-    with pytest.raises(CellDualityError, match="401"):
+    with pytest.raises(CellDualityError, match="401") as err:
         runner.run(prompts(5))
     assert len(server.requests) < 5  # stopped early
+    assert f" at {server.url}" in str(err.value)  # names the endpoint
 
 
 def test_provider_maps_errors_directly(server):
@@ -160,3 +161,50 @@ def test_identical_prompts_are_sampled_once(server, tmp_path):
         out = runner.run([("a", same), ("b", same), *prompts(1, "x")])
     assert len(server.requests) == 2 and [s.text for s in out["a"]] == [s.text for s in out["b"]]
     assert all(s.cached and s.prompt_id == "b" for s in out["b"]) and runner.usage.cached_samples == 2
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed again when the block ends: nothing listens there
+
+
+@pytest.mark.parametrize("kind", ["openai", "gemini"])
+@pytest.mark.parametrize("host", ["127.0.0.1:{port}", "no-such-teacher-host.invalid"])
+def test_an_unreachable_endpoint_stops_the_run_at_once_naming_the_url(kind, host):
+    """Connection refused and an unknown host name are not retried with back-off: one line names the URL."""
+    url = f"http://{host.format(port=_closed_port())}"
+    teacher = (OpenAIProvider("gpt-4o", "sk-test-key", url + "/v1", 2.0) if kind == "openai" else
+               GeminiProvider("gemini-2.5-pro", "test-key", url, 2.0))
+    runner = TeacherRunner(teacher, settings(n_samples=1, concurrency=2, max_retries=5, backoff_s=5.0,
+                                             max_backoff_s=60.0))
+    start = time.monotonic()
+    with pytest.raises(CellDualityError) as err:
+        runner.run(prompts(6))
+    assert time.monotonic() - start < 30  # five back-offs of 5-60 s would take minutes
+    message = str(err.value)
+    assert f"cannot reach {url}" in message and ("connection refused" in message or "host name not found" in message)
+    assert runner.usage.retries == 0 and "\n" not in message
+
+
+def test_an_endpoint_that_answered_before_is_retried_when_it_goes_away():
+    """After a first answer, a refused connection is a restart to wait for, not a wrong URL."""
+    import asyncio
+
+    from cellduality.teacher.providers import Completion, TeacherProvider, UnreachableError
+
+    class Flaky(TeacherProvider):
+        name = "openai"
+        calls = 0
+
+        async def generate(self, request, params):
+            Flaky.calls += 1
+            if Flaky.calls == 2:
+                raise UnreachableError("cannot reach http://127.0.0.1:1/v1 (connection refused)")
+            return [Completion(text="<answer>x</answer>", tokens_in=1, tokens_out=1) for _ in request.sample_indices]
+
+    runner = TeacherRunner(Flaky("m"), settings(n_samples=1, concurrency=1))
+    out = asyncio.run(runner.run_async(prompts(3)))
+    assert all(len(samples) == 1 for samples in out.values()) and runner.usage.retries == 1

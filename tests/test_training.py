@@ -564,3 +564,30 @@ def test_candidate_log_probs_score_each_candidate_after_the_reply_prefix(workspa
         "<think>T cell markers</think>\n<answer>"
     after = candidate_log_probs(model, tokenizer, conversations[:1], [TYPES], ["<think>CD3E</think>\n<answer>"])
     assert after[0] != pytest.approx(scores[0])
+
+
+def test_sft_checkpoints_by_the_clock_logs_its_steps_and_writes_shareable_files(workspace, tmp_path, caplog):
+    """training.checkpoint_minutes saves between save_steps (a killed job loses little), every logged step is a
+    line in the job log, and model files follow the umask (safetensors writes them 0600)."""
+    from transformers import TrainerCallback
+
+    from cellduality.training.sft import run_sft
+
+    class Saves(TrainerCallback):
+        steps: list[int] = []
+
+        def on_save(self, args, state, control, **kwargs):
+            Saves.steps.append(state.global_step)
+
+    report = ReportSettings(run_name="sft_rep0", checkpoint_minutes=1e-9)  # due after every step
+    with caplog.at_level("INFO"):
+        run_sft(str(workspace / "base"), [workspace / "sft.parquet"], tmp_path / "sft", tmp_path / "ckpt",
+                SFT_CFG.replace(save_steps=100), NO_LORA, callbacks=[Saves()], report=report)
+    assert Saves.steps == [1, 2, 3, 4]
+    assert [f"sft_rep0: step {i}/4, loss" in caplog.text for i in range(1, 5)] == [True] * 4
+    assert "sft_rep0: finished at step 4 of 4" in caplog.text
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for path in [tmp_path / "sft" / "model.safetensors", *tmp_path.glob("ckpt/*/checkpoint-4/model.safetensors"),
+                 workspace / "base" / "model.safetensors"]:
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path

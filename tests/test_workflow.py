@@ -188,6 +188,14 @@ def test_config_typo_fails_before_running(tmp_path):
     assert "Traceback" not in result.stderr and not (tmp_path / "results").exists()
 
 
+def test_an_empty_results_dir_fails_before_planning(tmp_path):
+    config = write_config(tmp_path)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({**config, "results_dir": ""}))
+    result = snakemake(tmp_path, "-n")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "results_dir '' would put every output at the file-system root" in result.stderr
+
+
 def test_bad_label_column_is_one_line_and_leaves_no_output(tmp_path):
     config = write_config(tmp_path)
     config["datasets"]["pbmc68k"]["labels"]["cell_type"] = "celltype_typo"

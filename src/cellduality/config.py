@@ -78,6 +78,35 @@ def validate_config(config: dict, schema: Mapping | None = None, source: str = "
     return config
 
 
+def check_stages(config: Mapping[str, Any], source: str = "config") -> None:
+    """For a config the workflow runs (after :func:`validate_config`): settings that would leave a stage without
+    input, or put outputs at the file-system root, each one line before any job."""
+    results = str(config.get("results_dir", "results"))
+    if not results.strip() or Path(results).resolve() == Path(Path(results).resolve().anchor):
+        raise CellDualityError(f"{source}: results_dir {results!r} would put every output at the file-system root; "
+                               "name a folder (default: results)")
+    if not any(config.get("tasks", {}).values()):
+        raise CellDualityError(f"{source}: tasks lists no dataset, so there is nothing to train or evaluate; add "
+                               "datasets under tasks.<task> (e.g. tasks: {annotation: [my_cells]})")
+    datasets = config.get("datasets", {})
+    used = {name for names in config.get("tasks", {}).values() for name in names}
+    held_out = any(datasets.get(name, {}).get("role") == "ood" for name in used)
+    test = config.get("splits", {}).get("test_fraction", 0.2)
+    if test >= 1:
+        raise CellDualityError(f"{source}: splits.test_fraction {test} puts every cell in the test split, leaving none "
+                               "to train on; use a value below 1 (default 0.2)")
+    if test <= 0 and not held_out:
+        raise CellDualityError(f"{source}: splits.test_fraction 0 leaves no test cells to evaluate on (and no dataset "
+                               "has role: ood); use a value above 0 (default 0.2)")
+    rl = config.get("task_tables", {}).get("rl_fraction", 0.5)
+    if rl >= 1:
+        raise CellDualityError(f"{source}: task_tables.rl_fraction {rl} holds every train cell out for RL, leaving none "
+                               "for SFT; use a value below 1 (default 0.5)")
+    if rl <= 0 and config.get("grpo", {}).get("variants"):
+        raise CellDualityError(f"{source}: task_tables.rl_fraction 0 leaves no RL prompts for GRPO (grpo.variants "
+                               f"{config['grpo']['variants']}); use a value above 0, or grpo.variants: [] to skip GRPO")
+
+
 def _is_url(src: str | None) -> bool:
     return bool(src) and src.startswith(("http://", "https://", "ftp://"))
 
@@ -147,7 +176,9 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
         raise CellDualityError(f"{path}:{line} is not valid YAML ({getattr(err, 'problem', err)})") from None
     if overrides:
         config = deep_merge(config, overrides)
-    return validate_config(apply_preset(config, SCHEMA_PATH.resolve().parent, str(path)), source=str(path))
+    config = validate_config(apply_preset(config, SCHEMA_PATH.resolve().parent, str(path)), source=str(path))
+    check_stages(config, str(path))
+    return config
 
 
 PRESETS = {"demo": "config.yaml", "paper": "paper.yaml"}  # config ``preset`` -> file under config/
@@ -161,11 +192,11 @@ def apply_preset(config: dict, config_dir: str | Path, source: str = "config") -
     name = config.get("preset")
     if name is None:
         return config
-    if not (Path(config_dir) / PRESETS.get(name, "")).is_file():
+    if name not in PRESETS:
+        raise CellDualityError(f"{source}: preset {name!r} is not one of the shipped presets: {', '.join(PRESETS)}")
+    if not (Path(config_dir) / PRESETS[name]).is_file():
         raise CellDualityError(f"{source}: preset {name}: {Path(config_dir) / PRESETS.get(name, '?')} not found (presets "
                                "ship with the repository's config folder)")
-    if name not in PRESETS:
-        raise CellDualityError(f"{source}: preset must be one of {', '.join(PRESETS)}; got {name!r}")
     with open(Path(config_dir) / PRESETS[name]) as fh:
         base = yaml.safe_load(fh) or {}
     for key in REPLACED_BY_USER:

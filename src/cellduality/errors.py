@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import NoReturn
 
@@ -17,3 +18,10 @@ def fail(message: str) -> NoReturn:
     """Print ``cellduality error: <message>`` to stderr and exit 1 (for errors before a step starts)."""
     print(f"cellduality error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(1)
+
+
+def warn(message: str, logger: logging.Logger | None = None) -> None:
+    """A warning the user must see: in the step's log (``logger``) and on the terminal as ``cellduality warning:
+    <message>`` (the process's real stderr, past a step's redirected output)."""
+    (logger or logging.getLogger("cellduality")).warning("%s", message)
+    print(f"cellduality warning: {message}", file=sys.__stderr__, flush=True)

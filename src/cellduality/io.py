@@ -22,6 +22,21 @@ def _umask() -> int:
     return mask
 
 
+def follow_umask(folder: str | Path) -> None:
+    """Give every file under ``folder`` the mode an ordinary ``open()`` would (0666 minus the umask) and every
+    folder 0777 minus the umask: libraries that write through private temporary files (safetensors' model files
+    are 0600) would otherwise leave a shared results folder unreadable to the group."""
+    mask = _umask()
+    root = Path(folder)
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        if path.is_dir():
+            path.chmod(0o777 & ~mask)
+        elif path.is_file():
+            path.chmod(0o666 & ~mask)
+
+
 def stale_parts(dest: str | Path) -> list[Path]:
     """Temporary files of earlier writes of ``dest`` that did not finish (a killed process leaves them)."""
     dest = Path(dest)

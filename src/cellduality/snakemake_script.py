@@ -13,6 +13,7 @@ import contextlib
 import errno
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -53,9 +54,11 @@ def harness(step: str, log_file: str | Path | None, main: Callable[[], object]) 
     if log_path:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         # processes of one multi-GPU launch share the log: append there, start afresh otherwise
-        stream = open(log_path, "a" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "w")
+        # line-buffered: each log line reaches the file at once (tail -f while a job trains)
+        stream = open(log_path, "a" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "w", buffering=1)
     else:
-        stream = open(sys.stderr.fileno(), "w", closefd=False)
+        stream = open(sys.stderr.fileno(), "w", buffering=1, closefd=False)
+    previous = stop_on_sigterm(step)
     logging.basicConfig(stream=stream, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         force=True)
     try:
@@ -88,8 +91,24 @@ def harness(step: str, log_file: str | Path | None, main: Callable[[], object]) 
     finally:
         logging.getLogger().handlers.clear()
         terminal.flush()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if log_path:
             keep_attempt(log_path, step)
+
+
+def stop_on_sigterm(step: str):
+    """SIGTERM (``scancel``, a cancelled Snakemake job) ends the step like an error, not a kill: the cleanup runs
+    and the log is kept in ``<log>.attempts`` (:func:`keep_attempt`). Only from the main thread; returns the
+    handler it replaced (None where none was set)."""
+    def stop(number, frame):
+        log.warning("%s stopped by %s", step, signal.Signals(number).name)
+        raise SystemExit(128 + number)
+
+    try:
+        return signal.signal(signal.SIGTERM, stop)
+    except ValueError:
+        return None
 
 
 def keep_attempt(log_path: Path, step: str) -> None:

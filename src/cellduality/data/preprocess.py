@@ -20,7 +20,7 @@ import scipy.sparse as sp
 
 from cellduality.config import Settings, schema_node, setting
 from cellduality.data.pairing import pair_cells
-from cellduality.errors import CellDualityError
+from cellduality.errors import CellDualityError, warn
 from cellduality.io import atomic_path
 
 log = logging.getLogger("cellduality.preprocess")
@@ -245,8 +245,8 @@ def _missing_labels(X, obs: pd.DataFrame, ds: dict, policy: str, report: Preproc
                                    f"(datasets.{name_}.labels.{canonical}); fill them, or set "
                                    "preprocess.missing_labels: drop")
         report.dropped[f"cells_missing_{canonical}"] = n
-        log.warning("%s: dropping %d of %d cells without a value in obs column '%s' (labels.%s); "
-                    "preprocess.missing_labels: error makes this a failure", where, n, len(obs), column, canonical)
+        warn(f"{where}: dropping {n} of {len(obs)} cells without a value in obs column '{column}' (labels."
+             f"{canonical}); preprocess.missing_labels: error makes this a failure", log)
         drop |= missing
     if drop.all():
         raise CellDualityError(f"{where}: every cell lacks a label in datasets.{name_}.labels; check the obs columns")

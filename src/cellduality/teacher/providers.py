@@ -5,7 +5,9 @@
 error kinds the runner acts on: :class:`TransientError` (retry with backoff: 408/409/425/429, 5xx,
 timeouts, dropped connections, malformed bodies; carries the server's Retry-After), :class:`RequestError`
 (this request cannot succeed: 400, 413, 422 ...; recorded, not retried) and :class:`FatalError` (no request
-can succeed: 401/403/404 — bad key, no access, unknown model; the run stops).
+can succeed: 401/403/404 — bad key, no access, unknown model; the run stops). :class:`UnreachableError` (the
+endpoint refused the connection or its host name does not resolve) names the URL; the runner stops on it
+unless the endpoint has answered before in the run.
 
 - :class:`OpenAIProvider`: the official ``openai`` client (``AsyncOpenAI``); ``base_url`` points it at any
   OpenAI-compatible server (vLLM, Ollama, llama.cpp, LiteLLM). The SDK's own retries are off (the runner
@@ -106,6 +108,35 @@ class FatalError(TeacherError):
     kind = "fatal"
 
 
+class UnreachableError(TransientError):
+    """The endpoint cannot be reached at all (connection refused, host name not found). Fatal while the endpoint
+    has not answered in this run (a wrong ``teacher.base_url``, a server that is not running); transient after
+    (a server that answered and then went away may be restarting)."""
+
+    kind = "unreachable"
+
+
+def connection_error(err: BaseException, url: str) -> TransientError:
+    """The error kind of a failed connection: :class:`UnreachableError` naming ``url`` and the cause when the
+    connection was refused or the host name did not resolve (anywhere in the exception's chain), else a
+    transient "connection error"."""
+    import socket
+
+    seen: list[BaseException] = []
+    current: BaseException | None = err
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    text = " ".join(str(e) for e in seen).lower()
+    if any(isinstance(e, ConnectionRefusedError) for e in seen) or "connection refused" in text:
+        return UnreachableError(f"cannot reach {url} (connection refused: is the server running?)")
+    if any(isinstance(e, socket.gaierror) for e in seen) or any(
+            phrase in text for phrase in ("name or service not known", "name resolution", "nodename nor servname",
+                                          "no address associated")):
+        return UnreachableError(f"cannot reach {url} (host name not found)")
+    return TransientError(f"connection error ({type(err.__cause__ or err).__name__})")
+
+
 def error_for_status(status: int, message: str, retry_after: float | None = None) -> TeacherError:
     """The error kind for an HTTP status."""
     text = f"HTTP {status}: {message}"
@@ -167,6 +198,7 @@ class TeacherProvider(ABC):
     max_samples_per_request: int = 1
     batch_capable: bool = False
     cache_responses: bool = True  # False for free, deterministic teachers (nothing to save by caching)
+    endpoint: str = ""  # where requests go (named in errors); empty for offline teachers
 
     def __init__(self, model: str) -> None:
         self.model = model
@@ -245,6 +277,7 @@ class OpenAIProvider(TeacherProvider):
         # local servers (vLLM, Ollama) accept any key; the SDK insists on one
         key = api_key or ("not-needed" if base_url else None)
         self.client = openai.AsyncOpenAI(api_key=key, base_url=base_url, timeout=timeout_s, max_retries=0)
+        self.endpoint = str(self.client.base_url)
 
     async def generate(self, request: TeacherRequest, params: GenerationParams) -> list[Completion]:
         openai = self._openai
@@ -261,7 +294,7 @@ class OpenAIProvider(TeacherProvider):
         except openai.APITimeoutError:
             raise TransientError("request timed out") from None
         except openai.APIConnectionError as err:
-            raise TransientError(f"connection error ({type(err.__cause__ or err).__name__})") from None
+            raise connection_error(err, self.endpoint) from None
         except (openai.APIResponseValidationError, ValueError) as err:  # JSONDecodeError is a ValueError
             raise TransientError(f"malformed response body ({type(err).__name__})") from None
         if not isinstance(data, dict):
@@ -312,6 +345,7 @@ class GeminiProvider(TeacherProvider):
         from google.genai import errors, types
 
         super().__init__(model)
+        self.endpoint = base_url or "the Gemini API (generativelanguage.googleapis.com)"
         self._types = types
         self._errors = errors
         http_options = types.HttpOptions(base_url=base_url, timeout=int(timeout_s * 1000))
@@ -344,7 +378,7 @@ class GeminiProvider(TeacherProvider):
         except httpx2.TimeoutException:
             raise TransientError("request timed out") from None
         except httpx2.TransportError as err:
-            raise TransientError(f"connection error ({type(err).__name__})") from None
+            raise connection_error(err, self.endpoint) from None
         except (ValueError, KeyError, TypeError) as err:  # JSON / pydantic validation of a malformed body
             raise TransientError(f"malformed response body ({type(err).__name__})") from None
         return self._completions(response, request.n)

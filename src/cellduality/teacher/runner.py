@@ -8,7 +8,8 @@ connection, malformed body) is retried up to ``max_retries`` times after ``backo
 ("equal jitter": a uniform draw in [50%, 100%] of that, capped at ``max_backoff_s``), or exactly the
 server's Retry-After (+ up to 10% jitter) when it sent one; a Retry-After also pauses every worker, so a
 rate-limited account is not hammered. Each response is written to the cache the moment it arrives.
-Authentication / permission / unknown-model errors stop the run at once; a request that still fails after
+Authentication / permission / unknown-model errors stop the run at once, and so does an endpoint that refuses
+the connection or whose host name does not resolve, unless it has answered earlier in the run; a request that still fails after
 its retries is counted, and the run fails at the end if more than ``max_failed_fraction`` of the requests
 failed (rerun: only the missing samples are requested). ``batch_api: true`` sends the missing requests
 through the OpenAI Batch API instead (:mod:`cellduality.teacher.openai_batch`).
@@ -48,6 +49,7 @@ from cellduality.teacher.providers import (
     TeacherProvider,
     TeacherRequest,
     TransientError,
+    UnreachableError,
 )
 
 log = logging.getLogger("cellduality.teacher")
@@ -284,6 +286,7 @@ class TeacherRunner:
         self.usage = Usage()
         self._pause_until = 0.0
         self._aliases: dict[str, str] = {}  # prompt id -> the id whose identical prompt was sampled
+        self._reached = False  # the endpoint has answered in this run
 
     # ------------------------------------------------------------ public
 
@@ -307,8 +310,10 @@ class TeacherRunner:
                     await self._run_pool(units, results, bar)
             except* FatalError as group:
                 err = group.exceptions[0]
+                where = self.provider.endpoint
+                at = f" at {where}" if where and where not in str(err) else ""
                 raise CellDualityError(
-                    f"teacher {self.provider.name}/{self.provider.model}: {self.redacted(str(err))} — stopping "
+                    f"teacher {self.provider.name}/{self.provider.model}{at}: {self.redacted(str(err))} — stopping "
                     f"(check teacher.model, teacher.base_url and the key in ${self.settings.key_env})"
                 ) from None
             finally:
@@ -428,9 +433,15 @@ class TeacherRunner:
                     completions = await self.provider.generate(unit.request(), self.params)
                 if len(completions) != unit.n:
                     raise TransientError(f"{len(completions)} completions for {unit.n} samples")
+                self._reached = True
                 return completions
             except TimeoutError:
                 err: TransientError = TransientError("request timed out (runner guard)")
+            except UnreachableError as exc:
+                self.usage.errors[_error_label(exc)] += 1
+                if not self._reached:  # nothing answered yet: a wrong URL or no server, not a hiccup
+                    raise FatalError(str(exc)) from None
+                err = exc
             except TransientError as exc:
                 err = exc
             except RequestError as exc:
@@ -487,6 +498,8 @@ def _error_label(err: Exception) -> str:
         return "timeout"
     if "malformed" in text:
         return "malformed"
+    if isinstance(err, UnreachableError):
+        return "unreachable"
     if "connection" in text:
         return "connection"
     return type(err).__name__

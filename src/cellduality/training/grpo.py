@@ -27,6 +27,7 @@ from cellduality.training.datasets import rl_dataset
 from cellduality.training.decoding import answer_processors
 from cellduality.training.duality import TaskReward, model_dual_generator, policy_dual_generator
 from cellduality.training.label_signal import ceiling_gate, label_signal_gate
+from cellduality.training.progress import progress_callback
 from cellduality.training.settings import GRPOSettings, LoraSettings, ReportSettings
 from cellduality.training.setup import (
     last_checkpoint,
@@ -152,10 +153,12 @@ def run_grpo(model_path: str, tables: Sequence[str | Path], out_dir: str | Path,
         log.warning("GRPO: grpo.use_vllm samples %d label/CellPuzzles prompts without the answer grammar that "
                     "evaluation uses", len(candidates))
     trainer_class = constrained_trainer(tokenizer, candidates) if candidates else GRPOTrainer
+    watch = progress_callback(r.run_name or f"grpo_{settings.mode}", r.checkpoint_minutes)
     with reporting(r):
         trainer = trainer_class(model=model_path, reward_funcs=[reward],
                               args=grpo_config(s, checkpoint_dir, n_processes, report=r), train_dataset=dataset,
-                              processing_class=tokenizer, peft_config=peft_config(lora))
+                              processing_class=tokenizer, peft_config=peft_config(lora),
+                              callbacks=[watch])
         if settings.mode != "oracle":  # duality and its shuffled control answer duals
             dual = dict(max_new_tokens=s.dual_max_new_tokens, temperature=s.dual_temperature)
             if s.dual_model == "frozen":
@@ -166,7 +169,10 @@ def run_grpo(model_path: str, tables: Sequence[str | Path], out_dir: str | Path,
         resume = last_checkpoint(checkpoint_dir)
         log.info("GRPO (%s reward) on %d prompts from %s%s", settings.mode, len(dataset), model_path,
                  f", resuming {resume}" if resume else "")
-        trainer.train(resume_from_checkpoint=resume)
+        try:
+            trainer.train(resume_from_checkpoint=resume)
+        finally:
+            watch.restore()
     save_final(trainer, out_dir)
     write_reward_curve(trainer.state.log_history, Path(out_dir) / "reward_curve.tsv")
     return Path(out_dir)

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cellduality.errors import warn
 from cellduality.io import atomic_path
 from cellduality.tasks.inpainting import InpaintingMask, InpaintingSettings
 from cellduality.tasks.prompts import Messages, annotation_dual_prompt
@@ -289,5 +289,4 @@ def check_ceiling(summary: Mapping[str, object]) -> None:
 
 
 def _warn(message: str) -> None:
-    log.warning("%s", message)
-    print(f"cellduality warning: {message}", file=sys.__stderr__, flush=True)
+    warn(message, log)

@@ -187,14 +187,17 @@ class TrainingSettings(Settings):
     runtime: int = setting("training.runtime", reruns=False)
     replicates: int = setting("training.replicates", reruns=False)
     report_to: str = setting("training.report_to", reruns=False)
+    checkpoint_minutes: float = setting("training.checkpoint_minutes", reruns=False)
 
     def __post_init__(self) -> None:
         check_report_to(self.report_to)
 
     def report(self, logs_dir: str, run_name: str) -> ReportSettings:
-        """Where run ``run_name`` (e.g. sft_rep0) also sends its metrics: ``<logs_dir>/<report_to>/<run_name>``."""
+        """How run ``run_name`` (e.g. sft_rep0) is watched: its metrics also go to
+        ``<logs_dir>/<report_to>/<run_name>``, and it saves a checkpoint every ``checkpoint_minutes``."""
         folder = f"{logs_dir}/{self.report_to}/{run_name}" if self.report_to != "none" else None
-        return ReportSettings(report_to=self.report_to, logging_dir=folder, run_name=run_name)
+        return ReportSettings(report_to=self.report_to, logging_dir=folder, run_name=run_name,
+                              checkpoint_minutes=self.checkpoint_minutes)
 
 
 @dataclass(frozen=True)
@@ -220,13 +223,14 @@ def check_report_to(report_to: str) -> None:
 
 @dataclass(frozen=True)
 class ReportSettings:
-    """Where one training run also sends its metrics (:meth:`TrainingSettings.report`): ``report_to`` (config
-    ``training.report_to``), the folder ``logging_dir`` and the ``run_name`` (e.g. sft_rep0). Not part of a run's
-    identity."""
+    """How one training run is watched (:meth:`TrainingSettings.report`): where its metrics also go (``report_to``,
+    config ``training.report_to``; the folder ``logging_dir``; the ``run_name``, e.g. sft_rep0) and how often it
+    saves a checkpoint by the clock (``checkpoint_minutes``). Not part of a run's identity."""
 
     report_to: str = setting("training.report_to", reruns=False)
     logging_dir: str | None = None
     run_name: str | None = None
+    checkpoint_minutes: float = setting("training.checkpoint_minutes", reruns=False)
 
     def __post_init__(self) -> None:
         check_report_to(self.report_to)
@@ -236,4 +240,5 @@ class ReportSettings:
         return cls(**dict(values or {}))
 
     def params(self) -> dict[str, Any]:
-        return {"logging_dir": self.logging_dir, "report_to": self.report_to, "run_name": self.run_name}
+        return {"logging_dir": self.logging_dir, "report_to": self.report_to, "run_name": self.run_name,
+                "checkpoint_minutes": self.checkpoint_minutes}

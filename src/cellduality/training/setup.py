@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cellduality.errors import CellDualityError
-from cellduality.io import atomic_path
+from cellduality.io import atomic_path, follow_umask
 from cellduality.training.settings import LoraSettings, ReportSettings
 
 log = logging.getLogger(__name__)
@@ -173,3 +173,4 @@ def save_final(trainer, out_dir: str | Path) -> None:
     trainer.processing_class.save_pretrained(out_dir)
     with atomic_path(out_dir / "log_history.json") as tmp:
         tmp.write_text(json.dumps(trainer.state.log_history, indent=1))
+    follow_umask(out_dir)

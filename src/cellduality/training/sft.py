@@ -10,6 +10,7 @@ from typing import Any
 
 from cellduality.io import atomic_path
 from cellduality.training.datasets import sft_dataset
+from cellduality.training.progress import progress_callback
 from cellduality.training.settings import LoraSettings, ReportSettings, SFTSettings
 from cellduality.training.setup import (
     last_checkpoint,
@@ -146,11 +147,15 @@ def _train(model: str, dataset, checkpoint_dir: Path, s: SFTSettings, max_steps:
         **precision_flags(s.gradient_checkpointing),
     )
     tokenizer = load_tokenizer(model)
+    watch = progress_callback(r.run_name or "sft", r.checkpoint_minutes)
     with reporting(r):
         trainer = trainer_class(s.loss_averaging)(model=model, args=args, train_dataset=dataset,
                                                   processing_class=tokenizer, peft_config=peft_config(lora),
-                                                  callbacks=list(callbacks))
+                                                  callbacks=[*callbacks, watch])
         resume = last_checkpoint(checkpoint_dir)
         log.info("SFT on %d examples from %s%s", len(dataset), model, f", resuming {resume}" if resume else "")
-        trainer.train(resume_from_checkpoint=resume)
+        try:
+            trainer.train(resume_from_checkpoint=resume)
+        finally:
+            watch.restore()
     return trainer

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from cellduality.errors import CellDualityError
+from cellduality.io import follow_umask
 from cellduality.tasks.schema import decode_column, read_task_frame
 from cellduality.training.settings import EmbeddedModelSettings
 
@@ -126,4 +127,5 @@ def build_tiny_model(sentence_tables: Sequence[str | Path], task_tables: Sequenc
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    follow_umask(out_dir)
     return out_dir
