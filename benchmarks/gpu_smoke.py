@@ -7,9 +7,13 @@ benchmarks/grpo_step.py does), then a Llama of ~35M parameters with the embedded
 (cellduality.training.tiny_model.build_tiny_model, saved in Hugging Face format and loaded back with
 AutoModelForCausalLM like a hub model), SFT on the reference answers (cellduality.training.sft.run_sft), a few
 GRPO steps with each reward (cellduality.training.grpo.run_grpo) and greedy answers to the eval prompts
-(cellduality.evaluation.predict.predict). Fails with one line when no GPU is visible or a trainer's model was
-not on it. Prints one figure per line (``name: value unit``) and writes them to $OUT/gpu_smoke.json (else
-results/benchmarks/gpu_smoke.json). ``--allow-cpu`` runs tiny sizes on the CPU: a logic check, not GPU figures.
+(cellduality.evaluation.predict.predict). With more than one visible GPU, a two-process leg runs SFT through
+the workflow's own command (``python -m cellduality.cli sft``, which relaunches itself under ``accelerate launch``
+with one process per GPU). Fails (exit 1, one ``gpu_smoke: FAIL`` line) when no GPU is visible, a trainer's model
+was not on it, a stage ends before its planned steps, or a stage gives no well-formed answer. Prints one figure per
+line (``name: value unit``), then a per-stage table (wall time, tokens/s, peak memory), and writes the figures to
+$OUT/gpu_smoke.json (else results/benchmarks/gpu_smoke.json). ``--allow-cpu`` runs tiny sizes on the CPU: a logic
+check, not GPU figures.
 """
 
 from __future__ import annotations
@@ -48,11 +52,19 @@ from cellduality.training.tiny_model import build_tiny_model
 SIZES = {
     "gpu": dict(model=dict(hidden_size=512, intermediate_size=2048, num_layers=8, num_heads=8), cells=(None, 256, 128),
                 sft_steps=600, sft_batch=16, sft_lr=5e-4, sft_seconds=180, grpo_steps=4, generations=8, grpo_batch=64,
-                completion=64, dual_tokens=48, temperature=1.0, predict_new_tokens=64, predict_batch=64),
+                completion=64, dual_tokens=48, temperature=1.0, predict_new_tokens=64, predict_batch=64,
+                parallel_sft_steps=40),
     "cpu": dict(model=dict(hidden_size=64, intermediate_size=256, num_layers=1, num_heads=4), cells=(64, 8, 8),
-                sft_steps=150, sft_batch=8, sft_lr=5e-3, sft_seconds=60, grpo_steps=2, generations=2, grpo_batch=4,
-                completion=24, dual_tokens=32, temperature=0.1, predict_new_tokens=24, predict_batch=8),
+                sft_steps=60, sft_batch=8, sft_lr=5e-3, sft_seconds=None, grpo_steps=2, generations=2, grpo_batch=4,
+                completion=24, dual_tokens=32, temperature=0.1, predict_new_tokens=24, predict_batch=8,
+                parallel_sft_steps=4),
 }
+# a stage that ends sooner than this share of its planned steps (the time budget cut it) fails the check
+MIN_STEP_SHARE = 0.5
+
+
+def fail(message: str) -> None:
+    sys.exit(f"gpu_smoke: FAIL: {message}")
 
 
 class Probe(TrainerCallback):
@@ -153,7 +165,11 @@ def run(work: Path, size: dict, gpu: bool, report: Report) -> None:
     def on_device(probe: Probe, name: str) -> None:  # a CPU run checks the probe itself
         want = "cuda" if gpu else "cpu"
         if probe.devices != [want]:
-            sys.exit(f"gpu_smoke: FAIL: {name} trained on {probe.devices or 'nothing seen'}, not {want}")
+            fail(f"{name} trained on {probe.devices or 'nothing seen'}, not {want}")
+
+    def well_formed(name: str, share: float) -> None:
+        if not share > 0:
+            fail(f"{name} gave no well-formed answer (format_ok {share})")
 
     with stage("prepare", uses_gpu=False):
         tasks, sft_data = prepare(work, size)
@@ -173,6 +189,7 @@ def run(work: Path, size: dict, gpu: bool, report: Report) -> None:
     on_device(probe, "SFT")
     last = [e for e in json.loads((work / "sft" / "log_history.json").read_text()) if "num_tokens" in e][-1]
     report("sft_steps", last["step"], "steps")  # TRL's num_tokens: attention-mask sum, the non-padding tokens
+    reached("SFT", last["step"], size["sft_steps"])
     report("sft_tokens_per_s", round(last["num_tokens"] / probe.step_times[last["step"]], 1), "tok/s")
 
     for mode in ("duality", "oracle"):
@@ -191,6 +208,8 @@ def run(work: Path, size: dict, gpu: bool, report: Report) -> None:
         report(f"grpo_{mode}_rollout_tokens_per_s", round(sum(t for t, _ in rollouts) / seconds, 1) if seconds
                else "n/a", "tok/s")
         report(f"grpo_{mode}_format_ok", mean(logged, "format_ok"), "fraction")
+        reached(f"GRPO ({mode})", steps, size["grpo_steps"])
+        well_formed(f"GRPO ({mode}) rollouts", mean(logged, "format_ok"))
         if mode == "duality":  # 0: no well-formed rollout, so the dual task (the reward's generation) never ran
             report("grpo_duality_dual_generations_per_step", mean(logged, "dual_generations"), "prompts")
 
@@ -204,10 +223,57 @@ def run(work: Path, size: dict, gpu: bool, report: Report) -> None:
     report("predict_prompts", len(rows), "prompts")
     report("predict_tokens_per_s", round(generated / seconds, 1), "tok/s")
     report("predict_format_ok", round(float(rows.format_ok.mean()), 3), "fraction")
+    well_formed("predict", float(rows.format_ok.mean()))
     if gpu:
         if min(peak.values()) <= 0:
-            sys.exit(f"gpu_smoke: FAIL: a stage allocated no GPU memory: {peak}")
+            fail(f"a stage allocated no GPU memory: {peak}")
         report("peak_gpu_mem", round(max(peak.values()), 3), "GiB")
+    if torch.cuda.device_count() > 1:
+        with stage("sft_parallel", uses_gpu=False):
+            parallel_sft(work, sft_data, size, report)
+
+
+def reached(name: str, steps: int, planned: int) -> None:
+    """Fail when a stage ended before :data:`MIN_STEP_SHARE` of its planned steps."""
+    if steps < MIN_STEP_SHARE * planned:
+        fail(f"{name} stopped after {steps} of {planned} planned steps (the time budget cut it: a slow device?)")
+
+
+def stage_table(figures: dict) -> str:
+    """The figures as one row per stage: wall time, tokens/s, peak GPU memory."""
+    stages = [name.removesuffix("_wall") for name in figures if name.endswith("_wall") and name != "total_wall"]
+    speed = {"sft": "sft_tokens_per_s", "grpo_duality": "grpo_duality_rollout_tokens_per_s",
+             "grpo_oracle": "grpo_oracle_rollout_tokens_per_s", "predict": "predict_tokens_per_s"}
+    rows = [f"{'stage':<14} {'wall s':>8} {'tokens/s':>10} {'peak GiB':>9}"]
+    for name in stages:
+        cell = [figures.get(key, {}).get("value", "-") for key in (f"{name}_wall", speed.get(name, ""),
+                                                                     f"{name}_peak_mem")]
+        rows.append(f"{name:<14} {cell[0]!s:>8} {cell[1]!s:>10} {cell[2]!s:>9}")
+    return "\n".join(rows)
+
+
+def parallel_sft(work: Path, sft_data: Path, size: dict, report: Report) -> None:
+    """The two-process leg: SFT through the workflow's command, which relaunches itself under ``accelerate launch``
+    with one process per visible GPU; it must finish its steps with as many processes as GPUs."""
+    import subprocess
+
+    n = torch.cuda.device_count()
+    s = SFTSettings(epochs=1000, max_steps=size["parallel_sft_steps"], learning_rate=size["sft_lr"],
+                    per_device_batch_size=size["sft_batch"], max_length=1024, save_steps=100_000, logging_steps=1)
+    settings = {"sft": s.params(), "lora": LoraSettings().params()}
+    files = {"model": str(work / "base"), "data": [str(sft_data)], "out": str(work / "sft_parallel"),
+             "checkpoints": str(work / "sft_parallel_ckpt")}
+    log = work / "sft_parallel.log"
+    done = subprocess.run([sys.executable, "-m", "cellduality.cli", "sft", "--settings", json.dumps(settings),
+                           "--files", json.dumps(files), "--log", str(log)], capture_output=True, text=True,
+                          timeout=300)
+    if done.returncode != 0:
+        fail(f"the {n}-process SFT exited {done.returncode}: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    history = json.loads((work / "sft_parallel" / "log_history.json").read_text())
+    steps = max((e["step"] for e in history if "loss" in e), default=0)
+    report("sft_parallel_processes", n, "processes")
+    report("sft_parallel_steps", steps, "steps")
+    reached(f"{n}-process SFT", steps, size["parallel_sft_steps"])
 
 
 def main() -> None:
@@ -232,6 +298,7 @@ def main() -> None:
         with contextlib.redirect_stdout(sys.stderr):  # the trainers print their logs: stdout holds the figures
             run(work, size, gpu, report)
     report("total_wall", round(time.perf_counter() - start, 2), "s")
+    print(stage_table(report.data["figures"]), flush=True)
     print(f"gpu_smoke: {'OK' if gpu else 'OK (CPU, not GPU figures)'}; figures in {report.path}")
 
 

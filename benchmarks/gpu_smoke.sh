@@ -6,12 +6,15 @@
 # What it checks: task tables built locally from scanpy's shipped pbmc68k_reduced, a ~35M-parameter Llama with
 # the embedded tokenizer saved in Hugging Face format and loaded back like a hub model, SFT (600 steps or 180 s),
 # GRPO with the duality reward and with the oracle reward (4 steps each) and predict on the eval prompts, all on
-# the GPU: a trainer whose model is not on cuda, or no visible GPU, exits non-zero with one "gpu_smoke: FAIL" line.
+# the GPU, and with more than one visible GPU a two-process SFT through `python -m cellduality.cli sft` (relaunched
+# under accelerate). It exits non-zero with one "gpu_smoke: FAIL" line when no GPU is visible, a trainer's model is
+# not on cuda, a stage ends before half its planned steps, or a stage gives no well-formed answer.
 # Time budget: 10 minutes in all; the Python run is cut at 570 s (exit 124 then).
 # Output (stdout; the trainers' logs go to stderr): one figure per line, "name: value unit" -- gpu (its name),
 # model_params, <stage>_wall s, sft_tokens_per_s (non-padding tokens), grpo_<reward>_rollout_tokens_per_s
 # (completion tokens / generation time), grpo_<reward>_format_ok, grpo_duality_dual_generations_per_step (0: the
-# dual task never ran), predict_tokens_per_s, <stage>_peak_mem and peak_gpu_mem GiB -- then "gpu_smoke: OK"; the
+# dual task never ran), predict_tokens_per_s, <stage>_peak_mem and peak_gpu_mem GiB -- then a per-stage table (wall
+# s, tokens/s, peak GiB) and "gpu_smoke: OK"; the
 # same figures as JSON in $OUT/gpu_smoke.json (else results/benchmarks/gpu_smoke.json).
 # With --allow-cpu it runs tiny sizes on the CPU: a logic check whose figures are not GPU figures.
 set -euo pipefail

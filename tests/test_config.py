@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cellduality.config import load_config, load_schema, validate_config
+from cellduality.config import check_stages, load_config, load_schema, validate_config
 from cellduality.errors import CellDualityError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,12 +148,12 @@ def test_preset_demo_keeps_laptop_scale_and_replaces_the_catalog(tmp_path):
     ],
 )
 def test_settings_that_leave_a_stage_empty_stop_at_start(tmp_path, change, message):
-    """Each stops with one line naming the key, when the config is read (the workflow runs the same check)."""
+    """Each stops with one line naming the key, before any job (rules/common.smk runs check_stages)."""
     config = {"preset": "demo", **change}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(CellDualityError) as err:
-        load_config(path)
+        check_stages(load_config(path), str(path))
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
@@ -163,4 +163,4 @@ def test_an_ood_dataset_is_enough_to_evaluate_without_a_test_split(tmp_path):
                                     "datasets": {"a": {"source": "builtin:scanpy/pbmc68k_reduced"},
                                                  "b": {"source": "builtin:scanpy/pbmc68k_reduced", "role": "ood"}},
                                     "tasks": {"annotation": ["a", "b"]}}))
-    assert load_config(path)["splits"]["test_fraction"] == 0
+    check_stages(load_config(path))  # no error

@@ -29,7 +29,7 @@ def paper_resources():
 def cluster(tmp_path, monkeypatch, capsys, paper_resources):
     """``cluster(*args, sinfo=..., sacct=..., conda=...)`` -> (exit status, output lines) of the doctor, with fake
     programs (a shell body, or None for a missing one) first on PATH and the module's dry run."""
-    monkeypatch.setattr(doctor, "dry_run_resources", lambda *args: paper_resources)
+    monkeypatch.setattr(doctor, "dry_run_resources", lambda *args, **kwargs: paper_resources)
     cat = shutil.which("cat")  # before PATH loses the folders that hold a real sinfo (often /usr/bin, with cat)
     fakes = tmp_path / "bin"
     fakes.mkdir()
@@ -145,7 +145,7 @@ def test_sacct_without_accounting_advises_squeue(cluster):
 def test_conda_missing_fails_with_the_alternatives(cluster):
     rc, lines = cluster("--partition", "gpu", conda=None)
     [line] = [line for line in lines if line.startswith("FAIL")]
-    assert rc == 1 and line.startswith("FAIL deployment: the profile's software-deployment-method is conda but conda "
+    assert rc == 1 and line.startswith("FAIL deployment: the software-deployment-method is conda but conda "
                                        "is not on PATH")
     assert "`--sdm env-modules`" in line and 'pip install -e ".[test]"' in line and "envs/*.yaml" in line
 
@@ -153,3 +153,40 @@ def test_conda_missing_fails_with_the_alternatives(cluster):
 def test_sinfo_missing_skips_the_request_check(cluster):
     rc, lines = cluster(sinfo=None, cli=True)
     assert rc == 0 and lines[-1] == "warn requests: not on a SLURM submit host; request check skipped", lines
+
+
+def test_the_runs_own_flags_override_the_profile(cluster):
+    """A run that passes --sdm env-modules and --slurm-status-command squeue needs neither conda nor sacct."""
+    rc, lines = cluster("--partition", "gpu", "--sdm", "env-modules", "--slurm-status-command", "squeue",
+                        sacct=NO_SLURMDBD, conda=None)
+    assert rc == 0 and all(line.startswith("ok ") for line in lines), lines
+    assert "ok   deployment: software-deployment-method env-modules" in lines
+    assert any(line.startswith("ok   accounting: job status is queried with squeue") for line in lines)
+
+
+def test_every_target_that_submits_jobs_is_checked(paper_resources):
+    """The module's dry run plans all, ablation and annotations: the ablation's own jobs are checked too."""
+    assert {"ablation", "sft", "grpo", "predict"} <= set(paper_resources)
+
+
+@pytest.mark.parametrize("failures, message, ok", [
+    (2, "E: Could not get lock /var/lib/dpkg/lock-frontend. It is held by process 4242 (apt-get)", True),
+    (99, "E: Could not get lock /var/lib/dpkg/lock-frontend. It is held by process 4242 (apt-get)", False),
+    (1, "E: Unable to locate package slurm-wlm", False),
+])
+def test_slurm_up_waits_for_the_package_lock(tmp_path, failures, message, ok):
+    """.ci/slurm-up's apt_get retries while another apt holds the lock (up to APT_LOCK_WAIT), and fails at once on
+    any other error."""
+    fake = tmp_path / "apt-get"
+    count = tmp_path / "count"
+    fake.write_text(f"#!/bin/bash\nn=$(cat {count} 2>/dev/null || echo 0); echo $((n + 1)) > {count}\n"
+                    f"[ \"$n\" -ge {failures} ] && exit 0\necho '{message}' >&2; exit 100\n")
+    fake.chmod(0o755)
+    script = f"source {ROOT / '.ci' / 'apt-wait.sh'}; apt_get install -y slurm-wlm"
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "APT_LOCK_POLL": "0.05", "APT_LOCK_WAIT": "1"}
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert (done.returncode == 0) == ok, done.stderr
+    calls = int(count.read_text())
+    assert calls == (failures + 1 if ok else 1 if "Unable" in message else calls)
+    if not ok and "lock" in message:
+        assert 2 < calls < 99  # it waited, then gave up after APT_LOCK_WAIT

@@ -152,3 +152,4 @@ def test_whole_embedded_pipeline_runs_through_slurm(tmp_path):
     assert {"convert", "sft", "grpo", "predict", "evaluate", "report_tables"} <= set(jobs)
     states = squeue_states([j for ids in jobs.values() for j in ids])
     assert set(states.values()) == {"COMPLETED"}, states
+

@@ -176,9 +176,7 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
         raise CellDualityError(f"{path}:{line} is not valid YAML ({getattr(err, 'problem', err)})") from None
     if overrides:
         config = deep_merge(config, overrides)
-    config = validate_config(apply_preset(config, SCHEMA_PATH.resolve().parent, str(path)), source=str(path))
-    check_stages(config, str(path))
-    return config
+    return validate_config(apply_preset(config, SCHEMA_PATH.resolve().parent, str(path)), source=str(path))
 
 
 PRESETS = {"demo": "config.yaml", "paper": "paper.yaml"}  # config ``preset`` -> file under config/

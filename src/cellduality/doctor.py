@@ -1,11 +1,14 @@
 """``cellduality doctor``: a preflight of the cluster before ``snakemake --profile profiles/slurm --configfile=...``.
 
     cellduality doctor [--profile profiles/slurm] [--configfile config/paper.yaml [LAYER.yaml ...]]
-                       [--snakefile Snakefile] [--partition NAME]
+                       [--snakefile Snakefile] [--partition NAME] [--sdm METHOD ...]
+                       [--slurm-status-command CMD] [--target TARGET ...]
 
-One line per check (``ok`` / ``warn`` / ``FAIL`` and what to do); exit status 1 if any check FAILs. It runs
-``sacct``, ``sinfo`` and a Snakemake dry run; it never submits a job and needs no network (README, "Preflight:
-cellduality doctor").
+``--sdm`` and ``--slurm-status-command`` are what the run passes on the command line (they override the
+profile, as they do for Snakemake); the requests of every target in ``--target`` are checked (default: all,
+ablation and annotations, every target that submits jobs). One line per check (``ok`` / ``warn`` / ``FAIL`` and
+what to do); exit status 1 if any check FAILs. It runs ``sacct``, ``sinfo`` and a Snakemake dry run; it never
+submits a job and needs no network (README, "Preflight: cellduality doctor").
 """
 
 from __future__ import annotations
@@ -128,11 +131,16 @@ def local_rules(snakefile: Path) -> set[str]:
     return {rule for block in blocks for rule in re.findall(r"\w+", re.sub(r"#.*", "", block))}
 
 
-def dry_run_resources(snakefile: Path, profile: Path, *configfiles: Path) -> dict[str, dict[str, str]]:
-    """Each rule's resources in a dry run with the profile, from an empty working directory (so every job is
-    planned); ``--sdm env-modules`` so that it needs no conda. Raises RuntimeError with its last error line."""
+TARGETS = ("all", "ablation", "annotations")  # the targets that submit jobs (push_to_hub runs on the host)
+
+
+def dry_run_resources(snakefile: Path, profile: Path, *configfiles: Path,
+                      targets: tuple[str, ...] = TARGETS) -> dict[str, dict[str, str]]:
+    """Each rule's resources in a dry run of ``targets`` with the profile, from an empty working directory (so
+    every job is planned); ``--sdm env-modules`` so that it needs no conda. Raises RuntimeError with its last
+    error line."""
     with tempfile.TemporaryDirectory() as workdir:
-        cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile.resolve()), "-d", workdir, "-n",
+        cmd = [sys.executable, "-m", "snakemake", *targets, "-s", str(snakefile.resolve()), "-d", workdir, "-n",
                "--profile", str(profile.resolve()), "--sdm", "env-modules"]
         cmd += ["--configfile", *(str(path.resolve()) for path in configfiles)] if configfiles else []
         rc, out, err = run(cmd, timeout=600)
@@ -155,7 +163,7 @@ def check_plugin() -> Check:
 
 def check_accounting(profile: Path, settings: dict) -> Check:
     if settings.get("slurm-status-command") == "squeue":
-        return Check("accounting", OK, "the profile queries job status with squeue (keep MinJobAge >= 600)")
+        return Check("accounting", OK, "job status is queried with squeue (keep MinJobAge >= 600)")
     rc, out, err = run(["sacct", "--version"])
     if rc == 0:
         version = first_line(out)
@@ -173,7 +181,7 @@ def check_deployment(settings: dict) -> Check:
     tools = {"conda": [settings.get("conda-frontend", "conda")], "apptainer": ["apptainer", "singularity"]}
     missing = [m for m in methods if m in tools and not any(shutil.which(tool) for tool in tools[m])]
     if missing:
-        return Check("deployment", FAIL, f"the profile's software-deployment-method is {' '.join(methods)} but "
+        return Check("deployment", FAIL, f"the software-deployment-method is {' '.join(methods)} but "
                                          f"{' / '.join(t for m in missing for t in tools[m])} is not on PATH: load it, "
                                          "or add `--sdm env-modules` (no rule declares modules, so jobs run in the "
                                          "submitting environment) after pip install -e \".[test]\" or the packages "
@@ -219,11 +227,19 @@ def check_requests(resources: dict[str, dict[str, str]], partitions: dict[str, l
     return checks
 
 
-def doctor(profile: Path, configfiles: list[Path], snakefile: Path, partition: str | None = None) -> list[Check]:
+def doctor(profile: Path, configfiles: list[Path], snakefile: Path, partition: str | None = None,
+           overrides: dict | None = None, targets: tuple[str, ...] = TARGETS) -> list[Check]:
+    """The checks; ``overrides`` (``sdm``, ``slurm-status-command``) are the run's command-line settings, laid
+    over the profile's as Snakemake lays them."""
     settings_file = profile / "config.yaml"
     if not settings_file.is_file():
         return [Check("profile", FAIL, f"{settings_file} not found: pass --profile DIR (the folder of its config.yaml)")]
     settings = yaml.safe_load(settings_file.read_text()) or {}
+    for key, value in (overrides or {}).items():
+        if value:
+            if key == "sdm":
+                settings.pop("software-deployment-method", None)
+            settings[key] = value
     checks = [check_plugin(), check_accounting(profile, settings), check_deployment(settings)]
     rc, out, err = run(["sinfo", "-h", "-N", "-o", "%P %c %m %G"])
     if rc != 0:
@@ -231,9 +247,9 @@ def doctor(profile: Path, configfiles: list[Path], snakefile: Path, partition: s
         return [*checks, Check("requests", WARN, f"{reason}; request check skipped")]
     partitions, default = parse_sinfo(out)
     try:
-        resources = dry_run_resources(snakefile, profile, *configfiles)
+        resources = dry_run_resources(snakefile, profile, *configfiles, targets=targets)
     except RuntimeError as err:
-        return [*checks, Check("requests", FAIL, f"the dry run failed: {err}")]
+        return [*checks, Check("requests", FAIL, f"the dry run of {' '.join(targets)} failed: {err}")]
     return checks + check_requests(resources, partitions, default, partition, local_rules(snakefile))
 
 
@@ -247,7 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--snakefile", type=Path, default=Path("Snakefile"))
     parser.add_argument("--partition", help="check requests against this partition (default: the profile's "
                                             "slurm_partition, else the cluster's default)")
+    parser.add_argument("--sdm", "--software-deployment-method", nargs="+", default=[],
+                        help="the run's --sdm (overrides the profile's software-deployment-method)")
+    parser.add_argument("--slurm-status-command", help="the run's --slurm-status-command (e.g. squeue)")
+    parser.add_argument("--target", nargs="+", default=list(TARGETS),
+                        help=f"targets whose jobs are checked (default: {' '.join(TARGETS)})")
     args = parser.parse_args(argv)
-    checks = doctor(args.profile, args.configfile, args.snakefile, args.partition)
+    checks = doctor(args.profile, args.configfile, args.snakefile, args.partition,
+                    overrides={"sdm": args.sdm, "slurm-status-command": args.slurm_status_command},
+                    targets=tuple(args.target))
     print("\n".join(check.line() for check in checks), flush=True)
     return int(any(check.status == FAIL for check in checks))
