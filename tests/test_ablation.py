@@ -60,6 +60,21 @@ def test_ablation_table_pairs_items_and_seeds():
     assert row.loc["sft", "delta_vs_sft"] == 0 and math.isnan(row.loc["sft", "p_mcnemar"])
     assert set(row["n_seeds"]) == {3} and set(row["n_items"]) == {200} and row.loc["sft", "metric"] == "accuracy"
     assert "grpo_duality" not in row.index  # an arm without every seed is left out, not half-counted
+    assert set(table["dataset"]) == {"all"}  # one dataset: no per-dataset rows
+
+
+def test_a_task_on_two_datasets_gets_pooled_and_per_dataset_rows():
+    """Label-free adaptation: the adapted cohort's own rows, beside the training cohort's and the pooled ones."""
+    scores = {}
+    for seed in range(2):
+        base = pd.Series(0.0, index=[f"A/p{i}" for i in range(50)] + [f"B/p{i}" for i in range(50)])
+        arm = base.copy()
+        arm.loc[[f"B/p{i}" for i in range(20)]] = 1.0  # gains on cohort B only
+        scores[("annotation", "sft", seed)], scores[("annotation", "grpo_duality", seed)] = base, arm
+    table = ablation_table(scores, AblationSettings(bootstrap=200)).set_index(["dataset", "arm"])
+    assert list(table.index.get_level_values(0).unique()) == ["all", "A", "B"]
+    assert table.loc[("B", "grpo_duality"), "delta_vs_sft"] == pytest.approx(0.4)
+    assert table.loc[("A", "grpo_duality"), "delta_vs_sft"] == 0 and table.loc[("all", "grpo_duality"), "n_items"] == 100
 
 
 def test_item_scores_per_task_family():

@@ -14,6 +14,9 @@ recognised). Statistics over items x seeds:
   item), so item difficulty and the seed's starting model cancel;
 - ``p_mcnemar``: the exact McNemar test of the pooled (item, seed) pairs where items are right/wrong (label
   tasks); NaN otherwise.
+
+A task evaluated on several datasets (e.g. label-free adaptation: the training cohort and the adapted one) gets
+its pooled rows (``dataset`` ``all``) and the same rows per dataset.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ from cellduality.evaluation.settings import ABLATION_ARMS as ARMS
 from cellduality.evaluation.settings import AblationSettings, EmbeddingSettings
 from cellduality.tasks.registry import get_task
 
-ABLATION_COLUMNS = ("task", "metric", "arm", "mean", "ci_low", "ci_high", "delta_vs_sft", "delta_ci_low",
+ABLATION_COLUMNS = ("task", "dataset", "metric", "arm", "mean", "ci_low", "ci_high", "delta_vs_sft", "delta_ci_low",
                     "delta_ci_high", "p_mcnemar", "n_seeds", "n_items")
+ALL_DATASETS = "all"  # the ``dataset`` of a task's rows pooled over its datasets
 KNN_PREFIX = "knn_acc_k"
 
 
@@ -102,6 +106,22 @@ def mcnemar_exact(base: np.ndarray, arm: np.ndarray) -> float:
     return min(1.0, 2 * tail)
 
 
+def _arm_rows(frames: Mapping[str, pd.DataFrame], items: Sequence[str], settings: AblationSettings,
+              n_seeds: int) -> list[tuple]:
+    """Per arm: mean, its CI, the paired difference to SFT and its CI, McNemar's p, seeds and items."""
+    rows = []
+    base = frames["sft"].loc[items].to_numpy().T
+    for arm, frame in frames.items():
+        values = frame.loc[items].to_numpy().T  # seeds x items
+        low, high = two_way_bootstrap(values, settings.bootstrap, settings.confidence, settings.bootstrap_seed)
+        delta = values - base
+        d_low, d_high = two_way_bootstrap(delta, settings.bootstrap, settings.confidence, settings.bootstrap_seed)
+        rows.append((arm, values.mean(), low, high, delta.mean(), d_low, d_high,
+                     mcnemar_exact(base.ravel(), values.ravel()) if arm != "sft" else float("nan"), n_seeds,
+                     len(items)))
+    return rows
+
+
 def ablation_table(scores: Mapping[tuple[str, str, int], pd.Series], settings: AblationSettings) -> pd.DataFrame:
     """The ablation table from item scores keyed ``(task, arm, seed)`` (see the module notes)."""
     rows = []
@@ -117,15 +137,10 @@ def ablation_table(scores: Mapping[tuple[str, str, int], pd.Series], settings: A
         if "sft" not in frames:
             continue
         items = sorted(set.intersection(*(set(f.dropna().index) for f in frames.values())))
-        base = frames["sft"].loc[items].to_numpy().T
-        for arm, frame in frames.items():
-            values = frame.loc[items].to_numpy().T  # seeds x items
-            low, high = two_way_bootstrap(values, settings.bootstrap, settings.confidence, settings.bootstrap_seed)
-            delta = values - base
-            d_low, d_high = two_way_bootstrap(delta, settings.bootstrap, settings.confidence, settings.bootstrap_seed)
-            rows.append((task, metric, arm, values.mean(), low, high, delta.mean(), d_low, d_high,
-                         mcnemar_exact(base.ravel(), values.ravel()) if arm != "sft" else float("nan"),
-                         len(seeds), len(items)))
+        datasets = sorted({item.split("/", 1)[0] for item in items})
+        for dataset in [ALL_DATASETS, *(datasets if len(datasets) > 1 else [])]:
+            chosen = items if dataset == ALL_DATASETS else [i for i in items if i.split("/", 1)[0] == dataset]
+            rows += [(task, dataset, metric, *row) for row in _arm_rows(frames, chosen, settings, len(seeds))]
     return pd.DataFrame(rows, columns=list(ABLATION_COLUMNS))
 
 
