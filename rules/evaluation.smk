@@ -259,7 +259,6 @@ rule annotate:
         h5ad=lambda wildcards: portable(ANNOTATE.inputs[wildcards.name]),
     output:
         h5ad=f"{RESULTS}/annotate/{{name}}.h5ad",
-        reasoning=f"{RESULTS}/annotate/{{name}}.reasoning.parquet",
     log:
         f"{LOGS}/annotate/{{name}}.log",
     conda:
@@ -272,7 +271,7 @@ rule annotate:
         batch_size=ANNOTATE.batch_size,
     shell:
         "python -m cellduality.cli annotate --model {input.model:q} --h5ad {input.h5ad:q} "
-        "--out {output.h5ad:q} --batch-size {params.batch_size} --no-progress --log {log:q}"
+        "--out {output.h5ad:q} --batch-size {params.batch_size} --log {log:q}"
 
 
 rule annotations:

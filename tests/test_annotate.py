@@ -1,5 +1,6 @@
-"""`cellduality annotate`: a trained model labels the cells of a new h5ad (label, confidence, format-error flag,
-reasoning beside it), from its model card; bad input is one line."""
+"""`cellduality.annotate(adata, model)` and `cellduality annotate`: a trained model labels every cell (label,
+confidence, probabilities over its labels; reasoning on request), from its model card, with the prompt the model
+was trained on; bad input is one line, found before the model loads."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from conftest import make_adata, make_task_row
 
 from cellduality.cli import main
-from cellduality.evaluation.annotate import annotate
+from cellduality.errors import CellDualityError
 from cellduality.tasks import prompts
 from cellduality.tasks.prompts import format_answer
 from cellduality.tasks.schema import rows_frame
@@ -70,25 +71,110 @@ def new_cells(n: int = 12, genes=None):
     return make_adata(X, genes=genes, obs=pd.DataFrame({"sample": ["s1"] * n}))
 
 
-def test_annotate_writes_labels_confidence_flags_and_reasoning(model, tmp_path):
+def test_every_cell_gets_a_label_with_probabilities_over_the_model_labels(model):
+    import cellduality
+
+    adata = new_cells()
+    before = adata.X.copy()
+    assert cellduality.annotate(adata, model / "sft") is None  # scanpy's convention: in place by default
+    obs, labels = adata.obs, list(adata.uns["cellduality"]["labels"])
+    assert labels == sorted(MARKERS) and (adata.X != before).nnz == 0  # the data itself is not changed
+    assert obs["cellduality_label"].notna().all() and set(obs["cellduality_label"]) <= set(MARKERS)
+    probabilities = adata.obsm["cellduality_probabilities"]
+    assert probabilities.shape == (12, 3) and np.allclose(probabilities.sum(axis=1), 1)
+    assert np.allclose(obs["cellduality_confidence"], probabilities.max(axis=1))
+    assert (np.array(labels)[probabilities.argmax(axis=1)] == obs["cellduality_label"].astype(str)).all()
+    # scoring the labels agrees with what the model answers when it generates (constrained to its labels)
+    from transformers import AutoModelForCausalLM
+
+    from cellduality.tasks.registry import get_task
+    from cellduality.training.decoding import generate_chat
+    from cellduality.training.setup import load_tokenizer
+
+    conversations = [prompts.annotation_prompt(cell_genes(list(MARKERS)[i % 3], i)[:8], {}, labels) for i in range(12)]
+    lm, tokenizer = AutoModelForCausalLM.from_pretrained(str(model / "sft")), load_tokenizer(str(model / "sft"))
+    said = [get_task("annotation").parse_prediction(r, labels)[1]
+            for r in generate_chat(lm, tokenizer, conversations, max_new_tokens=20, allowed_labels=[labels] * 12)]
+    assert (obs["cellduality_label"].astype(str).to_numpy() == np.array(said, dtype=object)).mean() >= 0.75
+
+
+def test_copy_threshold_majority_voting_and_reasoning(model):
+    import cellduality
+
+    adata = new_cells()
+    adata.obs["cluster"] = ["a" if i % 3 == 0 else "b" for i in range(12)]
+    out = cellduality.annotate(adata, model / "sft", copy=True, min_confidence=1.01, majority_voting="cluster",
+                               reasoning=["cell0", "cell4"])
+    assert "cellduality_label" not in adata.obs and out is not adata  # copy=True leaves the input alone
+    assert (out.obs["cellduality_label"] == "unassigned").all()  # nothing reaches probability 1.01
+    assert (out.obs["cellduality_majority_voting"] == "unassigned").all()
+    voted = cellduality.annotate(adata, model / "sft", copy=True, majority_voting="cluster").obs
+    for _, cells in voted.groupby("cluster", observed=True):
+        assert cells["cellduality_majority_voting"].nunique() == 1
+        assert cells["cellduality_majority_voting"].iloc[0] == cells["cellduality_label"].mode().iloc[0]
+    reasoning = out.obs["cellduality_reasoning"]
+    assert reasoning.loc[["cell0", "cell4"]].str.contains("<answer>").all() and (reasoning.drop(["cell0", "cell4"]) == "").all()
+
+
+def test_prompt_parity_with_a_model_trained_with_context(tmp_path):
+    """A model whose training prompts carried a context line gets the same line from annotate: from an obs column,
+    or the training constant; a per-cell key without a column is one line naming it."""
+    import cellduality
+    from cellduality.evaluation import annotate as annotate_module
+
+    labels = list(MARKERS)
+    rows = [make_task_row(prompt_id=f"annotation:primal:sft:d:c{i}", prompt=prompts.annotation_prompt(
+        cell_genes(labels[i % 3], i), {"tissue": "blood", "donor": f"d{i % 2}"}, labels), answer=labels[i % 3],
+        label=labels[i % 3], candidates=labels, cell_ids=[f"c{i}"], metadata={"tissue": "blood", "donor": f"d{i % 2}"})
+        for i in range(6)]
+    tasks = tmp_path / "tasks.parquet"
+    rows_frame(rows).to_parquet(tasks)
+    card = read_model_card(write_model_card(tmp_path, tables=[tasks], preprocess=PREPROCESS,
+                                            cell_sentence={"top_k": 8}, species="human", source={}).parent)
+    assert card["context"] == {"keys": ["donor", "tissue"], "constants": {"tissue": "blood"}}
+    obs = pd.DataFrame({"donor_id": ["x", "y"]}, index=["c1", "c2"])
+    contexts = annotate_module.context_of(card, obs, {"donor": "donor_id"}, "new.h5ad")
+    assert contexts == [{"donor": "x", "tissue": "blood"}, {"donor": "y", "tissue": "blood"}]
+    sent = prompts.annotation_prompt(["CD3E"], contexts[0], labels)
+    assert sent == prompts.annotation_prompt(["CD3E"], {"tissue": "blood", "donor": "x"}, labels)
+    with pytest.raises(CellDualityError, match=r"carried 'donor'.*metadata=\{'donor': '<obs column>'\}.*--metadata"):
+        annotate_module.context_of(card, obs, None, "new.h5ad")
+    with pytest.raises(CellDualityError, match="obs column 'nope', which does not exist"):
+        annotate_module.context_of(card, obs, {"donor": "nope"}, "new.h5ad")
+    assert cellduality.annotate is annotate_module.annotate
+
+
+def test_annotate_command_writes_the_h5ad_and_prints_a_summary(model, tmp_path, capfd):
     import anndata as ad
 
     src = tmp_path / "new.h5ad"
     new_cells().write_h5ad(src)
     out = tmp_path / "out" / "annotated.h5ad"
-    result = annotate(model / "sft", src, out, batch_size=4, chunk_size=5, progress=False)  # 3 chunks
+    main(["annotate", "--model", str(model / "sft"), "--h5ad", str(src), "--out", str(out), "--min-confidence",
+          "0.2", "--log", str(tmp_path / "annotate.log")])
     annotated = ad.read_h5ad(out)
     assert list(annotated.obs_names) == [f"cell{i}" for i in range(12)] and annotated.obs["sample"].eq("s1").all()
-    obs = annotated.obs
-    assert set(obs["cellduality_label"].cat.categories) == set(MARKERS)
-    ok = ~obs["cellduality_format_error"]
-    assert ok.sum() >= 10 and obs.loc[ok, "cellduality_label"].notna().all()
-    assert obs.loc[~ok, "cellduality_label"].isna().all()
-    assert ((obs["cellduality_confidence"] > 0) == ok).all() and (obs["cellduality_confidence"] <= 1).all()
-    assert (result["cellduality_format_error"].to_numpy() == obs["cellduality_format_error"].to_numpy()).all()
-    reasoning = pd.read_parquet(tmp_path / "out" / "annotated.reasoning.parquet")
-    assert list(reasoning["obs_name"]) == list(obs.index) and reasoning["response"].str.contains("<answer>").any()
-    assert list(annotated.uns["cellduality_annotate"]["labels"]) == sorted(MARKERS)
+    assert annotated.obsm["cellduality_probabilities"].shape == (12, 3)
+    assert "annotated 12 cells" in capfd.readouterr().out
+
+
+def test_info_lists_what_the_model_knows(model, capfd):
+    main(["info", str(model / "sft")])
+    text = capfd.readouterr().out
+    assert "labels (3): B cell, Monocyte, T cell" in text and "top 8 genes" in text
+
+
+def test_output_problems_are_found_before_the_model_loads(model, tmp_path, capfd, monkeypatch):
+    from cellduality.evaluation import annotate as annotate_module
+
+    src = tmp_path / "new.h5ad"
+    new_cells().write_h5ad(src)
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setattr(annotate_module, "annotate", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit):
+        main(["annotate", "--model", str(model / "sft"), "--h5ad", str(src), "--out", str(tmp_path / "afile" / "o.h5ad")])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a file, not a folder" in err[0]
 
 
 def test_annotate_command_bad_input_is_one_line(model, tmp_path, capfd):
@@ -96,10 +182,10 @@ def test_annotate_command_bad_input_is_one_line(model, tmp_path, capfd):
     new_cells(genes=[f"OTHER{i}" for i in range(len(GENES))]).write_h5ad(src)
     with pytest.raises(SystemExit):
         main(["annotate", "--model", str(model / "sft"), "--h5ad", str(src), "--out", str(tmp_path / "o.h5ad"),
-              "--no-progress", "--log", str(tmp_path / "annotate.log")])
+              "--log", str(tmp_path / "annotate.log")])
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "none of its" in err[0] and "gene vocabulary" in err[0]
-    assert not (tmp_path / "o.h5ad").exists() and not (tmp_path / "o.reasoning.parquet").exists()
+    assert not (tmp_path / "o.h5ad").exists()
     with pytest.raises(SystemExit):
         main(["annotate", "--model", str(model / "base"), "--h5ad", str(src), "--out", str(tmp_path / "o.h5ad")])
     assert f"no {CARD}" in capfd.readouterr().err
@@ -107,8 +193,8 @@ def test_annotate_command_bad_input_is_one_line(model, tmp_path, capfd):
     ensembl.write_h5ad(tmp_path / "ens.h5ad")
     with pytest.raises(SystemExit):
         main(["annotate", "--model", str(model / "sft"), "--h5ad", str(tmp_path / "ens.h5ad"), "--out",
-              str(tmp_path / "o.h5ad"), "--no-progress"])
-    assert "Ensembl" in capfd.readouterr().err
+              str(tmp_path / "o.h5ad")])
+    assert "pass gene_symbols='<var column of symbols>' (CLI: --gene-symbols COLUMN)" in capfd.readouterr().err
 
 
 def test_model_card_round_trip(model):

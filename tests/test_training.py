@@ -540,14 +540,16 @@ def test_grpo_rollouts_of_label_prompts_name_only_their_candidates(workspace, tm
 
 
 def test_candidate_log_probs_score_each_candidate_after_the_reply_prefix(workspace):
-    """candidate_log_probs is the log of annotate's teacher-forced answer probability, candidate by candidate,
-    and scores after the given reply prefix (a reasoning model after its reasoning)."""
-    import math
-
+    """candidate_log_probs is the teacher-forced log-probability of each candidate's tokens after the chat prompt
+    and the reply prefix (a reasoning model after its reasoning)."""
     from transformers import AutoModelForCausalLM
 
-    from cellduality.evaluation.annotate import answer_probability
-    from cellduality.training.decoding import ANSWER_ONLY_PREFIX, candidate_log_probs, reply_prefix
+    from cellduality.training.decoding import (
+        ANSWER_ONLY_PREFIX,
+        candidate_log_probs,
+        continuation_log_probs,
+        reply_prefix,
+    )
     from cellduality.training.setup import load_tokenizer
 
     tokenizer = load_tokenizer(str(workspace / "base"))
@@ -555,39 +557,12 @@ def test_candidate_log_probs_score_each_candidate_after_the_reply_prefix(workspa
     conversations = [prompts.annotation_prompt(["CD3E", "GENE1"], {}, TYPES),
                      prompts.annotation_prompt(["CD14", "GENE2"], {}, TYPES)]
     scores = candidate_log_probs(model, tokenizer, conversations, [TYPES, TYPES[:2]])
-    assert [len(row) for row in scores] == [3, 2]
+    assert [len(row) for row in scores] == [3, 2] and all(x < 0 for row in scores for x in row)
     for conversation, row, options in zip(conversations, scores, [TYPES, TYPES[:2]]):
-        replies = [f"{ANSWER_ONLY_PREFIX}{c}</answer>" for c in options]
-        p = answer_probability(model, tokenizer, [conversation] * len(options), replies, list(options))
-        assert row == pytest.approx([math.log(x) for x in p], rel=1e-4)
+        context = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        alone = [continuation_log_probs(model, tokenizer, [context + ANSWER_ONLY_PREFIX], [c])[0] for c in options]
+        assert row == pytest.approx(alone, rel=1e-4)  # batching and padding change nothing
     assert reply_prefix("<think>T cell markers</think>\n<answer>T cell</answer>") == \
         "<think>T cell markers</think>\n<answer>"
     after = candidate_log_probs(model, tokenizer, conversations[:1], [TYPES], ["<think>CD3E</think>\n<answer>"])
     assert after[0] != pytest.approx(scores[0])
-
-
-def test_sft_checkpoints_by_the_clock_logs_its_steps_and_writes_shareable_files(workspace, tmp_path, caplog):
-    """training.checkpoint_minutes saves between save_steps (a killed job loses little), every logged step is a
-    line in the job log, and model files follow the umask (safetensors writes them 0600)."""
-    from transformers import TrainerCallback
-
-    from cellduality.training.sft import run_sft
-
-    class Saves(TrainerCallback):
-        steps: list[int] = []
-
-        def on_save(self, args, state, control, **kwargs):
-            Saves.steps.append(state.global_step)
-
-    report = ReportSettings(run_name="sft_rep0", checkpoint_minutes=1e-9)  # due after every step
-    with caplog.at_level("INFO"):
-        run_sft(str(workspace / "base"), [workspace / "sft.parquet"], tmp_path / "sft", tmp_path / "ckpt",
-                SFT_CFG.replace(save_steps=100), NO_LORA, callbacks=[Saves()], report=report)
-    assert Saves.steps == [1, 2, 3, 4]
-    assert [f"sft_rep0: step {i}/4, loss" in caplog.text for i in range(1, 5)] == [True] * 4
-    assert "sft_rep0: finished at step 4 of 4" in caplog.text
-    mask = os.umask(0o022)
-    os.umask(mask)
-    for path in [tmp_path / "sft" / "model.safetensors", *tmp_path.glob("ckpt/*/checkpoint-4/model.safetensors"),
-                 workspace / "base" / "model.safetensors"]:
-        assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path

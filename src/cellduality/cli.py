@@ -2,7 +2,9 @@
 
     cellduality {build-model,fetch-model,sft,grpo,true-label-wins,predict,push-model} \
         --settings '<json>' --files '<json>' [--log FILE]
-    cellduality annotate --model DIR --h5ad IN --out OUT.h5ad   (new cells; see cellduality.evaluation.annotate)
+    cellduality annotate --model DIR --h5ad IN --out OUT.h5ad [--min-confidence P] [--majority-voting KEY]
+        [--reasoning] [--metadata KEY=COLUMN ...] [--gene-symbols COLUMN]   (see cellduality.evaluation.annotate)
+    cellduality info MODEL   (a trained model's labels, training data, prompt context and settings)
     cellduality doctor [--profile DIR] [--configfile YAML] [--partition NAME]   (cluster preflight; cellduality.doctor)
 
 ``--settings`` holds the config sections the step uses, each as its settings class's ``params()`` (the rule
@@ -21,7 +23,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from cellduality.errors import fail
+from cellduality.errors import CellDualityError, fail
 from cellduality.snakemake_script import harness
 
 
@@ -67,10 +69,17 @@ def _grpo(settings: Mapping[str, Any], files: Mapping[str, Any]) -> None:
 
 
 def _annotate(args: argparse.Namespace) -> None:
-    from cellduality.evaluation.annotate import annotate
+    from cellduality.evaluation.annotate import annotate_file
 
-    annotate(args.model, args.h5ad, args.out, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-             chunk_size=args.chunk_size, progress=not args.no_progress, constrain=not args.unconstrained)
+    metadata = {}
+    for item in args.metadata:
+        key, sep, column = item.partition("=")
+        if not sep or not key or not column:
+            raise CellDualityError(f"--metadata {item!r}: write KEY=COLUMN (e.g. donor=donor_id)")
+        metadata[key] = column
+    annotate_file(args.model, args.h5ad, args.out, min_confidence=args.min_confidence,
+                  majority_voting=args.majority_voting, reasoning=args.reasoning, metadata=metadata,
+                  gene_symbols=args.gene_symbols, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
 
 
 def _true_label_wins(settings: Mapping[str, Any], files: Mapping[str, Any]) -> None:
@@ -146,25 +155,45 @@ def relaunch_on_all_gpus(argv: list[str], accelerate_config: str | None) -> None
 def annotate_main(argv: list[str]) -> None:
     """``cellduality annotate --model DIR --h5ad IN --out OUT.h5ad`` (see cellduality.evaluation.annotate)."""
     parser = argparse.ArgumentParser(prog="cellduality annotate",
-                                     description="Annotate the cells of an h5ad with a trained model.")
+                                     description="Label every cell of an h5ad with a trained model.")
     parser.add_argument("--model", required=True, help="trained model folder (with cellduality.json)")
     parser.add_argument("--h5ad", required=True, help="cells to annotate (counts or log-normalized)")
-    parser.add_argument("--out", required=True, help="output h5ad (+ OUT.reasoning.parquet beside it)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--chunk-size", type=int, default=2048, help="cells generated and written at a time")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--unconstrained", action="store_true",
-                        help="let the model name labels outside its label set (they become format errors)")
+    parser.add_argument("--out", required=True, help="output h5ad (the input with the annotation added)")
+    parser.add_argument("--min-confidence", type=float, default=0.0,
+                        help="cells whose best label is less probable are 'unassigned' (default 0: none)")
+    parser.add_argument("--majority-voting", metavar="KEY", help="obs column of a clustering: each cluster's most "
+                                                                 "frequent label in obs cellduality_majority_voting")
+    parser.add_argument("--reasoning", action="store_true", help="also generate the model's reasoning per cell")
+    parser.add_argument("--metadata", nargs="*", default=[], metavar="KEY=COLUMN",
+                        help="obs columns holding the prompt context the model was trained with (cellduality info)")
+    parser.add_argument("--gene-symbols", metavar="COLUMN", help="var column of gene symbols (Ensembl var_names)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="reply length with --reasoning")
+    parser.add_argument("--no-progress", action="store_true", help=argparse.SUPPRESS)  # kept for old command lines
     parser.add_argument("--log", help="log file (default: stderr)")
     args = parser.parse_args(argv)
     harness("command annotate", args.log, lambda: _annotate(args))
+
+
+def info_main(argv: list[str]) -> None:
+    """``cellduality info MODEL``: print what a trained model knows (cellduality.evaluation.annotate.model_info)."""
+    parser = argparse.ArgumentParser(prog="cellduality info", description="Describe a trained model folder.")
+    parser.add_argument("model", help="trained model folder (with cellduality.json)")
+    args = parser.parse_args(argv)
+    from cellduality.evaluation.annotate import model_info
+
+    try:
+        print(model_info(args.model))
+    except CellDualityError as err:
+        fail(str(err))
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["annotate"]:
         return annotate_main(argv[1:])
+    if argv[:1] == ["info"]:
+        return info_main(argv[1:])
     if argv[:1] == ["doctor"]:
         from cellduality.doctor import main as doctor_main
 

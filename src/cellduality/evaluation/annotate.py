@@ -1,130 +1,302 @@
-"""Annotate new cells with a trained model: ``cellduality annotate --model DIR --h5ad IN --out OUT.h5ad``.
+"""Annotate new cells with a trained model, the way single-cell tools do: ``cellduality.annotate(adata, model)``.
 
-The model folder's ``cellduality.json`` (:mod:`cellduality.training.model_card`, written next to every trained model) holds
-what the run learned with: the label set, the preprocessing and cell-sentence settings and the species. The
-new h5ad is preprocessed with those settings (:func:`cellduality.data.preprocess.preprocess`, no labels
-needed), each cell becomes a top-K cell sentence, and the annotation prompt over the model's label set is
-answered greedily (label tokens outside the label set banned unless ``constrain`` is off), in chunks of
-``chunk_size`` cells (generations are written out chunk by chunk, never all
-held in memory). Output:
+    import cellduality, scanpy as sc
+    adata = sc.read_h5ad("new_cells.h5ad")
+    cellduality.annotate(adata, "results/models/sft/rep0")   # adata.obs["cellduality_label"], ...
 
-- ``OUT.h5ad``: the input with ``obs["cellduality_label"]`` (the answer mapped onto the label set; missing for a
-  format error or a cell removed by QC), ``obs["cellduality_confidence"]`` (the model's probability of the
-  tokens of its answer, teacher-forced: exp of their summed log-probabilities; 0 for a format error) and
-  ``obs["cellduality_format_error"]``;
-- ``OUT.reasoning.parquet``: one row per annotated cell (``obs_name``, ``response``, ``reasoning``).
+The model folder's ``cellduality.json`` (:mod:`cellduality.training.model_card`) holds what the run learned
+with: the label set, the preprocessing and cell-sentence settings, the species and the context its prompts
+carried (``context``: e.g. ``tissue: peripheral blood``). The cells are preprocessed with those settings (on a
+copy; ``adata.X`` is not changed), each becomes a top-K cell sentence, and the annotation prompt the model was
+trained on (the same context line, from obs columns or the training constants) is scored, not generated: the
+model's probability of answering each label of its label set, teacher-forced after the answer-only reply prefix
+(:func:`label_probabilities`), renormalised over the labels. So every cell gets a label and no answer can be
+malformed. Written (scanpy's convention: in place, or on a copy with ``copy=True``):
 
-Bad input is one line: no overlap between the h5ad's genes and the model's vocabulary, Ensembl ids without a
-symbol column, a model folder without ``cellduality.json``.
+- ``obs["cellduality_label"]``: the most probable label; ``unassigned`` below ``min_confidence`` and for cells
+  removed by the model's QC (too few genes);
+- ``obs["cellduality_confidence"]``: that label's probability (0 for cells removed by QC);
+- ``obsm["cellduality_probabilities"]``: cells x labels, the label order in ``uns["cellduality"]["labels"]``;
+- ``obs["cellduality_majority_voting"]`` with ``majority_voting=<obs key of a clustering>``: each cluster's most
+  frequent assigned label;
+- ``obs["cellduality_reasoning"]`` with ``reasoning=True`` (or a list of obs names): the model's generated
+  answer with its reasoning, for those cells only (chain of thought is an option, not the price of a label).
+
+Warnings (``cellduality warning:`` on the terminal): few of the cells' genes in the model's vocabulary, or a
+confidence distribution that says the cells do not fit the model (median confidence below
+:data:`FIT_MEDIAN`). Bad input is one line: no gene in the vocabulary, Ensembl ids without ``gene_symbols``, a
+context column the model needs and the data lacks, a model folder without ``cellduality.json``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from cellduality.errors import CellDualityError
+from cellduality.errors import CellDualityError, warn
 from cellduality.io import atomic_path
-from cellduality.tasks.parsing import parse_response
-from cellduality.tasks.prompts import annotation_prompt
-from cellduality.tasks.registry import get_task
+from cellduality.tasks.prompts import annotation_prompt, is_present
 from cellduality.training.model_card import read_model_card
 
 log = logging.getLogger(__name__)
-def answer_probability(model, tokenizer, conversations, responses, answers, batch_size: int = 32) -> list[float]:
-    """exp(sum of log-probabilities) of each answer's tokens, teacher-forced after the prompt and the response
-    text before the answer (0 where the answer is None)."""
-    from cellduality.training.decoding import continuation_log_probs
-
-    contexts = [tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-                + response[: max(response.find(answer), 0)] if answer is not None else ""
-                for messages, response, answer in zip(conversations, responses, answers)]
-    log_probs = continuation_log_probs(model, tokenizer, contexts, [a or "" for a in answers], batch_size)
-    return [math.exp(lp) if answer is not None else 0.0 for lp, answer in zip(log_probs, answers)]
+UNASSIGNED = "unassigned"
+KEY = "cellduality"
+FIT_MEDIAN = 0.5  # median confidence below this: the cells do not look like the model's training cells
+MIN_OVERLAP = 0.5  # share of the cells' expressed genes the model knows, below which annotate warns
 
 
-def annotate(model_dir: str | Path, h5ad: str | Path, out: str | Path, *, batch_size: int = 32,
-             max_new_tokens: int = 48, chunk_size: int = 2048, progress: bool = True,
-             constrain: bool = True) -> pd.DataFrame:
-    """Annotate every cell of ``h5ad`` (see the module docstring); returns the per-cell result table."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def label_probabilities(model, tokenizer, conversations: Sequence[Sequence[Mapping[str, str]]],
+                        labels: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """cells x labels: the model's probability of answering each label, teacher-forced after the chat prompt and
+    the answer-only reply prefix, renormalised over ``labels``. One forward pass per cell where every label is a
+    single token of the tokenizer (the embedded tokenizer's label items); else one per (cell, label)
+    (:func:`cellduality.training.decoding.candidate_log_probs`)."""
+    from cellduality.training.decoding import ANSWER_ONLY_PREFIX, candidate_log_probs, label_item_tokens
+
+    by_label: dict[str, list[int]] = {}
+    for token, label in label_item_tokens(tokenizer).items():
+        by_label.setdefault(label, []).append(token)
+    if not all(label in by_label for label in labels):
+        scores = np.array(candidate_log_probs(model, tokenizer, conversations, [list(labels)] * len(conversations),
+                                              batch_size=batch_size))
+        return _softmax(scores)
+    import torch
+
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    out = []
+    try:
+        for start in range(0, len(conversations), batch_size):
+            texts = [tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True)
+                     + ANSWER_ONLY_PREFIX for c in conversations[start:start + batch_size]]
+            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            with torch.no_grad():
+                logp = model(**batch).logits[:, -1].float().log_softmax(-1)
+            out.append(torch.stack([torch.logsumexp(logp[:, by_label[label]], dim=1) for label in labels], 1).cpu())
+    finally:
+        tokenizer.padding_side = side
+    return _softmax(torch.cat(out).numpy()) if out else np.zeros((0, len(labels)))
+
+
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    scores = scores - scores.max(axis=1, keepdims=True)
+    weights = np.exp(scores)
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+def context_of(card: Mapping[str, Any], obs: pd.DataFrame, metadata: Mapping[str, str] | None,
+               where: str) -> list[dict[str, object]]:
+    """Per cell, the context line's values the model's training prompts carried (card ``context``): from the obs
+    column ``metadata[key]`` names, else an obs column named ``key``, else the training constant; a key with none
+    of these is one line naming it."""
+    if "context" not in card:
+        warn(f"{where}: the model card predates the recording of prompt context; annotate sends no context line "
+             "(retrain, or check that the model was trained without metadata)", log)
+    context = card.get("context") or {}
+    metadata = dict(metadata or {})
+    columns: dict[str, pd.Series] = {}
+    for key in context.get("keys", []):
+        column = metadata.get(key, key if key in obs.columns else None)
+        if column is not None:
+            if column not in obs.columns:
+                raise CellDualityError(f"{where}: metadata maps context '{key}' to obs column '{column}', which does "
+                                       f"not exist; obs columns: {', '.join(map(str, obs.columns[:10]))}")
+            columns[key] = obs[column]
+        elif key in context.get("constants", {}):
+            columns[key] = pd.Series(context["constants"][key], index=obs.index)
+        else:
+            raise CellDualityError(
+                f"{where}: the model's training prompts carried '{key}' (a per-cell context line), but the cells "
+                f"have no obs column '{key}'; name the column holding it: metadata={{'{key}': '<obs column>'}} "
+                f"(CLI: --metadata {key}=<obs column>)")
+    return [{key: value for key, series in columns.items() if is_present(value := series.iloc[i])}
+            for i in range(len(obs))]
+
+
+def _check_symbols(adata, gene_symbols: str | None, where: str) -> None:
+    from cellduality.data.preprocess import ENSEMBL
+
+    if gene_symbols is not None:
+        if gene_symbols not in adata.var.columns:
+            raise CellDualityError(f"{where}: gene_symbols '{gene_symbols}' is not a var column; var columns: "
+                                   f"{', '.join(map(str, adata.var.columns)) or 'none'}")
+        return
+    names = pd.Series(adata.var_names.astype(str))
+    if len(names) and names.str.match(ENSEMBL.pattern).mean() > 0.5:
+        raise CellDualityError(f"{where}: var_names are Ensembl ids; pass gene_symbols='<var column of symbols>' "
+                               "(CLI: --gene-symbols COLUMN)")
+
+
+def annotate(adata, model: str | Path, *, copy: bool = False, min_confidence: float = 0.0,
+             majority_voting: str | None = None, reasoning: bool | Sequence[str] = False,
+             metadata: Mapping[str, str] | None = None, gene_symbols: str | None = None, batch_size: int = 64,
+             max_new_tokens: int = 64, where: str = "adata"):
+    """Label every cell of ``adata`` with the model in folder ``model`` (see the module notes). ``copy=False``
+    writes into ``adata`` and returns None; ``copy=True`` returns an annotated copy. ``metadata`` maps the
+    context keys of the model's prompts to obs columns; ``gene_symbols`` is a var column of gene symbols (when
+    var_names are Ensembl ids); ``where`` names the data in messages (the CLI passes the file)."""
     from transformers import AutoModelForCausalLM
 
     from cellduality.data.cell_sentences import cell_sentences
-    from cellduality.data.preprocess import PreprocessSettings, preprocess, read_h5ad
-    from cellduality.training.decoding import generate_chat
+    from cellduality.data.preprocess import PreprocessSettings, preprocess
     from cellduality.training.setup import load_tokenizer, on_device
 
-    card = read_model_card(model_dir)
+    card = read_model_card(model)
     labels = list(card["labels"])
-    adata = read_h5ad(h5ad)
+    if majority_voting is not None and majority_voting not in adata.obs.columns:
+        raise CellDualityError(f"{where}: majority_voting '{majority_voting}' is not an obs column (a clustering, "
+                               "e.g. leiden)")
+    _check_symbols(adata, gene_symbols, where)
     entry = {"species": card.get("species", "human"), "labels": {}, "metadata": {}, "constants": {}}
-    settings = PreprocessSettings.from_params(card["preprocess"])
-    processed, report = preprocess(adata, entry, settings, "annotate", where=str(h5ad))
-    tokenizer = load_tokenizer(str(model_dir))
-    known = set(tokenizer.init_kwargs.get("answer_items") or [])
-    if known:
-        overlap = sum(g in known for g in processed.var_names)
-        if overlap == 0:
-            raise CellDualityError(f"{h5ad}: none of its {processed.n_vars} genes is in the model's gene vocabulary "
-                                   f"(e.g. {', '.join(map(str, processed.var_names[:3]))}); use gene symbols of the "
-                                   f"same species ({card.get('species')}) as the training data")
-        log.info("%d of %d genes of %s are in the model's vocabulary", overlap, processed.n_vars, h5ad)
+    if gene_symbols is not None:
+        entry["gene_symbol_key"] = gene_symbols
+    processed, report = preprocess(adata, entry, PreprocessSettings.from_params(card["preprocess"]), "annotate",
+                                   where=where)
+    contexts = context_of(card, adata.obs.loc[processed.obs_names], metadata, where)
+    tokenizer = load_tokenizer(str(model))
+    _check_overlap(tokenizer, processed, card, where)
     sentences = cell_sentences(processed, card["top_k"], tie_break=card.get("tie_break", "var_order"))
-    model = on_device(AutoModelForCausalLM.from_pretrained(str(model_dir)))
+    lm = on_device(AutoModelForCausalLM.from_pretrained(str(model))).eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    spec = get_task("annotation")
-    names = list(processed.obs_names)
-    result = pd.DataFrame({"cellduality_label": pd.Series([None] * len(names), dtype="object"),
-                           "cellduality_confidence": 0.0, "cellduality_format_error": True}, index=names)
-    reasoning_path = Path(str(out).removesuffix(".h5ad") + ".reasoning.parquet")
-    schema = pa.schema([("obs_name", pa.string()), ("response", pa.string()), ("reasoning", pa.string())])
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    conversations = [annotation_prompt(s.split(), c, labels) for s, c in zip(sentences, contexts)]
+    probabilities = label_probabilities(lm, tokenizer, conversations, labels, batch_size)
 
-        bar = tqdm(total=len(names), desc="annotate", unit="cell", file=sys.__stderr__)
-    with atomic_path(reasoning_path) as tmp_reasoning:
-        with pq.ParquetWriter(tmp_reasoning, schema) as writer:
-            for start in range(0, len(names), chunk_size):
-                chunk = names[start:start + chunk_size]
-                conversations = [annotation_prompt(s.split(), {}, labels) for s in sentences[start:start + chunk_size]]
-                responses = generate_chat(model, tokenizer, conversations, max_new_tokens=max_new_tokens,
-                                          batch_size=batch_size,
-                                          allowed_labels=[labels] * len(conversations) if constrain else None)
-                parsed = [parse_response(r) for r in responses]
-                answers = [spec.parse_prediction(r, labels)[1] for r in responses]
-                confidence = answer_probability(model, tokenizer, conversations, responses,
-                                                [p.answer if a is not None else None for p, a in zip(parsed, answers)],
-                                                batch_size)
-                result.loc[chunk, "cellduality_label"] = answers
-                result.loc[chunk, "cellduality_confidence"] = confidence
-                result.loc[chunk, "cellduality_format_error"] = [a is None for a in answers]
-                writer.write_table(pa.table({"obs_name": chunk, "response": responses,
-                                             "reasoning": [p.think or "" for p in parsed]},
-                                            schema=schema))
-                if bar is not None:
-                    bar.update(len(chunk))
-        if bar is not None:
-            bar.close()
-        annotated = adata.copy()
-        full = result.reindex(annotated.obs_names.astype(str))
-        annotated.obs["cellduality_label"] = pd.Categorical(full["cellduality_label"].to_numpy(), categories=labels)
-        annotated.obs["cellduality_confidence"] = full["cellduality_confidence"].fillna(0.0).to_numpy(float)
-        annotated.obs["cellduality_format_error"] = full["cellduality_format_error"].fillna(True).to_numpy(bool)
-        annotated.uns["cellduality_annotate"] = {"model": str(model_dir), "labels": labels,
-                                                 "cells_removed_by_qc": int(adata.n_obs - processed.n_obs),
-                                                 "input_kind": report.input_kind,
-                                                 "confidence": "probability of the answer tokens (teacher-forced)"}
-        with atomic_path(out) as tmp:
-            annotated.write_h5ad(tmp)
-    log.info("annotated %d cells of %s: %d format errors, median confidence %.3f", len(names), h5ad,
-             int(result["cellduality_format_error"].sum()), float(np.median(result["cellduality_confidence"])))
-    return result
+    target = adata.copy() if copy else adata
+    names = target.obs_names.astype(str)
+    full = np.zeros((target.n_obs, len(labels)))
+    rows = pd.Index(names).get_indexer(processed.obs_names.astype(str))
+    full[rows] = probabilities
+    kept = np.zeros(target.n_obs, dtype=bool)
+    kept[rows] = True
+    confidence = np.where(kept, full.max(axis=1), 0.0)
+    best = np.array(labels, dtype=object)[full.argmax(axis=1)] if labels else np.array([], dtype=object)
+    assigned = np.where(kept & (confidence >= min_confidence), best, UNASSIGNED)
+    target.obs["cellduality_label"] = pd.Categorical(assigned, categories=[*labels, UNASSIGNED])
+    target.obs["cellduality_confidence"] = confidence
+    target.obsm["cellduality_probabilities"] = full
+    if majority_voting is not None:
+        target.obs["cellduality_majority_voting"] = _majority(target.obs, majority_voting, labels)
+    if reasoning is not False:
+        target.obs["cellduality_reasoning"] = _reasoning(lm, tokenizer, conversations, names[rows], reasoning,
+                                                         labels, max_new_tokens, batch_size, target.n_obs, names)
+    target.uns[KEY] = {"model": str(model), "labels": labels, "min_confidence": float(min_confidence),
+                       "cells_removed_by_qc": int((~kept).sum()), "input_kind": report.input_kind,
+                       "confidence": "probability of the label, renormalised over the model's labels"}
+    _check_fit(confidence[kept], where)
+    log.info("%s", summary_text(target.obs))
+    return target if copy else None
+
+
+def _check_overlap(tokenizer, processed, card: Mapping[str, Any], where: str) -> None:
+    known = set(tokenizer.init_kwargs.get("answer_items") or [])
+    if not known:
+        return
+    overlap = sum(g in known for g in processed.var_names)
+    if overlap == 0:
+        raise CellDualityError(f"{where}: none of its {processed.n_vars} genes is in the model's gene vocabulary "
+                               f"(e.g. {', '.join(map(str, processed.var_names[:3]))}); use gene symbols of the "
+                               f"same species ({card.get('species')}) as the training data")
+    share = overlap / processed.n_vars
+    (warn if share < MIN_OVERLAP else log.info)(
+        f"{where}: {overlap} of its {processed.n_vars} genes ({share:.0%}) are in the model's vocabulary"
+        + ("; cells of another tissue or species than the model's training data cannot be described well"
+           if share < MIN_OVERLAP else ""))
+
+
+def _check_fit(confidence: np.ndarray, where: str) -> None:
+    if len(confidence) and np.median(confidence) < FIT_MEDIAN:
+        warn(f"{where}: median confidence {np.median(confidence):.2f} (below {FIT_MEDIAN}): the cells do not look "
+             "like the model's training cells; check its labels (cellduality info MODEL) or set min_confidence")
+
+
+def _majority(obs: pd.DataFrame, key: str, labels: Sequence[str]) -> pd.Categorical:
+    """Each cluster of obs ``key``: its most frequent assigned label (``unassigned`` when it has none)."""
+    voted = obs.groupby(key, observed=True)["cellduality_label"].agg(
+        lambda s: s[s != UNASSIGNED].mode().iloc[0] if (s != UNASSIGNED).any() else UNASSIGNED)
+    return pd.Categorical(obs[key].map(voted).astype(object).fillna(UNASSIGNED), categories=[*labels, UNASSIGNED])
+
+
+def _reasoning(lm, tokenizer, conversations, kept_names, reasoning, labels, max_new_tokens, batch_size, n,
+               names) -> pd.Series:
+    from cellduality.training.decoding import generate_chat
+
+    wanted = set(kept_names) if reasoning is True else set(map(str, reasoning))
+    rows = [i for i, name in enumerate(kept_names) if name in wanted]
+    replies = generate_chat(lm, tokenizer, [conversations[i] for i in rows], max_new_tokens=max_new_tokens,
+                            batch_size=batch_size, allowed_labels=[labels] * len(rows))
+    out = pd.Series([""] * n, index=names, dtype=object)
+    out.loc[[kept_names[i] for i in rows]] = replies
+    return out.to_numpy()
+
+
+def summary_text(obs: pd.DataFrame) -> str:
+    """Per label: cells and mean confidence (the end of an annotate run)."""
+    table = obs.groupby("cellduality_label", observed=True)["cellduality_confidence"].agg(["size", "mean"])
+    lines = [f"{label}: {int(row['size'])} cells, mean confidence {row['mean']:.2f}"
+             for label, row in table.sort_values("size", ascending=False).iterrows()]
+    return "annotated {} cells\n  {}".format(len(obs), "\n  ".join(lines))
+
+
+def check_output(out: str | Path) -> Path:
+    """The output path, checked before any model is loaded: its folder must be a folder (created if missing)
+    and writable; one line otherwise."""
+    import os
+
+    out = Path(out)
+    parent = out.parent
+    for folder in [parent, *parent.parents]:
+        if folder.exists():
+            if not folder.is_dir():
+                raise CellDualityError(f"--out {out}: {folder} is a file, not a folder; choose another output path")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise CellDualityError(f"--out {out}: cannot write in {folder} (permission denied); choose a "
+                                       "writable folder")
+            break
+    if out.is_dir():
+        raise CellDualityError(f"--out {out} is a folder; give a file name ending in .h5ad")
+    return out
+
+
+def annotate_file(model: str | Path, h5ad: str | Path, out: str | Path, **options) -> pd.DataFrame:
+    """:func:`annotate` of an h5ad file, written to ``out`` (atomically); returns the obs columns it added.
+    The output path is checked before the model loads (:func:`check_output`)."""
+    from cellduality.data.preprocess import read_h5ad
+
+    out = check_output(out)
+    read_model_card(model)
+    adata = read_h5ad(h5ad)
+    annotate(adata, model, where=str(h5ad), **options)
+    with atomic_path(out) as tmp:
+        adata.write_h5ad(tmp)
+    print(summary_text(adata.obs), file=sys.__stdout__, flush=True)  # the terminal, past the step's log
+    return adata.obs[[c for c in adata.obs.columns if c.startswith("cellduality_")]]
+
+
+def model_info(model: str | Path) -> str:
+    """What ``cellduality info MODEL`` prints: labels, training data, context, metrics and settings of a model."""
+    import json
+
+    card = read_model_card(model)
+    data = card.get("data") or {}
+    lines = [f"model {model} ({card.get('variant', 'trained model')}; species {card.get('species', 'human')})",
+             f"labels ({len(card['labels'])}): {', '.join(card['labels'])}",
+             "training data: " + ("; ".join(f"{name} ({(info or {}).get('license', 'licence not stated')})"
+                                            for name, info in data.items()) or "not recorded")]
+    context = card.get("context") or {}
+    if context.get("keys"):
+        lines.append("prompt context: " + ", ".join(
+            f"{k} = {context['constants'][k]!r} (constant)" if k in context.get("constants", {}) else f"{k} (per cell)"
+            for k in context["keys"]))
+    for name, info in data.items():
+        if (info or {}).get("description"):
+            lines.append(f"  {name}: {info['description']}")
+    lines.append(f"cell sentences: top {card['top_k']} genes; preprocessing {json.dumps(card['preprocess'])}")
+    if card.get("settings"):
+        lines.append("settings: " + json.dumps(card["settings"], sort_keys=True))
+    return "\n".join(lines)

@@ -28,11 +28,28 @@ def write_model_card(out_dir: str | Path, *, tables: Sequence[str | Path], prepr
     training config sections (sft, lora, ...), ``variant`` the model's name in the run's report (e.g. sft)."""
     card = {"version": CARD_VERSION, "labels": label_vocabulary(tables), "preprocess": dict(preprocess),
             "top_k": cell_sentence["top_k"], "tie_break": cell_sentence.get("tie_break", "var_order"),
-            "species": species, "trained": dict(source)}
+            "species": species, "trained": dict(source), "context": prompt_context(tables)}
     card.update({key: dict(value) for key, value in (("data", data), ("settings", settings)) if value})
     if variant:
         card["variant"] = variant
     return _write_card(out_dir, card)
+
+
+def prompt_context(tables: Sequence[str | Path]) -> dict[str, Any]:
+    """The context line of the annotation prompts the model was trained on: ``keys`` (the metadata keys any prompt
+    carried, e.g. tissue, donor) and ``constants`` (those with one value in every prompt, e.g. tissue: peripheral
+    blood), so ``annotate`` can build the same prompt for new cells."""
+    from cellduality.tasks.schema import decode_column, read_task_frame
+
+    values: dict[str, set] = {}
+    for path in tables:
+        table = read_task_frame(path, columns=["prompt_id", "task", "direction", "metadata"])
+        rows = table[(table["task"] == "annotation") & (table["direction"] == "primal")]
+        for metadata in decode_column(rows, "metadata", path):
+            for key, value in (metadata or {}).items():
+                values.setdefault(key, set()).add(json.dumps(value, sort_keys=True))
+    return {"keys": sorted(values),
+            "constants": {key: json.loads(next(iter(seen))) for key, seen in sorted(values.items()) if len(seen) == 1}}
 
 
 def derive_model_card(model_dir: str | Path, out_dir: str | Path, *, variant: str,

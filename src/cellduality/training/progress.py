@@ -56,6 +56,8 @@ class Progress:
                 f"{duration(now - self.start)} elapsed, ~{duration(left)} left")
 
     def on_log(self, step: int, total: int, logs: dict) -> None:
+        if "train_runtime" in logs:  # the trainer's closing summary, not a step
+            return
         self.step, self.total = step, total
         text = self.line(step, total, logs)
         log.info("%s", text)
