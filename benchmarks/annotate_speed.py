@@ -87,7 +87,13 @@ def main() -> None:
         figure("celltypist", "not installed (pip install celltypist)")
         return
     start = time.perf_counter()
-    trained = celltypist.train(train, labels="cell_type", check_expression=False, n_jobs=2)
+    try:
+        trained = celltypist.train(train, labels="cell_type", check_expression=False, n_jobs=2)
+        figure("celltypist_classifier", "logistic regression")
+    except TypeError:  # celltypist 1.7 passes multi_class, which scikit-learn >= 1.8 no longer takes
+        start = time.perf_counter()
+        trained = celltypist.train(train, labels="cell_type", check_expression=False, n_jobs=2, use_SGD=True)
+        figure("celltypist_classifier", "SGD logistic regression (use_SGD: its LR path fails on this scikit-learn)")
     figure("celltypist_train_s", round(time.perf_counter() - start, 2), "s")
     start = time.perf_counter()
     predicted = celltypist.annotate(test, model=trained).predicted_labels["predicted_labels"].astype(str)

@@ -167,7 +167,7 @@ def annotate_main(argv: list[str]) -> None:
     parser.add_argument("--metadata", nargs="*", default=[], metavar="KEY=COLUMN",
                         help="obs columns holding the prompt context the model was trained with (cellduality info)")
     parser.add_argument("--gene-symbols", metavar="COLUMN", help="var column of gene symbols (Ensembl var_names)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--max-new-tokens", type=int, default=64, help="reply length with --reasoning")
     parser.add_argument("--no-progress", action="store_true", help=argparse.SUPPRESS)  # kept for old command lines
     parser.add_argument("--log", help="log file (default: stderr)")

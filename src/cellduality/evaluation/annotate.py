@@ -75,8 +75,8 @@ def label_probabilities(model, tokenizer, conversations: Sequence[Sequence[Mappi
             texts = [tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True)
                      + ANSWER_ONLY_PREFIX for c in conversations[start:start + batch_size]]
             batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            with torch.no_grad():
-                logp = model(**batch).logits[:, -1].float().log_softmax(-1)
+            with torch.no_grad():  # only the last position's logits (the LM head over every position dominates)
+                logp = model(**batch, logits_to_keep=1).logits[:, -1].float().log_softmax(-1)
             out.append(torch.stack([torch.logsumexp(logp[:, by_label[label]], dim=1) for label in labels], 1).cpu())
     finally:
         tokenizer.padding_side = side
@@ -134,7 +134,7 @@ def _check_symbols(adata, gene_symbols: str | None, where: str) -> None:
 
 def annotate(adata, model: str | Path, *, copy: bool = False, min_confidence: float = 0.0,
              majority_voting: str | None = None, reasoning: bool | Sequence[str] = False,
-             metadata: Mapping[str, str] | None = None, gene_symbols: str | None = None, batch_size: int = 64,
+             metadata: Mapping[str, str] | None = None, gene_symbols: str | None = None, batch_size: int = 128,
              max_new_tokens: int = 64, where: str = "adata"):
     """Label every cell of ``adata`` with the model in folder ``model`` (see the module notes). ``copy=False``
     writes into ``adata`` and returns None; ``copy=True`` returns an annotated copy. ``metadata`` maps the
