@@ -151,7 +151,8 @@ def test_annotate_command_writes_the_h5ad_and_prints_a_summary(model, tmp_path, 
     new_cells().write_h5ad(src)
     out = tmp_path / "out" / "annotated.h5ad"
     main(["annotate", "--model", str(model / "sft"), "--h5ad", str(src), "--out", str(out), "--min-confidence",
-          "0.2", "--log", str(tmp_path / "annotate.log")])
+          "0.2", "--figure", str(tmp_path / "fig" / "cells.png"), "--log", str(tmp_path / "annotate.log")])
+    assert (tmp_path / "fig" / "cells.png").read_bytes()[:4] == b"\x89PNG"
     annotated = ad.read_h5ad(out)
     assert list(annotated.obs_names) == [f"cell{i}" for i in range(12)] and annotated.obs["sample"].eq("s1").all()
     assert annotated.obsm["cellduality_probabilities"].shape == (12, 3)

@@ -3,7 +3,8 @@
     cellduality {build-model,fetch-model,sft,grpo,true-label-wins,predict,push-model} \
         --settings '<json>' --files '<json>' [--log FILE]
     cellduality annotate --model DIR --h5ad IN --out OUT.h5ad [--min-confidence P] [--majority-voting KEY]
-        [--reasoning] [--metadata KEY=COLUMN ...] [--gene-symbols COLUMN]   (see cellduality.evaluation.annotate)
+        [--reasoning] [--metadata KEY=COLUMN ...] [--gene-symbols COLUMN] [--figure PNG]
+        (see cellduality.evaluation.annotate)
     cellduality info MODEL   (a trained model's labels, training data, prompt context and settings)
     cellduality doctor [--profile DIR] [--configfile YAML] [--partition NAME]   (cluster preflight; cellduality.doctor)
 
@@ -77,7 +78,7 @@ def _annotate(args: argparse.Namespace) -> None:
         if not sep or not key or not column:
             raise CellDualityError(f"--metadata {item!r}: write KEY=COLUMN (e.g. donor=donor_id)")
         metadata[key] = column
-    annotate_file(args.model, args.h5ad, args.out, min_confidence=args.min_confidence,
+    annotate_file(args.model, args.h5ad, args.out, figure=args.figure, min_confidence=args.min_confidence,
                   majority_voting=args.majority_voting, reasoning=args.reasoning, metadata=metadata,
                   gene_symbols=args.gene_symbols, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
 
@@ -167,6 +168,7 @@ def annotate_main(argv: list[str]) -> None:
     parser.add_argument("--metadata", nargs="*", default=[], metavar="KEY=COLUMN",
                         help="obs columns holding the prompt context the model was trained with (cellduality info)")
     parser.add_argument("--gene-symbols", metavar="COLUMN", help="var column of gene symbols (Ensembl var_names)")
+    parser.add_argument("--figure", metavar="PNG", help="also draw the cells by label and the confidence histogram")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--max-new-tokens", type=int, default=64, help="reply length with --reasoning")
     parser.add_argument("--no-progress", action="store_true", help=argparse.SUPPRESS)  # kept for old command lines

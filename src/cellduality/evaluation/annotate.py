@@ -259,21 +259,58 @@ def check_output(out: str | Path) -> Path:
                                        "writable folder")
             break
     if out.is_dir():
-        raise CellDualityError(f"--out {out} is a folder; give a file name ending in .h5ad")
+        raise CellDualityError(f"--out {out} is a folder; give a file name")
     return out
 
 
-def annotate_file(model: str | Path, h5ad: str | Path, out: str | Path, **options) -> pd.DataFrame:
-    """:func:`annotate` of an h5ad file, written to ``out`` (atomically); returns the obs columns it added.
-    The output path is checked before the model loads (:func:`check_output`)."""
+def annotation_figure(adata, path: str | Path) -> None:
+    """Two panels: the cells in an embedding coloured by their label (``obsm["X_umap"]`` when the data has one,
+    else the first two principal components of the label probabilities), and the confidence histogram."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if "X_umap" in adata.obsm:
+        xy, name = np.asarray(adata.obsm["X_umap"])[:, :2], "UMAP"
+    else:
+        centred = adata.obsm["cellduality_probabilities"] - adata.obsm["cellduality_probabilities"].mean(axis=0)
+        xy, name = (np.linalg.svd(centred, full_matrices=False)[0][:, :2] if len(centred) > 2 else
+                    np.zeros((len(centred), 2))), "PCA of the label probabilities"
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    labels = adata.obs["cellduality_label"].astype(str)
+    for label in sorted(labels.unique()):
+        chosen = (labels == label).to_numpy()
+        left.scatter(xy[chosen, 0], xy[chosen, 1], s=6, label=f"{label} ({chosen.sum()})",
+                     color="lightgrey" if label == UNASSIGNED else None)
+    left.set_title(f"cellduality_label ({name})", fontsize=9)
+    left.legend(fontsize=6, markerscale=2, loc="best")
+    right.hist(adata.obs["cellduality_confidence"], bins=20, range=(0, 1), color="steelblue")
+    right.set_xlabel("confidence (probability of the label)")
+    right.set_ylabel("cells")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def annotate_file(model: str | Path, h5ad: str | Path, out: str | Path, figure: str | Path | None = None,
+                  **options) -> pd.DataFrame:
+    """:func:`annotate` of an h5ad file, written to ``out`` (atomically), with :func:`annotation_figure` at
+    ``figure`` when given; returns the obs columns it added. Output paths are checked before the model loads
+    (:func:`check_output`)."""
     from cellduality.data.preprocess import read_h5ad
 
     out = check_output(out)
+    if figure is not None:
+        check_output(figure)
     read_model_card(model)
     adata = read_h5ad(h5ad)
     annotate(adata, model, where=str(h5ad), **options)
     with atomic_path(out) as tmp:
         adata.write_h5ad(tmp)
+    if figure is not None:
+        annotation_figure(adata, figure)
     print(summary_text(adata.obs), file=sys.__stdout__, flush=True)  # the terminal, past the step's log
     return adata.obs[[c for c in adata.obs.columns if c.startswith("cellduality_")]]
 
