@@ -66,6 +66,12 @@ class PreprocessReport:
     pairing: dict = field(default_factory=dict)  # counts of data.pairing when the catalog entry pairs cells
 
 
+def looks_like_ensembl(names) -> bool:
+    """Whether most gene names are Ensembl ids (then a symbol column or a gene map is needed)."""
+    names = pd.Series(names, dtype="string")
+    return bool(len(names)) and float(names.str.match(ENSEMBL.pattern).mean()) > 0.5
+
+
 def read_h5ad(path: str | Path) -> ad.AnnData:
     path = Path(path)
     if not path.is_file():
@@ -167,8 +173,7 @@ def gene_symbols(var: pd.DataFrame, ds: dict, where: str, name_: str = "<name>")
         symbols = pd.Series(var.index, dtype="string").map(mapping)
     else:
         symbols = pd.Series(var.index, dtype="string")
-        ensembl = symbols.str.match(ENSEMBL.pattern).mean() if len(symbols) else 0
-        if ensembl > 0.5:
+        if looks_like_ensembl(symbols):
             raise CellDualityError(
                 f"{where}: var_names are Ensembl ids; set datasets.{name_}.gene_symbol_key to a symbol column or "
                 "gene_map to an id->symbol TSV"

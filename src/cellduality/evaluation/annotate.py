@@ -119,15 +119,14 @@ def context_of(card: Mapping[str, Any], obs: pd.DataFrame, metadata: Mapping[str
 
 
 def _check_symbols(adata, gene_symbols: str | None, where: str) -> None:
-    from cellduality.data.preprocess import ENSEMBL
+    from cellduality.data.preprocess import looks_like_ensembl
 
     if gene_symbols is not None:
         if gene_symbols not in adata.var.columns:
             raise CellDualityError(f"{where}: gene_symbols '{gene_symbols}' is not a var column; var columns: "
                                    f"{', '.join(map(str, adata.var.columns)) or 'none'}")
         return
-    names = pd.Series(adata.var_names.astype(str))
-    if len(names) and names.str.match(ENSEMBL.pattern).mean() > 0.5:
+    if looks_like_ensembl(adata.var_names.astype(str)):
         raise CellDualityError(f"{where}: var_names are Ensembl ids; pass gene_symbols='<var column of symbols>' "
                                "(CLI: --gene-symbols COLUMN)")
 

@@ -36,7 +36,7 @@ from cellduality.evaluation.generation_metrics import (
     make_embedding,
     perturbation_scores,
 )
-from cellduality.evaluation.intervals import ci_scores
+from cellduality.evaluation.intervals import chance_puzzle_scores, chance_scores, ci_scores
 from cellduality.evaluation.settings import EmbeddingSettings
 from cellduality.tasks.registry import get_task, tasks_with
 from cellduality.tasks.schema import decode_value, read_task_frame
@@ -186,7 +186,6 @@ CHANCE_MODEL = "chance"
 def chance_results(task_tables: Sequence[str | Path], max_prompts_per_table: int | None) -> pd.DataFrame:
     """The ``chance`` model's rows: the expected score of a uniform guess among each evaluated prompt's candidates
     (label tasks and CellPuzzles; :mod:`cellduality.evaluation.intervals`), on the prompts the models answer."""
-    from cellduality.evaluation.intervals import chance_puzzle_scores, chance_scores
     from cellduality.evaluation.selection import eval_rows
 
     rows = []

@@ -252,12 +252,12 @@ def label_signal_gate(path: str | Path | None) -> dict | None:
         message = (f"label-signal gate: the SFT model's true-label win rate is {rate:.3f} on {n} cells, at or below "
                    f"chance {chance:.3f}, so the duality reward carries no label signal and GRPO+duality is not "
                    "expected to improve annotation (train SFT longer or on more dual examples)")
-        _warn(message)
+        warn(message, log)
     elif summary.get("policy_accuracy") is not None and rate < summary["policy_accuracy"]:
-        _warn(f"label-signal gate: the duality reward picks the true label on {rate:.3f} of {n} cells, less often "
-              f"than the SFT model already answers it ({summary['policy_accuracy']:.3f}), so GRPO+duality is not "
-              "expected to raise annotation accuracy, and lowers it where the reward outweighs the KL term (small "
-              "grpo.beta, grpo.scale_rewards: group; docs/duality-ablation.md)")
+        warn(f"label-signal gate: the duality reward picks the true label on {rate:.3f} of {n} cells, less often "
+             f"than the SFT model already answers it ({summary['policy_accuracy']:.3f}), so GRPO+duality is not "
+             "expected to raise annotation accuracy, and lowers it where the reward outweighs the KL term (small "
+             "grpo.beta, grpo.scale_rewards: group; docs/duality-ablation.md)", log)
     else:
         log.info("label-signal gate: true-label win rate %.3f on %d cells vs chance %.3f", rate, n, chance)
     check_ceiling(summary)
@@ -281,12 +281,8 @@ def check_ceiling(summary: Mapping[str, object]) -> None:
     if optimum is None or policy is None:
         return
     if not optimum > policy:
-        _warn(f"ceiling check ({summary['task']}): at beta {summary['beta']} the duality reward's KL-optimum is right on "
-              f"{optimum:.3f}, no more often than the SFT model's own answers ({policy:.3f}): re-weighting the SFT "
-              "model by the reward gains nothing; GRPO may still move further (a bound, not a forecast)")
+        warn(f"ceiling check ({summary['task']}): at beta {summary['beta']} the duality reward's KL-optimum is right on "
+             f"{optimum:.3f}, no more often than the SFT model's own answers ({policy:.3f}): re-weighting the SFT "
+             "model by the reward gains nothing; GRPO may still move further (a bound, not a forecast)", log)
     else:
         log.info("ceiling check (%s): KL-optimum %.3f vs policy %.3f", summary["task"], optimum, policy)
-
-
-def _warn(message: str) -> None:
-    warn(message, log)
