@@ -3,6 +3,7 @@
 import json
 import os
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
@@ -167,11 +168,13 @@ def portable(path):
 
 
 def _local_input(source):
-    """A local source file as a rule input (replacing it reruns what reads it); [] for URLs, which their
-    sha256 checks instead, and for a missing file (the step's one-line error)."""
+    """A local source file (or a folder's files) as rule input (replacing one reruns what reads it); [] for
+    URLs, which their sha256 checks instead, and for a missing file (the step's one-line error)."""
     if "://" in source and not source.startswith("file://"):
         return []
     path = os.path.expanduser(source.removeprefix("file://"))
+    if os.path.isdir(path):
+        return sorted(portable(str(p)) for p in Path(path).rglob("*") if p.is_file() and not p.name.startswith("."))
     return [portable(path)] if os.path.isfile(path) else []
 
 

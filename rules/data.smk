@@ -69,9 +69,12 @@ rule convert:
     params:
         code=script_code("convert.py"),
         dataset=dataset_params(
+            "source",
             "format",
             "member",
             "transpose",
+            "assay",
+            "layer",
             "obs_table",
             "obs_recode",
             "obs_filter",

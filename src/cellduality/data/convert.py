@@ -3,12 +3,14 @@ preprocess (src/cellduality/data/preprocess.py).
 
 A dataset's ``source`` may be whatever a repository publishes: an h5ad (maybe gzipped), a loom file, a CellRanger
 HDF5, 10x Matrix Market triples, a dense csv/tsv table, an R ``.rds`` object, or a tar/zip archive holding any of
-these (a GEO ``*_RAW.tar``, an ArrayExpress zip). :func:`convert_source` finds the format from the content (never
-the file name), reads the matrix as found (counts, TPM or log values stay as they are; preprocess decides which
+these (a GEO ``*_RAW.tar`` of sample-prefixed triples or of per-sample archives, an ArrayExpress zip, a packed
+local folder). :func:`convert_source` finds the format from the content (a file name that claims another format is
+an error), reads the matrix as found (counts, TPM or log values stay as they are; preprocess decides which
 they are), joins an optional per-cell table (catalog ``obs_table``: a separate download or a member of the
-archive; csv/tsv or an xlsx sheet), derives columns (``obs_recode``: labels that live in sample names or free
-text), keeps the cells ``obs_filter`` asks for and writes cells x genes atomically. Every problem with the input
-is one CellDualityError line naming the catalog field to fix. :func:`convert_file` is the rule's entry point: an
+archive; csv/tsv or an xlsx sheet, values written once per block forward-filled), derives columns (``obs_recode``:
+labels that live in sample names or free text), keeps the cells ``obs_filter`` asks for and writes cells x genes
+atomically; gene names stay as written (repeats included: preprocess.duplicate_genes decides). Every problem with
+the input is one CellDualityError line naming the catalog field to fix. :func:`convert_file` is the rule's entry point: an
 h5ad that needs none of this is hard-linked, not rewritten (a 10 GB atlas is neither copied nor loaded).
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import csv
 import fnmatch
 import glob
 import gzip
@@ -49,9 +52,10 @@ CHUNK = 1 << 20  # bytes per copy step when extracting or decompressing
 BLOCK_VALUES = 5_000_000  # matrix entries per dense block read from csv/loom (40 MB as float64)
 READ_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError, ValueError, KeyError, IndexError, TypeError,
                tarfile.TarError, zipfile.BadZipFile)
-_MTX = re.compile(r"^(?P<prefix>.*?)(?P<role>matrix\.mtx|barcodes\.tsv|features\.tsv|genes\.tsv)(?:\.gz)?$")
+_MTX = re.compile(r"^(?P<prefix>.*?)(?P<role>matrix\.mtx|(?:barcodes|features|genes)\.(?:tsv|txt))(?:\.gz)?$")
 _EXTENSIONS = re.compile(r"(\.(csv|tsv|txt|mtx|h5ad|h5|hdf5|loom|rds|tar))?(\.(gz|bz2|xz|zip))?$", re.I)
 _RDS = re.compile(rb"RD[XAB][23]\n|X\n\0\0\0[\x02\x03]|A\n[23]\n|B\n[\x02\x03]\0\0\0")
+_REPEAT = "\x00repeat"  # joins a repeated gene name to its ordinal while samples are concatenated
 _TRUNCATED = (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
 
 
@@ -66,6 +70,10 @@ class ConvertSpec:
     obs_id_column: str | None = None  # per-cell table column holding cell ids (None: its first column / index)
     cell_id_template: str = "{id}"  # matrix cell id -> per-cell table id, fields {id} and {sample}
     obs_skip_rows: int = 0  # lines (xlsx rows) before the per-cell table's header
+    obs_sheet: str | int | None = None  # xlsx: the sheet (name or 0-based position) holding the per-cell table
+    obs_forward_fill: bool | list = False  # columns (True: all) whose empty cells repeat the value above
+    assay: str | None = None  # .rds: the SCE/SE assay, or the Seurat assay
+    layer: str | None = None  # .rds Seurat objects: the assay's slot / layer (counts, data)
     obs_filter: dict = field(default_factory=dict)  # {obs column: [values to keep]}, last
     obs_recode: dict = field(default_factory=dict)  # {column: {from, values: {regex: value}, default}}, after the join
 
@@ -75,7 +83,8 @@ class ConvertSpec:
         their defaults."""
         table = entry.get("obs_table") or {}
         flat = {**entry, "obs_member": table.get("member"), "obs_id_column": table.get("id_column"),
-                "cell_id_template": table.get("cell_id_template"), "obs_skip_rows": table.get("skip_rows")}
+                "cell_id_template": table.get("cell_id_template"), "obs_skip_rows": table.get("skip_rows"),
+                "obs_sheet": table.get("sheet"), "obs_forward_fill": table.get("forward_fill")}
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in flat.items() if k in names and v is not None})
 
@@ -180,6 +189,21 @@ def _not_data(kind: str, detail: str, where: str, label: str) -> CellDualityErro
     return CellDualityError(f"{where}: the download {label} {what}")
 
 
+_NAMED = {".h5ad": ("h5ad", "h5ad.gz"), ".h5ad.gz": ("h5ad.gz",), ".loom": ("loom",), ".h5": ("10x_h5", "hdf5"),
+          ".rds": ("rds",), ".tar": ("tar",), ".tar.gz": ("tar",), ".tgz": ("tar",), ".zip": ("zip",)}
+
+
+def _check_name(name: str | None, kind: str, path: Path, job: _Job) -> None:
+    """A source named like one format (``x.h5ad``) whose bytes are another (a text table, an error page)."""
+    base = posixpath.basename(str(name or "").split("?")[0]).lower()
+    ending = next((e for e in sorted(_NAMED, key=len, reverse=True) if base.endswith(e)), None)
+    if ending is None or kind in _NAMED[ending] or kind in ("empty", "truncated", "html"):
+        return  # no claim, a match, or a failure _not_data explains better
+    what = {"csv": "a text table", "markup": "an XML/JSON document", "mtx": "a Matrix Market matrix"}.get(kind, kind)
+    raise CellDualityError(f"{job.at('source')}: {base} is named {ending} but {path} holds {what}, not a "
+                           f"{_NAMED[ending][0]} file; fetch the right file, or fix source (and format)")
+
+
 def detect_format(path: str | Path, *, field: str = "source") -> str:
     """The FORMATS entry of ``path``, by content (magic bytes / first bytes / HDF5 keys), never by file name.
 
@@ -210,8 +234,10 @@ def _reading(where: str, label: str, kind: str):
             from None
 
 
-def _frame(attrs: dict, names: np.ndarray) -> pd.DataFrame:
-    return pd.DataFrame(attrs, index=ad.utils.make_index_unique(pd.Index(np.asarray(names).astype(str))))
+def _frame(attrs: dict, names: np.ndarray, unique: bool = True) -> pd.DataFrame:
+    """A table indexed by ``names``: made unique for cells; genes keep repeats (preprocess.duplicate_genes decides)."""
+    index = pd.Index(np.asarray(names).astype(str))
+    return pd.DataFrame(attrs, index=ad.utils.make_index_unique(index) if unique else index)
 
 
 def _read_h5ad_gz(path: Path, job: _Job, label: str) -> ad.AnnData:
@@ -242,7 +268,7 @@ def _read_loom(path: Path, job: _Job, label: str) -> ad.AnnData:
         key = next((k for k in keys if k in attrs), None)
         if key is None:
             raise KeyError(f"no {where} {'/'.join(keys)} (has: {', '.join(attrs) or 'none'})")
-        frames.append(_frame(attrs, attrs.pop(key)))
+        frames.append(_frame(attrs, attrs.pop(key), unique=where == "col_attrs"))
     return ad.AnnData(X, obs=frames[0], var=frames[1])
 
 
@@ -262,7 +288,8 @@ def _read_10x_h5(path: Path, job: _Job, label: str) -> ad.AnnData:
         X = sparse.csc_matrix((g["data"][:], g["indices"][:], g["indptr"][:]), shape=(n_genes, n_cells))
         ids = feats["id" if "id" in feats else "genes"].asstr()[()]
         names = feats["name" if "name" in feats else "gene_names"].asstr()[()]
-        return ad.AnnData(X.T.tocsr(), obs=_frame({}, g["barcodes"].asstr()[()]), var=_frame({"gene_ids": ids}, names))
+        return ad.AnnData(X.T.tocsr(), obs=_frame({}, g["barcodes"].asstr()[()]),
+                          var=_frame({"gene_ids": ids}, names, unique=False))
 
 
 def _read_rds(path: Path, job: _Job, label: str) -> ad.AnnData:
@@ -271,7 +298,8 @@ def _read_rds(path: Path, job: _Job, label: str) -> ad.AnnData:
     except ImportError:
         raise CellDualityError(f"{job.at('source')}: {label} is an R .rds object, but this installation has no "
                                "rds reader (cellduality.data.rds); convert it to h5ad in R first") from None
-    return read_rds(path, field=job.at("source"))
+    return read_rds(path, field=job.at("source"), assay=job.spec.assay, layer=job.spec.layer,
+                    keys=f"datasets.{job.dataset}.")
 
 
 def _separator(path: Path) -> tuple[str, int]:
@@ -306,10 +334,16 @@ def _read_csv(path: Path, job: _Job, label: str) -> ad.AnnData:
             columns = [str(c) for c in chunk.columns] if columns is None else columns
     if not blocks:
         raise ValueError("no data rows below the header")
+    with _open(path) as fh:  # the header as written: pandas renames a repeated name (HES4 -> HES4.1)
+        header = next(csv.reader([fh.readline().decode("utf-8", "replace").rstrip("\r\n")],
+                                 delimiter=sep if sep != r"\s+" else " ", skipinitialspace=sep == r"\s+"))
+    header = [h for h in header if h != ""] if sep == r"\s+" else header
+    if len(header) >= len(columns):
+        columns = [str(c).strip() for c in header[len(header) - len(columns):]]
     X, obs, var = sparse.vstack(blocks, format="csr"), ids, columns
     if job.spec.transpose:
         X, obs, var = X.T.tocsr(), var, obs
-    return ad.AnnData(X, obs=_frame({}, obs), var=_frame({}, var))
+    return ad.AnnData(X, obs=_frame({}, obs), var=_frame({}, var, unique=False))
 
 
 def _read_mtx(files: dict[str, Path]) -> ad.AnnData:
@@ -325,7 +359,7 @@ def _read_mtx(files: dict[str, Path]) -> ad.AnnData:
     if feats.shape[1] > 2 and (gex := (feats[2] == "Gene Expression").to_numpy()).any():  # as scanpy's 10x readers
         X, feats = X[:, gex], feats[gex]
     var = {"gene_ids": feats[0].to_numpy()} | ({"feature_types": feats[2].to_numpy()} if feats.shape[1] > 2 else {})
-    return ad.AnnData(X, obs=_frame({}, cells), var=_frame(var, feats[min(1, feats.shape[1] - 1)]))
+    return ad.AnnData(X, obs=_frame({}, cells), var=_frame(var, feats[min(1, feats.shape[1] - 1)], unique=False))
 
 
 READERS = {"h5ad": lambda path, job, label: ad.read_h5ad(path), "h5ad.gz": _read_h5ad_gz, "loom": _read_loom,
@@ -372,9 +406,27 @@ def _mtx_groups(names: list[str]) -> dict[tuple[str, str], dict[str, str]]:
     for name in names:
         folder, base = posixpath.split(name)
         if m := _MTX.match(base):
-            role = {"matrix.mtx": "matrix", "barcodes.tsv": "barcodes"}.get(m["role"], "features")
+            role = m["role"].split(".")[0].replace("genes", "features")
             groups.setdefault((folder, m["prefix"]), {})[role] = name
     return groups
+
+
+def _one_kind(names: list[str]) -> bool:
+    """Several files of one kind (every name with the same extensions, e.g. per-sample ``GSM*.tar.gz`` or
+    ``GSM*_counts.txt.gz`` of a GEO series): read as samples of one dataset."""
+    endings = {_EXTENSIONS.search(posixpath.basename(n))[0].lower() for n in names}
+    return len(endings) == 1 and endings != {""}
+
+
+def _distinct_folders(folders: list[str]) -> dict[str, str]:
+    """Each folder's part that tells it from the others: ``a/outs/filtered_feature_bc_matrix`` and
+    ``b/outs/filtered_feature_bc_matrix`` -> ``a`` and ``b`` (path parts shared by all dropped from both ends)."""
+    split = {f: f.split("/") if f else [] for f in folders}
+    if len(split) < 2:
+        return {f: "" for f in folders}
+    head = len(os.path.commonprefix(list(split.values())))
+    tail = len(os.path.commonprefix([p[head:][::-1] for p in split.values()]))
+    return {f: "/".join(p[head:len(p) - tail]) for f, p in split.items()}
 
 
 def _match(names: list[str], pattern: str) -> list[str]:
@@ -391,7 +443,7 @@ def _read_container(path: Path, kind: str, job: _Job, label: str, top: bool) -> 
     if top and spec.obs_member:
         hits = _match(names, spec.obs_member)
         if len(hits) != 1:
-            raise CellDualityError(f"{job.at('obs_member')}: '{spec.obs_member}' matches {len(hits)} files of {label}"
+            raise CellDualityError(f"{job.at('obs_table.member')}: '{spec.obs_member}' matches {len(hits)} files of {label}"
                                    f" (one needed); members: {listed or 'none'}")
         obs_name = hits[0]
         names.remove(obs_name)
@@ -402,9 +454,10 @@ def _read_container(path: Path, kind: str, job: _Job, label: str, top: bool) -> 
                                    f"{listed or 'none'}")
     else:
         chosen = [n for n in names if _MTX.match(posixpath.basename(n))] or names
-        if len(chosen) != 1 and not _mtx_groups(chosen):
-            raise CellDualityError(f"{job.at('member')}: {label} holds {len(names)} files ({listed or 'none'}); set "
-                                   "member: a glob (fnmatch, basename or full path) picking the matrix file(s)")
+        if len(chosen) != 1 and not _mtx_groups(chosen) and not _one_kind(chosen):
+            raise CellDualityError(f"{job.at('member')}: {label} holds {len(names)} files of different kinds "
+                                   f"({listed or 'none'}); set member: a glob (fnmatch, basename or full path) "
+                                   "picking the matrix file(s)")
     groups = {key: g for key, g in _mtx_groups(names).items() if set(g.values()) & set(chosen)}
     singles = [n for n in chosen if not _MTX.match(posixpath.basename(n))]
     wanted = {n for g in groups.values() for n in g.values()} | set(singles) | ({obs_name} if obs_name else set())
@@ -413,8 +466,9 @@ def _read_container(path: Path, kind: str, job: _Job, label: str, top: bool) -> 
     if obs_name:
         job.obs_path = files[obs_name]
     parts = []
+    folders = _distinct_folders([folder for folder, _ in groups])
     for (folder, prefix), group in groups.items():
-        sample = prefix.rstrip("_-. ") or posixpath.basename(folder)
+        sample = "/".join(p for p in (folders[folder], prefix.rstrip("_-. ")) if p) or posixpath.basename(folder)
         missing = {"matrix", "barcodes", "features"} - set(group)
         if missing:
             raise CellDualityError(f"{job.at('member')}: {label} has {', '.join(group.values())} but no "
@@ -454,7 +508,6 @@ def _combine(parts: list[tuple[str, ad.AnnData]]) -> tuple[ad.AnnData, pd.DataFr
         seen.add(name)
     for _, adata in parts:
         adata.obs_names, adata.var_names = adata.obs_names.astype(str), adata.var_names.astype(str)
-        adata.var_names_make_unique()
     keys = pd.DataFrame({"id": np.concatenate([a.obs_names.to_numpy() for _, a in parts]),
                          "sample": np.repeat(samples, [a.n_obs for _, a in parts])})
     if len(parts) == 1:
@@ -462,18 +515,28 @@ def _combine(parts: list[tuple[str, ad.AnnData]]) -> tuple[ad.AnnData, pd.DataFr
     for sample, (_, adata) in zip(samples, parts):
         adata.obs_names = [f"{sample}:{c}" for c in adata.obs_names]
         adata.obs["sample"] = sample
-    return ad.concat([a for _, a in parts], join="outer", fill_value=0, merge="first"), keys
+        # the k-th repeat of a gene name joins the k-th repeat of the other samples; preprocess then applies
+        # preprocess.duplicate_genes to the repeats as written
+        adata.var_names = [f"{g}{_REPEAT}{k}" if k else g for g, k in
+                           zip(adata.var_names, adata.var.groupby(adata.var_names, sort=False).cumcount())]
+    combined = ad.concat([a for _, a in parts], join="outer", fill_value=0, merge="first")
+    combined.var_names = [g.split(_REPEAT)[0] for g in combined.var_names]
+    return combined, keys
 
 
 def _read_obs_table(path: Path, job: _Job, where: str, label: str) -> pd.DataFrame:
-    skip = job.spec.obs_skip_rows
+    skip, sheet = job.spec.obs_skip_rows, job.spec.obs_sheet
     with _reading(job.at(where), label, "obs table (csv/tsv/xlsx)"):
         if _is_xlsx(path):
-            table = pd.read_excel(path, dtype=str, skiprows=skip, engine="openpyxl")
+            table = _read_sheet(path, sheet, skip, job, label)
         else:
+            if sheet is not None:
+                raise CellDualityError(f"{job.at('obs_table.sheet')}: {label} is a text table, not an xlsx "
+                                       "workbook; remove sheet")
             with _open(path) as fh:
                 table = pd.read_csv(fh, sep=_separator(path)[0], dtype=str, skiprows=skip)
     table.columns = [str(c).strip() for c in table.columns]
+    table = _forward_fill(table, job.spec.obs_forward_fill, job, label)
     column = job.spec.obs_id_column
     if column and "{" in column:  # a template over several columns, e.g. "{Plate#}_{Well position}"
         try:
@@ -483,7 +546,7 @@ def _read_obs_table(path: Path, job: _Job, where: str, label: str) -> pd.DataFra
                                    f"have ({err}); columns: {', '.join(map(str, table.columns[:20]))}") from None
     elif column:
         if column not in table.columns:
-            raise CellDualityError(f"{job.at('obs_id_column')}: {label} has no column '{column}'; columns: "
+            raise CellDualityError(f"{job.at('obs_table.id_column')}: {label} has no column '{column}'; columns: "
                                    f"{', '.join(map(str, table.columns[:20]))}")
         table = table.set_index(column)
     elif isinstance(table.index, pd.RangeIndex):  # no implicit index (header as long as the rows): first column
@@ -491,8 +554,36 @@ def _read_obs_table(path: Path, job: _Job, where: str, label: str) -> pd.DataFra
     table.index = table.index.astype(str)
     duplicated = table.index[table.index.duplicated()]
     if len(duplicated):
-        raise CellDualityError(f"{job.at(where)}: {label} lists cell id '{duplicated[0]}' more than once "
-                               f"({len(duplicated)} repeats); set obs_id_column to a column with unique cell ids")
+        blank = "empty parts in its ids suggest values written once per block: set obs_table.forward_fill to " \
+            "those columns; " if re.search(r"^[_\W]|[_\W]$|[_\W]{2}", duplicated[0]) else ""
+        raise CellDualityError(f"{job.at('obs_table.id_column')}: {label} lists cell id '{duplicated[0]}' more than "
+                               f"once ({len(duplicated)} repeats); {blank}set obs_table.id_column to a column (or "
+                               "template of columns) with unique cell ids")
+    return table
+
+
+def _read_sheet(path: Path, sheet, skip: int, job: _Job, label: str) -> pd.DataFrame:
+    """``sheet`` (a name or 0-based position; None: the first) of an xlsx workbook, as text."""
+    import openpyxl
+
+    names = openpyxl.load_workbook(path, read_only=True).sheetnames
+    if sheet is not None and sheet not in names and not (isinstance(sheet, int) and 0 <= sheet < len(names)):
+        raise CellDualityError(f"{job.at('obs_table.sheet')}: {label} has no sheet {sheet!r}; sheets: "
+                               f"{', '.join(names)}")
+    return pd.read_excel(path, sheet_name=0 if sheet is None else sheet, dtype=str, skiprows=skip, engine="openpyxl")
+
+
+def _forward_fill(table: pd.DataFrame, columns, job: _Job, label: str) -> pd.DataFrame:
+    """``obs_table.forward_fill``: empty cells of these columns (True: of all) take the value above them, for
+    sheets that write a plate's or sample's value once at the top of its block."""
+    if not columns:
+        return table
+    names = list(table.columns) if columns is True else [str(c) for c in columns]
+    if missing := [c for c in names if c not in table.columns]:
+        raise CellDualityError(f"{job.at('obs_table.forward_fill')}: {label} has no column "
+                               f"{', '.join(map(repr, missing))}; columns: {', '.join(map(str, table.columns[:20]))}")
+    table = table.copy()
+    table[names] = table[names].replace(r"^\s*$", np.nan, regex=True).ffill()
     return table
 
 
@@ -510,14 +601,14 @@ def _join_obs(adata: ad.AnnData, keys: pd.DataFrame, table: pd.DataFrame, job: _
     try:
         wanted = pd.Index([template.format(id=i, sample=s) for i, s in zip(keys["id"], keys["sample"])])
     except (KeyError, IndexError, ValueError) as err:
-        raise CellDualityError(f"{job.at('cell_id_template')}: '{template}' is not a valid template ({err!r}); use "
+        raise CellDualityError(f"{job.at('obs_table.cell_id_template')}: '{template}' is not a valid template ({err!r}); use "
                                "the fields {id} and {sample}") from None
     found = wanted.isin(table.index)
     if not found.any():
         raise CellDualityError(
-            f"{job.at('cell_id_template')}: no cell matches a row of {label}: matrix cells map to "
+            f"{job.at('obs_table.cell_id_template')}: no cell matches a row of {label}: matrix cells map to "
             f"{', '.join(wanted[:3])} ({template}), the table's ids are like {', '.join(table.index[:3])}; set "
-            "cell_id_template / obs_id_column so they agree")
+            "obs_table.cell_id_template / obs_table.id_column so they agree")
     joined = table.reindex(wanted)
     for column in map(str, joined.columns):  # a column the matrix already has keeps its value where the table is silent
         values = joined[column].to_numpy(dtype=object)
@@ -584,8 +675,9 @@ def _tidy(frame: pd.DataFrame) -> None:
 
 
 def convert_source(source: str | Path, out: str | Path, spec: ConvertSpec, *, dataset: str,
-                   obs_table: str | Path | None = None) -> dict:
-    """Write ``out`` (h5ad, cells x genes) atomically from the downloaded ``source``; return a JSON-able report."""
+                   obs_table: str | Path | None = None, name: str | None = None) -> dict:
+    """Write ``out`` (h5ad, cells x genes) atomically from the downloaded ``source``; return a JSON-able report.
+    ``name``: the catalog's source (URL or path), whose file name must not contradict the content."""
     source, out = Path(source), Path(out)
     job = _Job(dataset, spec, out.parent)
     if spec.format not in ("auto", *FORMATS):
@@ -596,8 +688,12 @@ def convert_source(source: str | Path, out: str | Path, spec: ConvertSpec, *, da
         raise CellDualityError(f"{job.at('source')}: {source} not found; run the download step first")
     kind, detail = _sniff(source)
     fmt = spec.format if kind == "hdf5" and spec.format in ("h5ad", "loom", "10x_h5") else kind
+    _check_name(name, kind, source, job)
     if fmt not in FORMATS:
         raise _not_data(kind, detail, job.at("source"), str(source))
+    if spec.assay is not None and fmt not in ("rds", "tar", "zip"):
+        raise CellDualityError(f"{job.at('assay')}: chooses a matrix of an R .rds object, but {source} is {fmt}; "
+                               "remove assay (an h5ad's matrix is chosen by layer)")
     if spec.format not in ("auto", fmt) and not (spec.format == "10x_mtx" and fmt in ("tar", "zip")):
         raise CellDualityError(f"{job.at('format')}: declared {spec.format}, but the content of {source} is {fmt}; "
                                f"set format: {fmt} (or auto), or point source at the {spec.format} file")
@@ -612,7 +708,7 @@ def convert_source(source: str | Path, out: str | Path, spec: ConvertSpec, *, da
         adata, keys = _combine(_read(source, fmt, job, str(source)))
         table_label = str(obs_table) if obs_table is not None else f"{source}:{spec.obs_member}"
         table_path = Path(obs_table) if obs_table is not None else job.obs_path
-        where = "obs_table" if obs_table is not None else "obs_member"
+        where = "obs_table.source" if obs_table is not None else "obs_table.member"
         without_obs = None
         if table_path is not None:
             if not table_path.is_file():
@@ -625,7 +721,6 @@ def convert_source(source: str | Path, out: str | Path, spec: ConvertSpec, *, da
     _tidy(adata.obs)
     _tidy(adata.var)
     adata.obs_names_make_unique()
-    adata.var_names_make_unique()
     with atomic_path(out) as tmp:
         adata.write_h5ad(tmp)
     return {"dataset": dataset, "source": str(source), "format_detected": kind, "format": fmt,
@@ -657,7 +752,7 @@ def convert_file(source: str | Path, out: str | Path, report_path: str | Path, e
         report = {"dataset": dataset, "source": str(source), "format_detected": "h5ad", "format": "h5ad",
                   "linked": True, "n_cells": shape[0], "n_genes": shape[1]}
     else:
-        report = convert_source(source, out, spec, dataset=dataset, obs_table=obs_table)
+        report = convert_source(source, out, spec, dataset=dataset, obs_table=obs_table, name=entry.get("source"))
     with atomic_path(report_path) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -42,6 +43,18 @@ class DownloadSettings(Settings):
     require_checksum: bool = setting("download.require_checksum", reruns=False)
 
 
+def pack_folder(folder: Path, dest: Path) -> None:
+    """A local folder source (a 10x ``filtered_feature_bc_matrix/``, a Cell Ranger ``outs/``) as one tar, the same
+    bytes for the same files (sorted, no times or owners), which convert reads like any archive."""
+    def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+        return info
+
+    with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            tar.add(path, arcname=f"{folder.name}/{path.relative_to(folder).as_posix()}", filter=clean)
+
+
 def fetch(source: str, dest: str | Path, sha256: str | None = None, *, settings: DownloadSettings | None = None,
           field: str = "source") -> Path:
     """Materialize ``source`` as ``dest`` atomically; verify ``sha256`` when given. A URL is fetched under the
@@ -59,9 +72,12 @@ def fetch(source: str, dest: str | Path, sha256: str | None = None, *, settings:
             _download(source, tmp, settings or DownloadSettings(), field=field)
         else:
             path = Path(source.removeprefix("file://")).expanduser()
-            if not path.is_file():
+            if path.is_dir():
+                pack_folder(path, tmp)
+            elif not path.is_file():
                 raise CellDualityError(f"{field}: input file {path} not found; fix the path or download it first")
-            shutil.copyfile(path, tmp)
+            else:
+                shutil.copyfile(path, tmp)
         if sha256:
             actual = sha256_of(tmp)
             if actual != sha256.lower():

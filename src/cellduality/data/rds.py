@@ -9,13 +9,16 @@ Bioconductor or Seurat classes. An S4 object's slots are its attributes, so the 
   ``@colData`` (DFrame/DataFrame: ``listData``, ``rownames``, ``nrows``); genes in ``@rowRanges`` (names in
   ``@partitioning@NAMES`` of a GRangesList or ``@ranges@NAMES`` of a GRanges, rowData in ``@elementMetadata``),
   else in ``@NAMES`` and ``@elementMetadata``.
-- Seurat v3/v4: ``@assays[[@active.assay]]@counts`` / ``@data``; v5 (Assay5): ``@layers`` with the cell and gene
-  names in the ``@cells`` / ``@features`` LogMaps; cells in ``@meta.data``.
+- Seurat v3/v4: ``@assays[[assay]]@counts`` / ``@data`` (assay: the chosen one, else ``@active.assay``); v5
+  (Assay5): ``@layers`` with the cell and gene names in the ``@cells`` / ``@features`` LogMaps; cells in
+  ``@meta.data``.
+- A slot holding NULL is the symbol ``\\001NULL\\001`` in files R writes (not R's NULL): :func:`_null` knows both.
 - dgCMatrix / dgRMatrix / dgTMatrix (and l/n variants), dgeMatrix, base matrices (column-major), and data.frames
   of genes x cells (numeric columns are the cells, other columns go to ``var``); an .RData file of one object.
 
 R stores genes x cells; the AnnData is cells x genes (CSR when sparse). Only the chosen assay is read, into ``X``
-(its name in ``uns["rds_assay"]``, all assay names in ``uns["rds_assays"]``): other assays are not made layers,
+(its name in ``uns["rds_assay"]``, ``<assay>/<layer>`` for Seurat, all names in ``uns["rds_assays"]``; a Seurat
+slot also in ``uns["source_layer"]``): other assays are not made layers,
 as they would multiply the memory of large dense objects. Factors become Categoricals with their R levels;
 list-like columns, reduced dimensions and graphs are skipped. Errors are one-line CellDualityErrors.
 """
@@ -23,6 +26,7 @@ list-like columns, reduced dimensions and graphs are skipped. Errors are one-lin
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import anndata as ad
@@ -40,11 +44,25 @@ class _Bad(Exception):
     """A problem found in the object tree; read_rds prefixes the field and file name."""
 
 
-def read_rds(path: str | Path, *, field: str, assay: str | None = None) -> ad.AnnData:
-    """Cells x genes AnnData from an R .rds holding a SingleCellExperiment / SummarizedExperiment,
-    a Seurat object, a dgCMatrix / dense matrix (genes x cells, as R stores them), or a data.frame.
+@dataclass(frozen=True)
+class _Choice:
+    """Which matrix to read (read_rds's ``assay`` / ``layer``) and the catalog prefix that names them."""
 
-    ``assay`` names the matrix (an SCE assay, a Seurat slot/layer); by default the first of ASSAY_ORDER present.
+    assay: str | None = None
+    layer: str | None = None
+    keys: str = ""
+
+
+def read_rds(path: str | Path, *, field: str, assay: str | None = None, layer: str | None = None,
+             keys: str = "") -> ad.AnnData:
+    """Cells x genes AnnData from an R .rds holding a SingleCellExperiment / SummarizedExperiment,
+    a Seurat object, a dgCMatrix / dense matrix (genes x cells, as R stores them), or a genes x cells data.frame
+    (a data.frame of cell metadata is refused).
+
+    ``assay`` names the matrix of an SCE/SE (default: the first of ASSAY_ORDER present) or the assay of a Seurat
+    object (default: its active assay, unless that is not RNA while RNA is there: then the caller must choose);
+    ``layer`` names a Seurat assay's slot / v5 layer (default: the first of ASSAY_ORDER present). ``keys`` is the
+    catalog prefix (``datasets.<name>.``) that error messages put before ``assay`` / ``layer``.
     """
     path = Path(path)
     try:
@@ -61,12 +79,13 @@ def read_rds(path: str | Path, *, field: str, assay: str | None = None) -> ad.An
         why = type(err).__name__ + (f": {str(err)[:80]}" if str(err) else "")
         raise CellDualityError(f"{field}: {path.name} is not a readable R serialization ({why}); {_RESAVE}") from None
     try:
-        return _convert(_deref(root), assay)
+        adata = _convert(_deref(root), _Choice(assay, layer, keys))
     except _Bad as err:
         raise CellDualityError(f"{field}: {path.name} {err}") from None
     except (AttributeError, IndexError, KeyError, TypeError, ValueError) as err:  # a slot missing or of another type
         raise CellDualityError(f"{field}: {path.name} holds {_describe(root)} laid out unlike the classes read here "
                                f"({type(err).__name__}: {str(err)[:80]}); {_RESAVE}") from None
+    return adata
 
 
 # --- the raw object tree: rdata.parser.RObject (info.type, value, attributes pairlist, REF indirections) ----------
@@ -77,7 +96,10 @@ def _deref(o):
 
 
 def _null(o) -> bool:
-    return (o := _deref(o)) is None or o.info.type.name in ("NILVALUE", "NIL")
+    """R NULL, or the symbol ``\\001NULL\\001`` that R's serializer writes for an S4 slot holding NULL."""
+    if (o := _deref(o)) is None or o.info.type.name in ("NILVALUE", "NIL"):
+        return True
+    return o.info.type.name == "SYM" and getattr(_deref(o.value), "value", None) == b"\x01NULL\x01"
 
 
 def _pairs(o) -> list:
@@ -200,14 +222,32 @@ def _matrix(o) -> tuple:
 
 
 # --- object layouts -----------------------------------------------------------------------------------------------
-def _pick(mats: dict, assay: str | None, what: str) -> tuple:
+def _pick(mats: dict, wanted: str | None, what: str, key: str) -> tuple:
+    """(name, matrix, names present) of ``mats``: ``wanted``, else the first of ASSAY_ORDER; ``key`` is the
+    catalog key that chooses (``datasets.<name>.assay`` / ``.layer``)."""
     mats = {k: v for k, v in mats.items() if not _null(v) and _shape(v) != (0, 0)}  # Seurat keeps empty slots
-    name = assay if assay is not None else next((n for n in ASSAY_ORDER if n in mats), None)
+    name = wanted if wanted is not None else next((n for n in ASSAY_ORDER if n in mats), None)
     if name not in mats:
-        wanted = f"no assay {assay!r}" if assay is not None else f"none of the assays {', '.join(ASSAY_ORDER)}"
+        missing = f"no {wanted!r}" if wanted is not None else f"none of {', '.join(ASSAY_ORDER)}"
         hint = " (split Seurat v5 layers need JoinLayers() in R first)" if any("." in k for k in mats) else ""
-        raise _Bad(f"has {wanted} in its {what}; it has {', '.join(mats) or 'none'}: choose one as the assay{hint}")
+        raise _Bad(f"has {missing} in its {what}; set {key} to one of: {', '.join(mats) or 'none'}{hint}")
     return name, mats[name], list(mats)
+
+
+def _seurat_assay(assays: dict, active: str | None, choice: _Choice):
+    """The Seurat assay to read: ``choice.assay``, else the active one, unless RNA is there and not active."""
+    key = f"{choice.keys}assay"
+    if not assays:
+        raise _Bad("holds a Seurat object without assays")
+    name = choice.assay or (active if active in assays else next(iter(assays)))
+    if name not in assays:
+        raise _Bad(f"has no Seurat assay {name!r}; set {key} to one of: {', '.join(assays)}")
+    if choice.assay is None and len(assays) > 1 and name != "RNA" and "RNA" in assays:
+        n = _shape(_attrs(assays[name]).get("counts", _attrs(assays[name]).get("data")))
+        size = f" ({n[0]} features)" if n else ""
+        raise _Bad(f"is a Seurat object whose active assay is {name}{size}, not RNA; set {key} to one of: "
+                   f"{', '.join(assays)} (RNA for gene expression)")
+    return name, assays[name]
 
 
 def _logmap(o, layer: str) -> list | None:
@@ -221,28 +261,42 @@ def _logmap(o, layer: str) -> list | None:
     return [r for r, k in zip(rows, keep) if k]
 
 
-def _convert(o, assay: str | None) -> ad.AnnData:
+def _looks_like_metadata(table: pd.DataFrame, numeric: list) -> bool:
+    """A data.frame that is not a genes x cells table: no numeric column, a logical column (doublet / QC flags),
+    or fewer than two numeric (cell) columns per descriptive one (a gene table has at most a few annotation
+    columns beside hundreds of cells)."""
+    other = table.shape[1] - len(numeric)
+    logical = any(pd.api.types.is_bool_dtype(table[c]) for c in table)
+    return not numeric or logical or len(numeric) < 2 * other
+
+
+def _convert(o, choice: _Choice) -> ad.AnnData:
     kind, cls, a = o.info.type.name, _classes(o), _attrs(o)
     obs, obs_rows, cells, var, genes, names = pd.DataFrame(), None, None, pd.DataFrame(), None, []
+    layer = None
     if kind == "LIST":  # an .RData file
         if len(objs := _pairs(o)) != 1:
             raise _Bad(f"is an .RData file of {len(objs)} objects; saveRDS() the one to read")
-        return _convert(objs[0][1], assay)
+        return _convert(objs[0][1], choice)
     if kind == "S4" and "assays" in a and "meta.data" in a:  # Seurat
-        assays = _named(a["assays"])
-        active = _strs(a["active.assay"])[0] if "active.assay" in a else next(iter(assays), None)
-        if (sa := assays.get(active, next(iter(assays.values()), None))) is None:
-            raise _Bad("holds a Seurat object without assays")
+        active = _strs(a["active.assay"])[0] if "active.assay" in a else None
+        assay, sa = _seurat_assay(_named(a["assays"]), active, choice)
         sl = _attrs(sa)
         slots = _named(sl["layers"]) if "layers" in sl else {k: sl[k] for k in ("counts", "data") if k in sl}
-        name, mat, names = _pick(slots, assay, f"Seurat assay {active}")
+        name, mat, names = _pick(slots, choice.layer, f"Seurat assay {assay}", f"{choice.keys}layer")
+        names = [f"{assay}/{n}" for n in names]
         obs, obs_rows = _frame(a["meta.data"])
         if "layers" in sl:  # v5 layers carry no dimnames
             cells, genes = _logmap(sl.get("cells"), name), _logmap(sl.get("features"), name)
+        layer, name = name, f"{assay}/{name}"
     elif kind == "S4" and "assays" in a and "colData" in a:  # (Ranged/SingleCell)SummarizedExperiment
+        if choice.layer is not None:
+            raise _Bad(f"is a {cls[0]}, which has assays, not layers; remove {choice.keys}layer and set "
+                       f"{choice.keys}assay")
         held = _attrs(a["assays"])
         held = held["data"] if "data" in held else _env_get(held[".xData"], "data") if ".xData" in held else a["assays"]
-        name, mat, names = _pick(_named(_attrs(held).get("listData", held)), assay, cls[0])
+        name, mat, names = _pick(_named(_attrs(held).get("listData", held)), choice.assay, cls[0],
+                                 f"{choice.keys}assay")
         obs, obs_rows = _frame(a["colData"])
         cells = obs_rows
         if not _null(rr := a.get("rowRanges")):
@@ -253,9 +307,12 @@ def _convert(o, assay: str | None) -> ad.AnnData:
         var = var if var.shape[1] else _frame(a.get("elementMetadata"))[0]
     elif kind == "VEC" and "data.frame" in cls:  # a genes x cells table
         table, genes = _frame(o)
-        cells = [c for c in table if isinstance(table[c].values, np.ndarray) and table[c].dtype.kind in "iufb"]
-        if not cells:
-            raise _Bad("holds a data.frame without numeric columns; expected a genes x cells table")
+        cells = [c for c in table if isinstance(table[c].values, np.ndarray) and table[c].dtype.kind in "iuf"]
+        if _looks_like_metadata(table, cells):
+            shown = ", ".join(map(str, table.columns[:6])) + (", ..." if table.shape[1] > 6 else "")
+            raise _Bad(f"holds a data.frame of {table.shape[0]} rows x {table.shape[1]} columns ({shown}) that "
+                       "looks like cell metadata, not a genes x cells expression table; point source at the "
+                       "expression object, and give the metadata as obs_table (write.csv() it in R)")
         x, name, var = table[cells].to_numpy(np.float64).T.copy(), "data.frame", table.drop(columns=cells)
     elif kind in ("S4", "INT", "REAL", "LGL") and _shape(o) is not None:
         mat, name = o, "matrix"
@@ -276,4 +333,6 @@ def _convert(o, assay: str | None) -> ad.AnnData:
     var.index = pd.Index([str(g) for g in genes] if genes else [str(i) for i in range(x.shape[1])])
     adata = ad.AnnData(X=x, obs=obs, var=var)
     adata.uns["rds_assay"], adata.uns["rds_assays"] = name, names or [name]
+    if layer is not None:  # the Seurat slot read into X: preprocess's datasets.<name>.layer may name it
+        adata.uns["source_layer"] = layer
     return adata
