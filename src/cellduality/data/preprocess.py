@@ -10,6 +10,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
 
@@ -21,7 +22,7 @@ import scipy.sparse as sp
 from cellduality.config import Settings, schema_node, setting
 from cellduality.data.pairing import pair_cells
 from cellduality.errors import CellDualityError, warn
-from cellduality.io import atomic_path
+from cellduality.io import RESOURCES, atomic_path
 
 log = logging.getLogger("cellduality.preprocess")
 
@@ -64,6 +65,7 @@ class PreprocessReport:
     duplicate_genes: int = 0
     expression_setting: str = "auto"  # preprocess.expression
     pairing: dict = field(default_factory=dict)  # counts of data.pairing when the catalog entry pairs cells
+    gene_map: dict = field(default_factory=dict)  # datasets.<name>.gene_map and how many genes it mapped
 
 
 def looks_like_ensembl(names) -> bool:
@@ -156,30 +158,131 @@ def _choose_matrix(adata: ad.AnnData, ds: dict, where: str, n_rows: int, name_: 
     return X, var, name, kind
 
 
-def gene_symbols(var: pd.DataFrame, ds: dict, where: str, name_: str = "<name>") -> np.ndarray:
+# builtin ``datasets.<name>.gene_map`` names -> shipped tables (resources/orthologs/README.md)
+GENE_MAPS = {"mouse_to_human": RESOURCES / "orthologs" / "mouse_to_human.tsv.gz"}
+MIN_MAPPED = 0.5  # warn when a gene map gives a symbol to fewer than this share of the genes
+
+
+@dataclass(frozen=True)
+class GeneMap:
+    """A loaded ``gene_map``: ``mapping`` (name -> symbol, unique names) and, for an ortholog table, the
+    species of its symbols (``target``) and a case-insensitive fallback (``folded``: CD3E finds Cd3e's ortholog)."""
+
+    mapping: pd.Series
+    target: str | None = None
+    folded: pd.Series | None = None
+
+
+def _one_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+@lru_cache(maxsize=8)
+def _read_gene_map(path: str, _stamp: tuple) -> GeneMap | str:
+    """The gene map in ``path`` (``_stamp``: size and mtime, so an edited file is read again), or what is wrong
+    with it. A header row whose third column is ``orthology`` marks an ortholog table (the shipped
+    resources/orthologs/mouse_to_human.tsv.gz): its one2one rows are used, plus the pair with the same symbol where
+    Ensembl lists several partners (Gapdh - GAPDH beside predicted genes such as Gm10358 - GAPDH); any other
+    table is two columns, gene name and symbol, the first row kept for a repeated name."""
+    try:
+        table = pd.read_csv(path, sep="\t", header=None, dtype=str, comment="#", keep_default_na=False,
+                            na_filter=False, skip_blank_lines=True)
+    except pd.errors.EmptyDataError:
+        return "is empty"
+    except Exception as err:  # pandas, gzip and the codecs raise many types for a malformed file
+        return f"is not a readable tab-separated table ({_one_line(err)})"
+    if table.shape[1] < 2 or table.empty:
+        return f"needs two tab-separated columns (gene name, symbol); found {table.shape[1]} column(s)"
+    table = table.apply(lambda column: column.str.strip())
+    head = [str(v).lower() for v in table.iloc[0]]
+    if table.shape[1] >= 3 and head[2] == "orthology":
+        pairs = table.iloc[1:, :3].set_axis(["source", "symbol", "orthology"], axis=1)
+        pairs = pairs[(pairs.source != "") & (pairs.symbol != "")]
+        keep = (pairs.orthology == "one2one") | (pairs.source.str.upper() == pairs.symbol.str.upper())
+        pairs = pairs[keep]
+        pairs = pairs[~pairs.source.duplicated(keep=False) & ~pairs.symbol.duplicated(keep=False)]  # stays 1:1
+        if pairs.empty:
+            return "has an orthology column but no one2one rows"
+        mapping = pairs.set_index("source")["symbol"]
+        folded = mapping.copy()
+        folded.index = folded.index.str.upper()
+        folded = folded[~folded.index.duplicated(keep=False)]
+        return GeneMap(mapping, head[1].removesuffix("_symbol") or None, folded)
+    pairs = table.iloc[:, :2].set_axis(["source", "symbol"], axis=1)
+    pairs = pairs[(pairs.source != "") & (pairs.symbol != "")]
+    mapping = pairs.set_index("source")["symbol"]
+    return GeneMap(mapping[~mapping.index.duplicated()])
+
+
+def load_gene_map(value: str, where: str, name_: str = "<name>") -> GeneMap:
+    """``datasets.<name>.gene_map``: a builtin name (:data:`GENE_MAPS`) or the path of a TSV (may be gzipped)."""
+    field_ = f"datasets.{name_}.gene_map"
+    path = GENE_MAPS.get(str(value), Path(str(value)))
+    if not path.is_file():
+        if str(value) in GENE_MAPS:
+            raise CellDualityError(f"{where}: {field_}: the builtin table {path} is missing; reinstall cellduality")
+        if path.suffix or "/" in str(value) or "\\" in str(value):
+            raise CellDualityError(f"{where}: {field_}: file {path} not found")
+        raise CellDualityError(f"{where}: {field_}: {value!r} is neither a builtin gene map "
+                               f"({', '.join(GENE_MAPS)}) nor an existing file")
+    stat = path.stat()
+    loaded = _read_gene_map(str(path.resolve()), (stat.st_size, stat.st_mtime_ns))
+    if isinstance(loaded, str):
+        raise CellDualityError(f"{where}: {field_}: {path} {loaded}")
+    return loaded
+
+
+def gene_symbols(var: pd.DataFrame, ds: dict, where: str, name_: str = "<name>",
+                 report: PreprocessReport | None = None) -> np.ndarray:
+    """One symbol per gene ("" where there is none): the ``gene_symbol_key`` column or var_names, through
+    ``gene_map`` when set. Human symbols, and the symbols an ortholog map gives (mouse_to_human: human), are
+    upper-cased; mouse symbols keep their case. With a gene map, ``report`` gets the mapping counts (``gene_map``)
+    and the genes it leaves without a symbol (``dropped.genes_without_ortholog`` for an ortholog table, else
+    ``dropped.genes_not_in_gene_map``; ``dropped.genes_without_symbol`` counts them again with any gene that had no
+    name), and fewer than :data:`MIN_MAPPED` of the genes mapped is a warning."""
     key, gene_map = ds.get("gene_symbol_key"), ds.get("gene_map")
+    species = ds.get("species", "human")
     if key:
         if key not in var.columns:
             raise CellDualityError(
                 f"{where}: gene_symbol_key '{key}' is not a var column; available: {', '.join(var.columns) or 'none'}"
             )
         symbols = var[key].astype("string")
-    elif gene_map:
-        path = Path(gene_map)
-        if not path.is_file():
-            raise CellDualityError(f"{where}: gene_map file {path} not found")
-        mapping = pd.read_csv(path, sep="\t", header=None, dtype=str, usecols=[0, 1]).set_index(0)[1]
-        mapping = mapping[~mapping.index.duplicated()]
-        symbols = pd.Series(var.index, dtype="string").map(mapping)
     else:
         symbols = pd.Series(var.index, dtype="string")
-        if looks_like_ensembl(symbols):
+    if gene_map:
+        table = load_gene_map(gene_map, where, name_)
+        names = symbols.fillna("").str.strip()
+        if table.target and looks_like_ensembl(names):
             raise CellDualityError(
-                f"{where}: var_names are Ensembl ids; set datasets.{name_}.gene_symbol_key to a symbol column or "
-                "gene_map to an id->symbol TSV"
+                f"{where}: datasets.{name_}.gene_map {gene_map} maps gene symbols but the "
+                f"{'gene_symbol_key column' if key else 'var_names'} are Ensembl ids; set datasets.{name_}."
+                "gene_symbol_key to a symbol column"
             )
+        symbols = names.map(table.mapping)
+        if table.folded is not None:
+            missing = symbols.isna()
+            symbols[missing] = names[missing].str.upper().map(table.folded)
+        species = table.target or species
+        n_named, n_mapped = int((names != "").sum()), int(symbols.notna().sum())
+        if report is not None:
+            report.gene_map = {"gene_map": str(gene_map), "genes_named": n_named, "genes_mapped": n_mapped,
+                               "fraction_mapped": round(n_mapped / max(n_named, 1), 4)}
+            unmapped = "genes_without_ortholog" if table.target else "genes_not_in_gene_map"
+            report.dropped[unmapped] = n_named - n_mapped
+        if n_mapped < MIN_MAPPED * n_named:
+            examples = ", ".join(names[symbols.isna() & (names != "")].head(3))
+            warn(f"{where}: datasets.{name_}.gene_map {gene_map} gives a symbol to only {n_mapped} of {n_named} "
+                 f"genes ({n_mapped / n_named:.0%}; unmapped e.g. {examples}); check that the names are what the "
+                 "table maps (mouse_to_human: mouse gene symbols such as Cd3e)", log)
+    elif looks_like_ensembl(symbols) and not key:
+        raise CellDualityError(
+            f"{where}: var_names are Ensembl ids; set datasets.{name_}.gene_symbol_key to a symbol column or "
+            "gene_map to an id->symbol TSV"
+        )
     symbols = symbols.fillna("").str.strip()
-    if ds.get("species", "human") == "human":
+    if species == "human":
         symbols = symbols.str.upper()
     return symbols.to_numpy(dtype=object)
 
@@ -273,7 +376,7 @@ def preprocess(adata: ad.AnnData, ds: dict, settings: PreprocessSettings, datase
     if X.nnz == 0:
         raise CellDualityError(f"{where}: every value of {matrix} is zero; the file holds no expression")
 
-    symbols = gene_symbols(var, ds, where, dataset)
+    symbols = gene_symbols(var, ds, where, dataset, report)
     keep = symbols != ""
     if not keep.all():
         report.dropped["genes_without_symbol"] = int((~keep).sum())
