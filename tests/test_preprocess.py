@@ -177,10 +177,11 @@ def test_declared_expression_kinds(counts_adata, caplog):
     tpm.X = sp.csr_matrix(X * 137.5)  # TPM-like: normalized, not logged, non-integer
     with caplog.at_level("INFO"):
         auto, report = run(tpm)
-    assert report.input_kind == "lognorm" and report.expression_setting == "auto"
-    assert "expression detected as lognorm" in caplog.text and "set preprocess.expression: tpm" in caplog.text
+    assert report.input_kind == "tpm" and report.expression_setting == "auto"  # beyond any log value: unlogged
+    assert "expression detected as tpm" in caplog.text and "read as TPM/RPKM-like" in caplog.text
     out, report = run(tpm, settings=SETTINGS.replace(expression="tpm"))
     assert report.input_kind == "tpm" and report.expression_setting == "tpm"
+    np.testing.assert_allclose(auto.X.toarray(), out.X.toarray())
     np.testing.assert_allclose(out.X.toarray(), np.log1p(X[out.obs_names.str.removeprefix("cell").astype(int)]
                                                           [:, :out.n_vars] * 137.5), rtol=1e-5)
     as_log, report = run(counts_adata, settings=SETTINGS.replace(expression="log1p"))  # integers kept as they are

@@ -184,8 +184,8 @@ def build_task_tables(cells: pd.DataFrame, tasks: Iterable[str] | None = None, *
 
 def check_task_inputs(cells: pd.DataFrame, tasks: Iterable[str], source: object = "cell-sentence table") -> None:
     """Fail early, in one line, where a configured task cannot be built or learned from these cells: a label
-    column it needs is missing or empty, or a classification task's training cells hold fewer than two
-    classes (nothing to classify; the baselines would fail only at the end of the run)."""
+    column it needs is missing or empty, or a classification task's training cells (a role ood dataset's cells)
+    hold fewer than two classes (nothing to classify; the baselines would fail only at the end of the run)."""
     if (cells["split"] == "adapt").any() and not (cells["split"] == "train").any():
         return  # a role adapt dataset: its labels, where it has any, are only for evaluation
     for task in tasks:
@@ -199,10 +199,14 @@ def check_task_inputs(cells: pd.DataFrame, tasks: Iterable[str], source: object 
             raise CellDualityError(f"{source}: task {task}: no cell has a {spec.label_column}; check the dataset's "
                                    f"labels mapping or remove it from tasks.{task}")
         if spec.metric in ("classification", "cellpuzzles"):
-            classes = sorted(set(labelled.loc[labelled["split"] == "train", spec.label_column].astype(str)))
+            held_out = (labelled["split"] == "ood").all()  # role ood: classes among the held-out cells
+            learned = labelled if held_out else labelled[labelled["split"] == "train"]
+            classes = sorted(set(learned[spec.label_column].astype(str)))
             if len(classes) < 2:
+                cells_named = "held-out" if held_out else "training"
                 raise CellDualityError(f"{source}: task {task} needs at least 2 {spec.label_column} classes among "
-                                       f"the training cells, found {len(classes)} ({', '.join(classes) or 'none'}); "
+                                       f"the {cells_named} cells, found {len(classes)} "
+                                       f"({', '.join(classes) or 'none'}); "
                                        f"use a dataset with several classes or remove it from tasks.{task}")
 
 
@@ -233,13 +237,15 @@ def check_catalog(config: Mapping[str, Any], source: object = "config") -> None:
 
 
 def check_task_prompts(table: pd.DataFrame, tasks: Iterable[str], source: object = "task table") -> None:
-    """Every configured task has SFT and evaluation prompts (else one line saying why there are none)."""
+    """Every configured task has SFT and evaluation prompts, a held-out (role ood) dataset evaluation prompts
+    (else one line saying why there are none)."""
     for task in tasks:
         rows = table[(table["task"] == task) & (table["direction"] == "primal")]
         if (rows["split"] == "adapt").any():  # role adapt: unlabelled RL prompts, evaluation where labelled
             continue
+        held_out = len(rows) and (rows["split"] == "ood").all()  # role ood: evaluation prompts only
         for stage, split in (("sft", "train"), ("eval", "test")):
-            if not (rows["stage"] == stage).any():
+            if not (rows["stage"] == stage).any() and not (held_out and stage == "sft"):
                 raise CellDualityError(f"{source}: task {task} has no {stage} prompts (too few labelled cells in "
                                        f"the {split} split); add cells or lower task_tables.rl_fraction / "
                                        "splits.test_fraction")

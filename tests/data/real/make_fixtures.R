@@ -93,3 +93,28 @@ for (v in c("2", "3")) {
   write10xCounts(file.path(out, paste0("tenx_v", v, ".h5")), counts, barcodes = cells, gene.id = gene_ids,
                  gene.symbol = genes, version = v, type = "HDF5", overwrite = TRUE)
 }
+
+# --- look-alikes of the two Hemberg-lab SingleCellExperiments of config/paper.yaml (dense assays, colData as
+# their R/segerstolpe.R and R/xin.R write it), with enough genes per cell for the paper's QC (min_genes 200)
+lookalike_genes <- readLines(file.path(out, "genes_lookalike.txt"))
+n <- 60
+dense_counts <- matrix(rpois(length(lookalike_genes) * n, 3), nrow = length(lookalike_genes),
+                       dimnames = list(lookalike_genes, sprintf("ERR15%05d", seq_len(n))))
+ann <- data.frame(cell_quality = rep(c("OK", "OK", "low quality cell"), length.out = n),
+                  cell_type1 = rep(c("alpha", "beta", "delta", "gamma"), length.out = n),
+                  disease = rep(c("normal", "type II diabetes mellitus"), each = n / 2),
+                  sex = rep(c("male", "female"), length.out = n), age = rep(c("43 years", "57 years"), each = n / 2),
+                  row.names = colnames(dense_counts))
+seger <- SingleCellExperiment(assays = list(counts = dense_counts), colData = ann)
+rowData(seger)$feature_symbol <- rownames(seger)
+logcounts(seger) <- log2(dense_counts + 1)
+saveRDS(seger, file.path(out, "lookalike_segerstolpe.rds"))
+rpkm <- dense_counts * matrix(runif(length(dense_counts), 5, 400), nrow = nrow(dense_counts))
+colnames(rpkm) <- sprintf("Sample_%d", seq_len(n))
+xin_ann <- data.frame(donor.id = rep(sprintf("H%d", 1:6), length.out = n),
+                      condition = rep(c("Healthy", "T2D"), each = n / 2),
+                      cell_type1 = rep(c("alpha", "beta", "delta", "gamma"), length.out = n),
+                      row.names = colnames(rpkm))
+xin <- SingleCellExperiment(assays = list(normcounts = rpkm, logcounts = log2(rpkm + 1)), colData = xin_ann)
+rowData(xin)$feature_symbol <- rownames(xin)
+saveRDS(xin, file.path(out, "lookalike_xin.rds"))
