@@ -18,7 +18,7 @@ from cellduality.config import (
 from cellduality.data.builtin import builtin_resource_files
 from cellduality.data.download import DownloadSettings
 from cellduality.data.preprocess import PreprocessSettings
-from cellduality.data.sentence_table import CellSentenceSettings
+from cellduality.data.sentence_table import CellSentenceSettings, split_context
 from cellduality.data.splits import SplitSettings
 from cellduality.errors import CellDualityError, fail
 from cellduality.evaluation.settings import (
@@ -216,12 +216,29 @@ def dataset_params(*keys):
     return lambda wildcards: {key: DATASETS[wildcards.dataset][key] for key in keys}
 
 
+def split_context_params(wildcards):
+    """Params function: the origin of the dataset's cells and the other datasets of the run that hold some of
+    them out as OOD (cellduality.data.sentence_table.split_context)."""
+    return split_context(wildcards.dataset, DATASETS, USED_DATASETS)
+
+
+def ood_peer_files(wildcards):
+    """The preprocessed files of those OOD peers (whose held-out cells are OOD in this dataset too)."""
+    peers = split_context(wildcards.dataset, DATASETS, USED_DATASETS)["ood_peers"]
+    return [f"{RESULTS}/processed/{peer}.h5ad" for peer in peers]
+
+
 # ---------------------------------------------------------------- tasks (rules/tasks.smk)
 TASKS = TASK_SETTINGS.configured()
 # the catalog entries some task uses (all of them when no task is configured): what `data` and training build
 USED_DATASETS = sorted({n for names in TASKS.values() for n in names}) or sorted(
     DATASETS
 )
+try:  # datasets that share cells must split them alike (cellduality.data.sentence_table.split_context)
+    for _name in USED_DATASETS:
+        split_context(_name, DATASETS, USED_DATASETS)
+except CellDualityError as _err:
+    fail(f"config: {_err}")
 
 
 def task_table_inputs(wildcards):

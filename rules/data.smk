@@ -117,6 +117,7 @@ rule preprocess:
 rule cell_sentences:
     input:
         rules.preprocess.output.h5ad,
+        ood_peers=ood_peer_files,
     output:
         table=f"{RESULTS}/cell_sentences/{{dataset}}.parquet",
         summary=f"{RESULTS}/cell_sentences/{{dataset}}.summary.json",
@@ -131,6 +132,7 @@ rule cell_sentences:
     params:
         code=script_code("cell_sentences.py"),
         dataset=dataset_params("role", "ood_labels"),
+        cells=split_context_params,
         cell_sentence=CELL_SENTENCE.params(),
         splits=SPLITS.params(),
     script:

@@ -324,6 +324,11 @@ def _obs_columns(adata: ad.AnnData, ds: dict, where: str, name_: str = "<name>")
     for canonical, value in ds.get("constants", {}).items():
         if canonical not in obs:
             obs[canonical] = str(value)
+    from cellduality.data.splits import SOURCE_CELL, SOURCE_DATASET
+
+    for column in (SOURCE_DATASET, SOURCE_CELL):  # a derived cell's identity (cellduality.data.splits), kept as is
+        if column in adata.obs.columns:
+            obs[column] = adata.obs[column].astype("string").to_numpy()
     split_by = ds.get("split_by")
     if split_by:
         if split_by not in adata.obs.columns:

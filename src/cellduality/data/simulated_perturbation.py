@@ -32,9 +32,12 @@ Output AnnData (``n_cells * (1 + n_drugs)`` rows; 1,400 by default): X log1p-sca
 sees non-negative non-integers and uses it as is), var = gene symbols. obs: ``condition`` (control /
 treated), ``drug`` ("control" on control rows), ``pair_id`` (the source cell id, shared by a control row and
 its treated rows), ``cell_type`` (bulk_labels), ``tissue`` (peripheral blood), ``response_scale`` (r; 0 on
-control rows). Row ids: ``<cell id>|control`` and ``<cell id>|<drug>``. ``uns["provenance"]`` states the
-nature of the data, the rule, the seed, the gene-set version and licence and each program's coverage
-(Hallmark genes present among the 765; e.g. HALLMARK_INTERFERON_GAMMA_RESPONSE 29/200).
+control rows), and the rows' source cell (``source_dataset``: ``builtin:scanpy/pbmc68k_reduced``, or the
+``cells_from`` argument; ``source_cell``: the cell id; neither when ``cells`` comes without ``cells_from``),
+which puts a cell's rows in the split that cell has in every other dataset of these cells
+(:mod:`cellduality.data.splits`). Row ids: ``<cell id>|control`` and ``<cell id>|<drug>``.
+``uns["provenance"]`` states the nature of the data, the rule, the seed, the gene-set version and licence and
+each program's coverage (Hallmark genes present among the 765; e.g. HALLMARK_INTERFERON_GAMMA_RESPONSE 29/200).
 
 Licences: PBMC 68k (Zheng et al. 2017) CC BY 4.0 via 10x Genomics, subset redistributed by scanpy
 (BSD-3-Clause); MSigDB Hallmark v7.5.1 gene sets CC BY 4.0 (Liberzon et al. 2015), shipped in
@@ -52,6 +55,8 @@ import pandas as pd
 import scipy.sparse as sp
 import yaml
 
+from cellduality.data.simulated_shift import PBMC68K
+from cellduality.data.splits import SOURCE_CELL, SOURCE_DATASET
 from cellduality.errors import CellDualityError
 from cellduality.io import RESOURCES
 from cellduality.seeding import stable_sample, stable_seed
@@ -160,11 +165,12 @@ def _control_cells() -> ad.AnnData:
 def load_pbmc_perturbation(n_cells: int | None = DEFAULT_N_CELLS, seed: int = DEFAULT_SEED,
                            drugs: list[str] | tuple[str, ...] | None = None,
                            programs: str | Path = DEFAULT_PROGRAMS,
-                           cells: ad.AnnData | None = None) -> ad.AnnData:
+                           cells: ad.AnnData | None = None, cells_from: str | None = None) -> ad.AnnData:
     """The embedded perturbation dataset (see the module docstring for the model).
 
-    ``cells`` (log-normalized AnnData with obs ``bulk_labels``) replaces pbmc68k_reduced ``.raw`` -- for tests.
-    """
+    ``cells`` (log-normalized AnnData with obs ``bulk_labels``) replaces pbmc68k_reduced ``.raw`` -- for tests;
+    ``cells_from`` names the dataset they come from (obs ``source_dataset``; builtin:scanpy/pbmc68k_reduced
+    without ``cells``)."""
     spec, sets = read_drug_programs(programs)
     drug_names = list(spec["drugs"]) if drugs is None else list(drugs)
     unknown = [d for d in drug_names if d not in spec["drugs"]]
@@ -235,6 +241,9 @@ def load_pbmc_perturbation(n_cells: int | None = DEFAULT_N_CELLS, seed: int = DE
     matrix = sp.csr_matrix(np.vstack(blocks), dtype=np.float32)
     matrix.eliminate_zeros()
     obs = pd.concat(obs_parts)
+    origin = cells_from if cells_from is not None else (PBMC68K if cells is None else None)
+    if origin is not None:
+        obs[SOURCE_DATASET], obs[SOURCE_CELL] = origin, obs["pair_id"].to_numpy()
     obs.index.name = "obs_id"
     adata = ad.AnnData(X=matrix, obs=obs, var=pd.DataFrame(index=pd.Index(genes, name="gene")))
     adata.uns["provenance"] = {

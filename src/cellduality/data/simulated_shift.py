@@ -14,9 +14,11 @@ seeded batch effect of the kind a second lab or chemistry gives, applied to CP10
 3. each cell is renormalized to 10,000 and log1p-transformed again.
 
 Output: cohort B's cells (about 350) x 765 genes, X log1p(CP10k) CSR float32, obs ``bulk_labels`` (the real
-labels, kept for evaluating adaptation on held-out cells) and ``cohort``; ``uns["provenance"]`` says what
-was done. Licence: PBMC 68k (Zheng et al. 2017) CC BY 4.0 via 10x Genomics, subset redistributed by scanpy
-(BSD-3-Clause).
+labels, kept for evaluating adaptation on held-out cells), ``cohort`` and the cells' identity in
+``pbmc68k_reduced`` (``source_dataset`` = :data:`PBMC68K`, ``source_cell`` = the cell id), which puts each
+cell in the split it has in every other dataset of these cells (:mod:`cellduality.data.splits`);
+``uns["provenance"]`` says what was done. Licence: PBMC 68k (Zheng et al. 2017) CC BY 4.0 via 10x Genomics,
+subset redistributed by scanpy (BSD-3-Clause).
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from cellduality.data.splits import SOURCE_CELL, SOURCE_DATASET
 from cellduality.seeding import stable_seed
 
 NAME = "simulated/pbmc68k_shifted"
+PBMC68K = "builtin:scanpy/pbmc68k_reduced"  # the builtin whose cells this module and simulated_perturbation use
 GENE_SIGMA = 0.7
 DROPOUT = 0.2
 
@@ -67,8 +71,8 @@ def load_pbmc68k_shifted(seed: int = 0) -> ad.AnnData:
     ids = base.obs_names.astype(str).to_numpy()
     keep = cohort_of(ids) == "B"
     raw = base.raw.X[keep]
-    obs = pd.DataFrame({"bulk_labels": base.obs["bulk_labels"].astype(str).to_numpy()[keep], "cohort": "B"},
-                       index=pd.Index(ids[keep], name="cell_id"))
+    obs = pd.DataFrame({"bulk_labels": base.obs["bulk_labels"].astype(str).to_numpy()[keep], "cohort": "B",
+                        SOURCE_DATASET: PBMC68K, SOURCE_CELL: ids[keep]}, index=pd.Index(ids[keep], name="cell_id"))
     out = ad.AnnData(X=shift_cells(raw, ids[keep], seed=seed), obs=obs,
                      var=pd.DataFrame(index=base.raw.var_names.astype(str)))
     out.uns["provenance"] = {
