@@ -17,7 +17,7 @@ from cellduality.config import (
 )
 from cellduality.data.builtin import builtin_resource_files
 from cellduality.data.download import DownloadSettings
-from cellduality.data.preprocess import PreprocessSettings
+from cellduality.data.preprocess import GENE_MAPS, PreprocessSettings
 from cellduality.data.sentence_table import CellSentenceSettings, split_context
 from cellduality.data.splits import SplitSettings
 from cellduality.errors import CellDualityError, fail
@@ -169,12 +169,17 @@ def portable(path):
 
 def _local_input(source):
     """A local source file (or a folder's files) as rule input (replacing one reruns what reads it); [] for
-    URLs, which their sha256 checks instead, and for a missing file (the step's one-line error)."""
+    URLs, which their sha256 checks instead, and for a missing file (the step's one-line error).
+    """
     if "://" in source and not source.startswith("file://"):
         return []
     path = os.path.expanduser(source.removeprefix("file://"))
     if os.path.isdir(path):
-        return sorted(portable(str(p)) for p in Path(path).rglob("*") if p.is_file() and not p.name.startswith("."))
+        return sorted(
+            portable(str(p))
+            for p in Path(path).rglob("*")
+            if p.is_file() and not p.name.startswith(".")
+        )
     return [portable(path)] if os.path.isfile(path) else []
 
 
@@ -184,6 +189,16 @@ def source_files(wildcards):
     if source.startswith("builtin:"):
         return [portable(p) for p in builtin_resource_files(source)]
     return _local_input(source)
+
+
+def gene_map_files(wildcards):
+    """The table a dataset's gene_map names (a shipped one, or a local TSV), so replacing it reruns preprocess."""
+    gene_map = DATASETS[wildcards.dataset].get("gene_map")
+    if not gene_map:
+        return []
+    if gene_map in GENE_MAPS:
+        return [portable(str(GENE_MAPS[gene_map]))]
+    return _local_input(gene_map)
 
 
 def obs_table_files(wildcards):

@@ -86,6 +86,7 @@ rule convert:
 rule preprocess:
     input:
         rules.convert.output.h5ad,
+        gene_map=gene_map_files,
     output:
         h5ad=f"{RESULTS}/processed/{{dataset}}.h5ad",
         qc=f"{RESULTS}/processed/{{dataset}}.qc.json",
