@@ -2,19 +2,28 @@
 
 The output holds log-normalized expression in X (CSR, float32, sorted indices), upper-cased unique gene
 symbols as var_names (human), and canonical obs columns (cell_type, drug, ..., tissue, donor, ...).
+
+The matrix is handled a block of rows at a time (:data:`CHUNK_NNZ` stored values): :func:`preprocess_file`
+reads the input h5ad's matrix from disk in blocks, once for QC and once to normalize and write the output block by
+block, so its memory follows the cell count (obs), not the matrix; :func:`preprocess` runs the same steps on an
+in-memory AnnData. Every step is per cell or per gene, so the result does not depend on the block size.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from types import SimpleNamespace
 from typing import ClassVar
 
 import anndata as ad
+import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -23,6 +32,11 @@ from cellduality.config import Settings, schema_node, setting
 from cellduality.data.pairing import pair_cells
 from cellduality.errors import CellDualityError, warn
 from cellduality.io import RESOURCES, atomic_path
+
+try:
+    from anndata.io import read_elem
+except ImportError:  # anndata < 0.11
+    from anndata.experimental import read_elem
 
 log = logging.getLogger("cellduality.preprocess")
 
@@ -84,6 +98,186 @@ def read_h5ad(path: str | Path) -> ad.AnnData:
         raise CellDualityError(f"{path} is not a readable h5ad file ({type(err).__name__}: {err})") from None
 
 
+CHUNK_NNZ = 8_000_000  # stored values per block of rows (about 64 MB of values and as much of indices at a time)
+
+
+def _csr_rows(cls, data, indices, indptr: np.ndarray, start: int, stop: int, n_cols: int):
+    """Rows ``start:stop`` of a CSR matrix given by its arrays (numpy, or h5py datasets: only those rows are
+    read), with the stored dtypes: built as anndata builds a whole matrix (arrays assigned, indices not
+    downcast), so each later scipy step treats a block as it treated the whole matrix."""
+    lo, hi = indptr[start], indptr[stop]
+    block = cls((stop - start, n_cols), dtype=data.dtype)
+    block.data, block.indices, block.indptr = data[lo:hi], indices[lo:hi], indptr[start:stop + 1] - lo
+    return block
+
+
+class _DiskMatrix:
+    """A matrix of an open h5ad file, left on disk: a CSR group or a dense dataset. ``X[a:b]`` reads rows a..b-1
+    (scipy CSR or ndarray, stored dtypes), the way :func:`_sample_values` and :func:`_block` slice in-memory data."""
+
+    def __init__(self, elem: h5py.Group | h5py.Dataset, chunk_nnz: int):
+        self.elem, self.chunk_nnz = elem, chunk_nnz
+        self.csr = isinstance(elem, h5py.Group)
+        self.shape = tuple(int(n) for n in (elem.attrs["shape"] if self.csr else elem.shape))
+        self._indptr: np.ndarray | None = None
+        self._scan: tuple[int, int] | None = None
+
+    @property
+    def indptr(self) -> np.ndarray:
+        if self._indptr is None:
+            self._indptr = self.elem["indptr"][:]
+        return self._indptr
+
+    def __getitem__(self, rows: slice):
+        start, stop, _ = rows.indices(self.shape[0])
+        stop = max(start, stop)
+        if not self.csr:
+            return self.elem[start:stop]
+        return _csr_rows(sp.csr_matrix, self.elem["data"], self.elem["indices"], self.indptr, start, stop,
+                         self.shape[1])
+
+    def scan(self) -> tuple[int, int]:
+        """(NaN/infinite values, non-zero values) of the stored values, read a block at a time (the non-zeros are
+        counted for a dense matrix only: a CSR matrix's stored values are :attr:`nnz`)."""
+        if self._scan is None:
+            bad = nonzero = 0
+            if self.csr:
+                data = self.elem["data"]
+                for lo in range(0, data.shape[0], self.chunk_nnz):
+                    bad += int(np.count_nonzero(~np.isfinite(data[lo:lo + self.chunk_nnz])))
+            else:
+                for start, stop in _row_blocks(self, self.chunk_nnz):
+                    values = self.elem[start:stop]
+                    bad += int(np.count_nonzero(~np.isfinite(values)))
+                    nonzero += int(np.count_nonzero(values))
+            self._scan = (bad, nonzero)
+        return self._scan
+
+    @property
+    def nnz(self) -> int:
+        """Values a float32 CSR copy would store: the stored values (CSR), the non-zeros (dense)."""
+        return int(self.indptr[-1]) if self.csr else self.scan()[1]
+
+
+def _disk_matrix(elem, chunk_nnz: int):
+    """A CSR group or dense dataset stays on disk (:class:`_DiskMatrix`); anything else (CSC) is read whole, as
+    anndata reads it."""
+    if isinstance(elem, h5py.Dataset) and elem.ndim == 2 or \
+            isinstance(elem, h5py.Group) and elem.attrs.get("encoding-type") == "csr_matrix":
+        return _DiskMatrix(elem, chunk_nnz)
+    return read_elem(elem)
+
+
+class _DiskElements(Mapping):
+    """A group of an h5ad file read an element at a time (``layers``: matrices left on disk; ``uns``: values)."""
+
+    def __init__(self, group: h5py.Group | None, read):
+        self._group, self._read, self._cache = group, read, {}
+
+    def __getitem__(self, key: str):
+        if key not in self:
+            raise KeyError(key)
+        if key not in self._cache:
+            self._cache[key] = self._read(self._group[key])
+        return self._cache[key]
+
+    def __contains__(self, key) -> bool:
+        return self._group is not None and isinstance(key, str) and key in self._group
+
+    def __iter__(self):
+        return iter(self._group.keys() if self._group is not None else ())
+
+    def __len__(self) -> int:
+        return len(self._group) if self._group is not None else 0
+
+
+class _H5adSource:
+    """The parts of an open h5ad file that :func:`preprocess` reads, shaped like an AnnData (obs, var, uns,
+    layers, raw, X) but with the matrices left on disk: obs and var are read, the rest on use."""
+
+    def __init__(self, f: h5py.File, chunk_nnz: int):
+        self.obs, self.var = read_elem(f["obs"]), read_elem(f["var"])
+        self.n_obs, self.n_vars = len(self.obs), len(self.var)
+        self.obs_names = self.obs.index
+        self.uns = _DiskElements(f.get("uns"), read_elem)
+        self.layers = _DiskElements(f.get("layers"), lambda elem: _disk_matrix(elem, chunk_nnz))
+        self._f, self._chunk_nnz, self._X, self._raw = f, chunk_nnz, None, None
+
+    @property
+    def X(self):
+        if self._X is None and "X" in self._f:
+            self._X = _disk_matrix(self._f["X"], self._chunk_nnz)
+        return self._X
+
+    @property
+    def raw(self):
+        if self._raw is None and "raw" in self._f:
+            group = self._f["raw"]
+            self._raw = SimpleNamespace(X=_disk_matrix(group["X"], self._chunk_nnz), var=read_elem(group["var"]))
+        return self._raw
+
+
+@contextlib.contextmanager
+def _open_h5ad(path: str | Path, chunk_nnz: int) -> Iterator[_H5adSource | ad.AnnData]:
+    """The h5ad at ``path`` with its matrices left on disk; a file in a layout older than anndata 0.7's (obs
+    and var not dataframe groups) is read whole (:func:`read_h5ad`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CellDualityError(f"input file {path} not found; run the download step or fix the dataset source")
+    try:
+        f = h5py.File(path, "r")
+    except Exception as err:  # h5py raises many types for corrupt files
+        raise CellDualityError(f"{path} is not a readable h5ad file ({type(err).__name__}: {err})") from None
+    with f:
+        if not all(isinstance(f.get(key), h5py.Group) and f[key].attrs.get("encoding-type") == "dataframe"
+                   for key in ("obs", "var")):
+            yield read_h5ad(path)
+            return
+        try:
+            source = _H5adSource(f, chunk_nnz)
+        except Exception as err:  # anndata/h5py raise many types for corrupt files
+            raise CellDualityError(f"{path} is not a readable h5ad file ({type(err).__name__}: {err})") from None
+        yield source
+
+
+def _by_rows(X):
+    """``X`` ready to be read a block of rows at a time: a sparse matrix in another format becomes CSR (as the
+    whole-matrix conversion made it); CSR, dense and on-disk matrices are read as they are."""
+    if isinstance(X, _DiskMatrix):
+        return X
+    if sp.issparse(X):
+        return X if X.format == "csr" else X.tocsr()
+    return X if isinstance(X, np.ndarray) else np.asarray(X)
+
+
+def _row_blocks(X, chunk_nnz: int) -> list[tuple[int, int]]:
+    """Consecutive row ranges of ``X`` holding about ``chunk_nnz`` stored values each (at least one row)."""
+    n = X.shape[0]
+    if sp.issparse(X) or isinstance(X, _DiskMatrix) and X.csr:
+        indptr = np.asarray(X.indptr, dtype=np.int64)
+        bounds = [0]
+        while bounds[-1] < n:
+            start = bounds[-1]
+            stop = int(np.searchsorted(indptr, indptr[start] + chunk_nnz, side="right")) - 1
+            bounds.append(min(n, max(stop, start + 1)))
+    else:
+        bounds = [*range(0, n, max(1, chunk_nnz // max(X.shape[1], 1))), n]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _block(X, start: int, stop: int) -> sp.csr_matrix:
+    """Rows ``start:stop`` of ``X`` (see :func:`_by_rows`) as float32 CSR, converted as the whole matrix was."""
+    B = _csr_rows(type(X), X.data, X.indices, X.indptr, start, stop, X.shape[1]) if sp.issparse(X) else X[start:stop]
+    return sp.csr_matrix(B, dtype=np.float32) if not sp.issparse(B) else B.tocsr().astype(np.float32)
+
+
+def _stored(X) -> int:
+    """Values the float32 CSR copy of ``X`` stores: the stored values (sparse), the non-zeros (dense)."""
+    if isinstance(X, _DiskMatrix) or sp.issparse(X):
+        return int(X.nnz)
+    return int(np.count_nonzero(X))
+
+
 def _sample_values(X, n_rows: int) -> np.ndarray:
     block = X[: min(n_rows, X.shape[0])]
     return block.data if sp.issparse(block) else np.asarray(block).ravel()
@@ -101,8 +295,11 @@ def expression_kind(X, n_rows: int) -> str:
 
 
 def _check_finite(X, where: str) -> None:
-    values = X.data if sp.issparse(X) else np.asarray(X)
-    bad = int(np.count_nonzero(~np.isfinite(values)))
+    if isinstance(X, _DiskMatrix):
+        bad = X.scan()[0]
+    else:
+        values = X.data if sp.issparse(X) else np.asarray(X)
+        bad = int(np.count_nonzero(~np.isfinite(values)))
     if bad:
         raise CellDualityError(f"{where} contains {bad} NaN/infinite values; fix or drop them before running")
 
@@ -287,13 +484,14 @@ def gene_symbols(var: pd.DataFrame, ds: dict, where: str, name_: str = "<name>",
     return symbols.to_numpy(dtype=object)
 
 
-def _resolve_duplicates(X, symbols: np.ndarray, policy: str, where: str):
-    """Apply the duplicate-symbol policy; return (X, symbols, n_duplicates)."""
+def _duplicates(symbols: np.ndarray, policy: str, where: str):
+    """Apply the duplicate-symbol policy; return (agg, symbols, n_duplicates): ``agg`` (genes x unique symbols)
+    sums the columns that share a symbol (``sum``; None otherwise)."""
     names = pd.Index(symbols)
     dup_mask = names.duplicated(keep=False)
     n_dup = int(names.duplicated().sum())
     if not n_dup:
-        return X, symbols, 0
+        return None, symbols, 0
     if policy == "error":
         examples = ", ".join(sorted(set(names[dup_mask]))[:5])
         raise CellDualityError(
@@ -301,13 +499,12 @@ def _resolve_duplicates(X, symbols: np.ndarray, policy: str, where: str):
             "make_unique or sum, or deduplicate the input"
         )
     if policy == "make_unique":
-        return X, np.asarray(ad.utils.make_index_unique(names), dtype=object), n_dup
+        return None, np.asarray(ad.utils.make_index_unique(names), dtype=object), n_dup
     # sum columns that share a symbol, keeping the first occurrence's position
     codes, uniques = pd.factorize(names)
     agg = sp.csr_matrix((np.ones(len(codes), dtype=np.float32), (np.arange(len(codes)), codes)),
                         shape=(len(codes), len(uniques)))
-    summed = (sp.csr_matrix(X) @ agg).tocsr()
-    return summed, np.asarray(uniques, dtype=object), n_dup
+    return agg, np.asarray(uniques, dtype=object), n_dup
 
 
 def _obs_columns(adata: ad.AnnData, ds: dict, where: str, name_: str = "<name>") -> pd.DataFrame:
@@ -343,10 +540,11 @@ def _missing(values: pd.Series) -> np.ndarray:
     return (text.isna() | (text.str.strip() == "") | text.str.lower().isin(["nan", "none", "<na>"])).to_numpy(bool)
 
 
-def _missing_labels(X, obs: pd.DataFrame, ds: dict, policy: str, report: PreprocessReport, where: str,
-                    name_: str):
+def _missing_labels(obs: pd.DataFrame, ds: dict, policy: str, report: PreprocessReport, where: str,
+                    name_: str) -> np.ndarray:
     """``preprocess.missing_labels``: cells with an empty or NaN value in a ``labels`` column are dropped
-    (``drop``: counted per column in the QC summary and logged as a warning) or fail the step (``error``)."""
+    (``drop``: counted per column in the QC summary and logged as a warning) or fail the step (``error``).
+    Returns the positions of the cells kept."""
     drop = np.zeros(len(obs), dtype=bool)
     for canonical in ds.get("labels", {}):
         missing = _missing(obs[canonical])
@@ -363,86 +561,193 @@ def _missing_labels(X, obs: pd.DataFrame, ds: dict, policy: str, report: Preproc
         drop |= missing
     if drop.all():
         raise CellDualityError(f"{where}: every cell lacks a label in datasets.{name_}.labels; check the obs columns")
-    keep = np.flatnonzero(~drop)
-    return X[keep], obs.iloc[keep]
+    return np.flatnonzero(~drop)
 
 
-def preprocess(adata: ad.AnnData, ds: dict, settings: PreprocessSettings, dataset: str,
-               where: str) -> tuple[ad.AnnData, PreprocessReport]:
-    """Return the analysis-ready AnnData and a QC report (pure function; no I/O). ``ds`` is the dataset's
-    catalog entry (labels, species, layer, ...), ``settings`` the ``preprocess`` section."""
+@dataclass
+class _Plan:
+    """What the checks and the QC pass decided (:func:`_plan`); :func:`_output_blocks` applies it a block of rows
+    at a time."""
+
+    X: object  # the chosen matrix (see _by_rows)
+    kind: str  # counts | lognorm | tpm
+    blocks: list[tuple[int, int]]  # row ranges read together
+    symbol_keep: np.ndarray | None  # genes with a symbol (None: every gene)
+    agg: sp.csr_matrix | None  # genes x unique symbols: sums duplicates (duplicate_genes: sum)
+    gene_keep: np.ndarray  # of the symbols: expressed in enough QC-passing cells
+    rows: np.ndarray  # rows of X in the output, ascending
+    nnz_bound: int  # the output stores at most this many values
+    obs: pd.DataFrame
+    var: pd.DataFrame
+    uns: dict
+    report: PreprocessReport
+
+
+def _gene_steps(B: sp.csr_matrix, symbol_keep: np.ndarray | None, agg: sp.csr_matrix | None) -> sp.csr_matrix:
+    """The gene steps on a block of rows: genes without a symbol out, duplicate symbols summed, stored zeros out."""
+    if symbol_keep is not None:
+        B = B[:, symbol_keep]
+    if agg is not None:
+        B = (sp.csr_matrix(B) @ agg).tocsr()
+    B.eliminate_zeros()
+    return B
+
+
+def _plan(adata, ds: dict, settings: PreprocessSettings, dataset: str, where: str, chunk_nnz: int) -> _Plan:
+    """Everything but the output matrix: the checks, one pass over the rows a block at a time for QC (per cell:
+    genes, total, mitochondrial share; per gene: QC-passing cells expressing it), missing labels, pairing, and
+    the output's obs, var and uns. ``adata`` is an AnnData or an h5ad file's :class:`_H5adSource`."""
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise CellDualityError(f"{where}: the dataset is empty ({adata.n_obs} cells x {adata.n_vars} genes)")
     obs = _obs_columns(adata, ds, where, dataset)
     X, var, matrix, kind = _choose_matrix(adata, ds, where, settings.expression_check_rows, dataset,
                                           settings.expression)
     report = PreprocessReport(dataset, kind, matrix, adata.n_obs, X.shape[1], expression_setting=settings.expression)
-    X = sp.csr_matrix(X, dtype=np.float32) if not sp.issparse(X) else X.tocsr().astype(np.float32)
-    if X.nnz == 0:
+    X = _by_rows(X)
+    if _stored(X) == 0:
         raise CellDualityError(f"{where}: every value of {matrix} is zero; the file holds no expression")
 
     symbols = gene_symbols(var, ds, where, dataset, report)
     keep = symbols != ""
+    symbol_keep = None
     if not keep.all():
         report.dropped["genes_without_symbol"] = int((~keep).sum())
-        X, symbols = X[:, keep], symbols[keep]
-    X, symbols, report.duplicate_genes = _resolve_duplicates(X, symbols, settings.duplicate_genes, where)
+        symbol_keep, symbols = keep, symbols[keep]
+    agg, symbols, report.duplicate_genes = _duplicates(symbols, settings.duplicate_genes, where)
 
     # QC on counts (or on the values given) before normalization
-    X.eliminate_zeros()
-    cell_keep = np.diff(X.indptr) >= settings.min_genes
-    cell_keep &= np.asarray(X.sum(axis=1)).ravel() > 0
+    blocks = _row_blocks(X, chunk_nnz)
+    mito = None
     if settings.max_pct_mito is not None:
         mito = np.array([str(s).upper().startswith("MT-") for s in symbols])
-        totals = np.asarray(X.sum(axis=1)).ravel()
-        pct = 100 * np.asarray(X[:, mito].sum(axis=1)).ravel() / np.maximum(totals, 1e-12)
-        report.dropped["cells_high_mito"] = int((cell_keep & (pct > settings.max_pct_mito)).sum())
-        cell_keep &= pct <= settings.max_pct_mito
+    cell_keep = np.zeros(X.shape[0], dtype=bool)
+    expressed = np.zeros(len(symbols), dtype=np.int64)  # QC-passing cells with a positive value, per gene
+    stored = np.zeros(len(symbols), dtype=np.int64)  # their stored values, per gene
+    high_mito = 0
+    for start, stop in blocks:
+        B = _gene_steps(_block(X, start, stop), symbol_keep, agg)
+        totals = np.asarray(B.sum(axis=1)).ravel()
+        passing = (np.diff(B.indptr) >= settings.min_genes) & (totals > 0)
+        if mito is not None:
+            pct = 100 * np.asarray(B[:, mito].sum(axis=1)).ravel() / np.maximum(totals, 1e-12)
+            high_mito += int((passing & (pct > settings.max_pct_mito)).sum())
+            passing &= pct <= settings.max_pct_mito
+        cell_keep[start:stop] = passing
+        in_passing = np.repeat(passing, np.diff(B.indptr))
+        expressed += np.bincount(B.indices[in_passing & (B.data > 0)], minlength=len(symbols))
+        stored += np.bincount(B.indices[in_passing], minlength=len(symbols))
+    if mito is not None:
+        report.dropped["cells_high_mito"] = high_mito
     report.dropped["cells_qc"] = int((~cell_keep).sum())
-    X, obs = X[cell_keep], obs.iloc[np.flatnonzero(cell_keep)]
-    gene_keep = np.asarray((X > 0).sum(axis=0)).ravel() >= max(settings.min_cells, 1)
+    gene_keep = expressed >= max(settings.min_cells, 1)
     report.dropped["genes_qc"] = int((~gene_keep).sum())
-    X, symbols = X[:, gene_keep], symbols[gene_keep]
-    if X.shape[0] == 0:
+    rows, symbols = np.flatnonzero(cell_keep), symbols[gene_keep]
+    if rows.size == 0:
         raise CellDualityError(f"{where}: no cells pass QC (preprocess.min_genes={settings.min_genes}); lower it")
-    if X.shape[1] == 0:
+    if symbols.size == 0:
         raise CellDualityError(f"{where}: no genes pass QC (preprocess.min_cells={settings.min_cells}: a gene "
-                               f"must be expressed in that many of the {X.shape[0]} cells left); lower it")
-    X, obs = _missing_labels(X, obs, ds, settings.missing_labels, report, where, dataset)
+                               f"must be expressed in that many of the {rows.size} cells left); lower it")
+    obs = obs.iloc[rows]
+    labelled = _missing_labels(obs, ds, settings.missing_labels, report, where, dataset)
+    rows, obs = rows[labelled], obs.iloc[labelled]
     if (ds.get("pairing") or {}).get("control"):
-        rows = adata.obs_names.get_indexer(obs.index) if adata.obs_names.is_unique else None
-        if rows is None:
+        source_rows = adata.obs_names.get_indexer(obs.index) if adata.obs_names.is_unique else None
+        if source_rows is None:
             raise CellDualityError(f"{where}: datasets.{dataset}.pairing needs unique cell ids (obs_names)")
-        report.pairing = pair_cells(obs, adata.obs.iloc[rows].set_index(obs.index), ds["pairing"], where, dataset)
-
-    if kind == "counts":
-        totals = np.asarray(X.sum(axis=1)).ravel()
-        X = sp.diags((settings.target_sum / totals).astype(np.float32)) @ X
-        X.data = np.log1p(X.data)
-    elif kind == "tpm":  # already depth-normalized, not logged
-        X = X.copy()
-        X.data = np.log1p(X.data)
-    X = sp.csr_matrix(X, dtype=np.float32)
-    X.sort_indices()
-    X.eliminate_zeros()
+        report.pairing = pair_cells(obs, adata.obs.iloc[source_rows].set_index(obs.index), ds["pairing"], where,
+                                    dataset)
 
     obs.index = ad.utils.make_index_unique(pd.Index(obs.index.astype(str)))
     obs.index.name = "cell_id"
-    out = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=pd.Index(symbols.astype(str), name="gene")))
-    report.n_cells_out, report.n_genes_out = out.n_obs, out.n_vars
-    out.uns["cellduality_preprocess"] = json.loads(json.dumps(report.__dict__))
+    var = pd.DataFrame(index=pd.Index(symbols.astype(str), name="gene"))
+    report.n_cells_out, report.n_genes_out = len(obs), len(var)
+    uns = {"cellduality_preprocess": json.loads(json.dumps(report.__dict__))}
     if "provenance" in adata.uns:
-        out.uns["provenance"] = adata.uns["provenance"]
-    return out, report
+        uns["provenance"] = adata.uns["provenance"]
+    return _Plan(X, kind, blocks, symbol_keep, agg, gene_keep, rows, int(stored[gene_keep].sum()), obs, var, uns,
+                 report)
+
+
+def _output_blocks(plan: _Plan, target_sum: float) -> Iterator[sp.csr_matrix]:
+    """The output rows a block at a time: each block's kept rows and genes, normalized (counts: to
+    ``target_sum`` per cell, then log1p; tpm: log1p), as float32 CSR with sorted indices and no stored zeros."""
+    for start, stop in plan.blocks:
+        lo, hi = np.searchsorted(plan.rows, [start, stop])
+        if lo == hi:
+            continue
+        B = _gene_steps(_block(plan.X, start, stop), plan.symbol_keep, plan.agg)
+        B = B[plan.rows[lo:hi] - start][:, plan.gene_keep]
+        if plan.kind == "counts":
+            totals = np.asarray(B.sum(axis=1)).ravel()
+            scale = (target_sum / totals).astype(np.float32)
+            if B.has_canonical_format:  # the diagonal product's values, without its unsorted result
+                B.data *= np.repeat(scale, np.diff(B.indptr))
+            else:  # repeated indices in a row: the product sums them
+                B = sp.diags(scale) @ B
+            B.data = np.log1p(B.data)
+        elif plan.kind == "tpm":  # already depth-normalized, not logged
+            B.data = np.log1p(B.data)
+        B = sp.csr_matrix(B, dtype=np.float32)
+        B.sort_indices()
+        B.eliminate_zeros()
+        yield B
+
+
+def preprocess(adata: ad.AnnData, ds: dict, settings: PreprocessSettings, dataset: str,
+               where: str, chunk_nnz: int = CHUNK_NNZ) -> tuple[ad.AnnData, PreprocessReport]:
+    """Return the analysis-ready AnnData and a QC report (pure function; no I/O). ``ds`` is the dataset's
+    catalog entry (labels, species, layer, ...), ``settings`` the ``preprocess`` section. The matrix is
+    processed ``chunk_nnz`` stored values at a time (as :func:`preprocess_file` does); the result does not depend
+    on it."""
+    plan = _plan(adata, ds, settings, dataset, where, chunk_nnz)
+    blocks = list(_output_blocks(plan, settings.target_sum))
+    X = blocks[0] if len(blocks) == 1 else sp.vstack(blocks, format="csr")
+    out = ad.AnnData(X=X, obs=plan.obs, var=plan.var)
+    out.uns.update(plan.uns)
+    return out, plan.report
+
+
+def _write_output(plan: _Plan, target_sum: float, path: Path) -> None:
+    """Write the output h5ad: obs, var and uns through anndata, then X (CSR, the layout anndata writes) appended a
+    block of rows at a time. Index dtype: the blocks' (int32 unless the output can exceed its range)."""
+    n_rows, n_cols = len(plan.obs), len(plan.var)
+    ad.AnnData(obs=plan.obs, var=plan.var, uns=plan.uns).write_h5ad(path)
+    wide = max(plan.nnz_bound, n_cols) > np.iinfo(np.int32).max
+    chunk = int(min(max(plan.nnz_bound, 1), 1 << 20))
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    row = pos = 0
+    idx_dtype = np.int64 if wide else np.int32
+    with h5py.File(path, "a") as f:
+        group = f.create_group("X")
+        group.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0",
+                            "shape": np.array([n_rows, n_cols], dtype=np.int64)})
+        arrays = None
+        for block in _output_blocks(plan, target_sum):
+            if arrays is None:
+                idx_dtype = np.int64 if wide else block.indices.dtype
+                arrays = [group.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(chunk,), dtype=dtype)
+                          for name, dtype in (("data", np.float32), ("indices", idx_dtype))]
+            n = block.nnz
+            for dataset, values in zip(arrays, (block.data, block.indices)):
+                dataset.resize((pos + n,))
+                dataset[pos:pos + n] = values[:n]
+            indptr[row + 1:row + 1 + block.shape[0]] = pos + block.indptr[1:]
+            row, pos = row + block.shape[0], pos + n
+        if arrays is None:
+            for name, dtype in (("data", np.float32), ("indices", idx_dtype)):
+                group.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(chunk,), dtype=dtype)
+        group.create_dataset("indptr", data=indptr.astype(idx_dtype))
 
 
 def preprocess_file(src: str | Path, dest: str | Path, report_path: str | Path, ds: dict,
-                    settings: PreprocessSettings, dataset: str) -> PreprocessReport:
-    """Read ``src``, preprocess, and write ``dest`` (h5ad) and ``report_path`` (JSON) atomically."""
-    adata = read_h5ad(src)
-    out, report = preprocess(adata, ds, settings, dataset, where=f"{src} (dataset {dataset})")
-    with atomic_path(dest) as tmp:
-        out.write_h5ad(tmp)
+                    settings: PreprocessSettings, dataset: str, chunk_nnz: int = CHUNK_NNZ) -> PreprocessReport:
+    """Read ``src``, preprocess, and write ``dest`` (h5ad) and ``report_path`` (JSON) atomically. The matrix stays
+    on disk: it is read ``chunk_nnz`` stored values at a time, twice (QC, then normalization into ``dest``), so
+    memory grows with the cell count (obs and per-cell flags), not with the matrix (a CSC matrix is read whole)."""
+    with _open_h5ad(src, chunk_nnz) as source:
+        plan = _plan(source, ds, settings, dataset, f"{src} (dataset {dataset})", chunk_nnz)
+        with atomic_path(dest) as tmp:
+            _write_output(plan, settings.target_sum, tmp)
     with atomic_path(report_path) as tmp:
-        tmp.write_text(json.dumps(report.__dict__, indent=2) + "\n")
-    return report
+        tmp.write_text(json.dumps(plan.report.__dict__, indent=2) + "\n")
+    return plan.report
