@@ -95,7 +95,7 @@ rule preprocess:
     conda:
         "../envs/data.yaml"
     resources:
-        mem_mb=16000,
+        mem_mb=4000,
         runtime=120,
     params:
         code=script_code("preprocess.py"),

@@ -284,14 +284,14 @@ def _sample_values(X, n_rows: int) -> np.ndarray:
 
 
 def expression_kind(X, n_rows: int) -> str:
-    """'scaled' if any value of the first ``n_rows`` rows is negative, 'counts' if all are integers, else
-    'lognorm'."""
+    """'scaled' if any value of the first ``n_rows`` rows is negative, 'counts' if all are integers, 'tpm' if
+    some value exceeds UNLOGGED_MAX (no log-normalized value does: TPM, RPKM, CPM), else 'lognorm'."""
     values = _sample_values(X, n_rows)
     if values.size and values.min() < 0:
         return "scaled"
     if values.size and np.all(np.mod(values, 1) == 0):
         return "counts"
-    return "lognorm"
+    return "tpm" if values.size and values.max() > UNLOGGED_MAX else "lognorm"
 
 
 def _check_finite(X, where: str) -> None:
@@ -320,7 +320,9 @@ def _choose_matrix(adata: ad.AnnData, ds: dict, where: str, n_rows: int, name_: 
                    declared: str) -> tuple[object, pd.Index, str, str]:
     """Pick the matrix to use and return (X, var table, description, kind); ``declared`` is
     ``preprocess.expression`` (auto: detected from the values, and logged)."""
-    if ds.get("layer"):
+    if ds.get("layer") and ds["layer"] == adata.uns.get("source_layer"):  # taken at conversion (an .rds slot)
+        X, var, name = adata.X, adata.var, f"layer:{ds['layer']}"
+    elif ds.get("layer"):
         layer = ds["layer"]
         if layer not in adata.layers:
             raise CellDualityError(
@@ -348,9 +350,10 @@ def _choose_matrix(adata: ad.AnnData, ds: dict, where: str, n_rows: int, name_: 
         if kind == "scaled":
             raise CellDualityError(f"{where}: raw.X also has negative values; provide counts or log-normalized data")
     values = _sample_values(X, n_rows)
-    if kind == "lognorm" and values.size and values.max() > UNLOGGED_MAX:
-        log.warning("%s: %s looks log-normalized (non-integer) but reaches %.0f; if it holds TPM/RPKM-like unlogged "
-                    "values set preprocess.expression: tpm", where, name, float(values.max()))
+    if kind == "tpm":
+        log.info("%s: %s is non-integer and reaches %.0f, beyond any log-normalized value: read as TPM/RPKM-like "
+                 "(log1p without depth normalization; preprocess.expression: log1p overrides)", where, name,
+                 float(values.max()))
     log.info("%s: expression detected as %s in %s (preprocess.expression: auto)", where, kind, name)
     return X, var, name, kind
 
