@@ -206,3 +206,21 @@ def test_a_text_file_named_h5ad(tmp_path):
     with pytest.raises(CellDualityError, match="is named .h5ad"):
         convert_file(REAL / "not_really.h5ad", tmp_path / "out.h5ad", report, {"source": "cells.h5ad"}, dataset="x")
     assert not report.exists()
+
+
+def test_members_of_one_kind_that_are_not_all_matrices(tmp_path):
+    """A tar of a counts table and a cell table (both .csv.gz): read as samples, the cell table fails, and the
+    line says which keys pick the matrix and the table."""
+    import gzip
+    import tarfile
+
+    counts = pd.DataFrame(COUNTS[:, :5].astype(int), index=CELLS, columns=GENES[:5])
+    with tarfile.open(tmp_path / "series.tar", "w") as tar:
+        for name, frame in (("GSM1_counts.csv.gz", counts), ("GSM1_cells.csv.gz", COLDATA)):
+            path = tmp_path / name
+            path.write_bytes(gzip.compress(frame.to_csv().encode()))
+            tar.add(path, arcname=name)
+    message = error(tmp_path, tmp_path / "series.tar")
+    assert "not a number" in message and "set member to the matrix files, and obs_table.member" in message
+    a = convert(tmp_path, tmp_path / "series.tar", member="*_counts.csv.gz", obs_table={"member": "*_cells.csv.gz"})
+    assert list(a.obs["cell_type"].astype(str))[:2] == list(COLDATA["cell_type"])[:2]

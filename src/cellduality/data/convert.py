@@ -482,7 +482,14 @@ def _read_container(path: Path, kind: str, job: _Job, label: str, top: bool) -> 
         if sub not in FORMATS:
             raise _not_data(sub, detail, job.at("member" if top and spec.member else "source"), sub_label)
         stem = _EXTENSIONS.sub("", posixpath.basename(name))
-        got = _read(files[name], sub, job, sub_label, top=False)
+        try:
+            got = _read(files[name], sub, job, sub_label, top=False)
+        except CellDualityError as err:
+            if not (top and len(singles) > 1 and not spec.member):
+                raise
+            raise CellDualityError(f"{err}; {label} was read as {len(singles)} samples (every member, as member is "
+                                   "not set): set member to the matrix files, and obs_table.member to a cell "
+                                   "table among them") from None
         parts += [(stem if len(got) == 1 else f"{stem}/{s}", a) for s, a in got]
         job.members += [name] if top else []
     return parts
