@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from cell_sentences import _alias_table  # benchmarks/cell_sentences.py: the same gene sampler
 
 REPO = Path(__file__).resolve().parent.parent
 SRC = REPO / "src"
@@ -129,23 +130,6 @@ def _kernels():
                 data[o + j] = np.float32(1.0 + np.floor(np.log(u) / np.log(m / (1.0 + m))))
 
     return genes_per_cell, fill
-
-
-def _alias_table(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Walker/Vose alias table for sampling index g with probability p[g]."""
-    n = p.size
-    scaled = p * n / p.sum()
-    prob, alias = np.zeros(n), np.zeros(n, dtype=np.int64)
-    small = [i for i in range(n) if scaled[i] < 1.0]
-    large = [i for i in range(n) if scaled[i] >= 1.0]
-    while small and large:
-        s, g = small.pop(), large.pop()
-        prob[s], alias[s] = scaled[s], g
-        scaled[g] = scaled[g] + scaled[s] - 1.0
-        (small if scaled[g] < 1.0 else large).append(g)
-    for i in small + large:
-        prob[i], alias[i] = 1.0, i
-    return prob, alias
 
 
 def gene_model(n_genes: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
