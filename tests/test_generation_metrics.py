@@ -91,25 +91,90 @@ def test_gromov_wasserstein_self_and_isometric_copy():
     other = rng.uniform(size=(60, 5)) ** 4
     assert gromov_wasserstein(X, other) > 1e-3
     assert gromov_wasserstein(X, other, max_cells=20) > 0
+    big = rng.normal(size=(150, 4))  # above 64 points: the multilevel search
+    assert gromov_wasserstein(big, big[::-1] @ np.diag([1, -1, 1, 1]), normalize=None) == pytest.approx(0.0, abs=1e-9)
     with pytest.raises(CellDualityError, match="normalize"):
         gromov_wasserstein(X, X, normalize="mean")
 
 
-def test_gromov_wasserstein_keeps_the_best_of_several_starts():
+def _gw_case(kind: str, seed: int, n: int, m: int, d: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 4, (4, d))
+
+    def draw(k):
+        if kind == "gauss":
+            return rng.normal(size=(k, d))
+        if kind == "cubed":
+            return rng.normal(size=(k, d)) ** 3
+        if kind == "skewed":
+            return rng.uniform(size=(k, d)) ** 4
+        return centers[rng.integers(0, 4, k)] + rng.normal(size=(k, d))  # clusters
+
+    return draw(n), draw(m)
+
+
+def _gw_pot(X, Y, starts):
+    """POT's solver on the max-normalised distance matrices from each coupling in ``starts`` (None: product)."""
     import ot
     from scipy.spatial.distance import cdist
 
+    C1, C2 = cdist(X, X), cdist(Y, Y)
+    C1, C2 = C1 / C1.max(), C2 / C2.max()
+    p, q = np.full(len(X), 1 / len(X)), np.full(len(Y), 1 / len(Y))
+    return [float(ot.gromov.gromov_wasserstein2(C1, C2, p, q, loss_fun="square_loss", G0=G0)) for G0 in starts]
+
+
+# 10 random cases: 20-60 points in 2-7 dimensions, equal and unequal sizes, Gaussian, heavy-tailed, skewed and
+# clustered clouds
+GW_CASES = [("gauss", 11, 46, 46, 7), ("cubed", 12, 31, 31, 3), ("skewed", 13, 38, 38, 7),
+            ("clusters", 14, 20, 27, 6), ("gauss", 15, 54, 46, 5), ("cubed", 16, 45, 51, 4),
+            ("skewed", 17, 59, 49, 5), ("clusters", 18, 42, 23, 3), ("gauss", 19, 39, 39, 4),
+            ("clusters", 20, 53, 53, 7)]
+
+
+def test_gromov_wasserstein_within_one_percent_of_many_restarts():
+    """Issue #28 item 7: within 1% of the best of 101 starts of POT's solver (the product coupling and 100 random
+    vertex couplings). The previous method (the best of 5 such starts) is more than 1% above it on 7 of these
+    10 cases (up to +16%)."""
+    import ot
+
+    for case in GW_CASES:
+        X, Y = _gw_case(*case)
+        p, q = np.full(len(X), 1 / len(X)), np.full(len(Y), 1 / len(Y))
+        rng = np.random.default_rng(1)
+        best = min(_gw_pot(X, Y, [None] + [ot.emd(p, q, rng.random((len(X), len(Y)))) for _ in range(100)]))
+        assert gromov_wasserstein(X, Y) <= 1.01 * best, case
+
+
+def test_gromov_wasserstein_improves_on_pots_solver():
+    import ot
+    from scipy.spatial.distance import cdist
+
+    from cellduality.evaluation.generation_metrics import _gw_search
+
     rng = np.random.default_rng(3)
-    worse = 0
-    for _ in range(6):
+    better = 0
+    for i in range(3):
         X, Y = rng.normal(size=(40, 5)), rng.normal(size=(30, 5)) ** 3
-        single = ot.gromov.gromov_wasserstein2(cdist(X, X), cdist(Y, Y), np.full(40, 1 / 40), np.full(30, 1 / 30),
-                                               loss_fun="square_loss")
-        best = gromov_wasserstein(X, Y, normalize=None, n_init=8)
-        assert best <= single + 1e-9  # the product-coupling start is one of the starts
-        worse += best < single - 1e-6
-        assert gromov_wasserstein(X, Y, normalize=None, n_init=1) == pytest.approx(single)
-    assert worse >= 2  # a single start is stuck in a local optimum on some of these cases
+        single = _gw_pot(X, Y, [None])[0]  # POT's solver from the product coupling, a start of the search too
+        best = gromov_wasserstein(X, Y)
+        assert best <= single + 1e-9
+        better += best < single * 0.99
+        assert gromov_wasserstein(X, Y, n_init=1) <= single + 1e-9
+        if i == 0:
+            assert gromov_wasserstein(X, Y, seed=1) <= 1.01 * best  # another seed finds about as good a coupling
+    assert better >= 2  # POT's solver stops in a poor local optimum on some of these cases
+    # the value is the GW loss of a coupling that POT's solver leaves as it is; raw and normalised at one coupling
+    X, Y = rng.normal(size=(40, 5)), rng.normal(size=(90, 5)) ** 3  # 90 points: the multilevel search
+    C1, C2 = cdist(X, X), cdist(Y, Y)
+    p, q = np.full(40, 1 / 40), np.full(90, 1 / 90)
+    T = _gw_search(X, Y, C1 / C1.max(), C2 / C2.max(), n_init=20)
+    np.testing.assert_allclose(T.sum(1), p, atol=1e-12)
+    np.testing.assert_allclose(T.sum(0), q, atol=1e-12)
+    raw = gromov_wasserstein(X, Y, normalize=None, n_init=20)
+    assert raw == pytest.approx(float(ot.gromov.gwloss(*ot.gromov.init_matrix(C1, C2, p, q), T)), rel=1e-9)
+    assert raw == pytest.approx(ot.gromov.gromov_wasserstein2(C1, C2, p, q, G0=T), rel=1e-9)
+    assert gromov_wasserstein(X, Y, n_init=20) == pytest.approx(_gw_pot(X, Y, [T])[0], rel=1e-9)
 
 
 def test_knn_accuracy_on_separable_clusters():
