@@ -107,6 +107,7 @@ rule ceiling:
             max_new_tokens=GRPO.dual_max_new_tokens,
             seed=GRPO.replicate(wildcards.rep).seed,
             embedding=EMBEDDING,
+            label_duals=REWARDS.label_duals,
         ),
         files=lambda wildcards, input, output: cli_json(
             model=input.model,

@@ -11,6 +11,7 @@ import pytest
 from conftest import make_task_row
 
 from cellduality.config import load_config
+from cellduality.errors import CellDualityError
 from cellduality.evaluation.settings import EvaluationSettings
 from cellduality.tasks import prompts
 from cellduality.tasks.prompts import format_answer
@@ -111,6 +112,69 @@ def test_duality_reward_dedups_dual_prompts_and_scores_reconstruction():
     oracle = TaskReward(RewardSettings(mode="oracle"))
     assert oracle(prompts=[None] * 4, completions=completions, task=["annotation"] * 4,
                   **_columns(rows)) == [1.0, 1.0, -1.0, 1.0]
+
+
+def _generation_rows(labels):
+    return rows_frame([make_task_row(
+        prompt_id=f"generation:primal:rl:d:c{i}", task="generation", stage="rl", label=label, candidates=TYPES,
+        prompt=prompts.generation_prompt(label, 2), reference_sentence="CD3E GENE1")
+        for i, label in enumerate(labels)])
+
+
+def test_label_duals_probability_scores_the_dual_instead_of_generating_it():
+    rows = _generation_rows(["T cell", "T cell", "T cell", "B cell"])
+    t_like = {"T cell": 0.7, "B cell": 0.2, "Monocyte": 0.1}
+    other = {"T cell": 0.1, "B cell": 0.6, "Monocyte": 0.3}
+    scored = []
+
+    def scorer(conversations, candidates):
+        scored.extend(zip(conversations, candidates))
+        return [dict(t_like if "CD3E" in c[-1]["content"] else other) for c in conversations]
+
+    def generator(conversations):
+        raise AssertionError("a scored dual is not generated")
+
+    completions = [format_answer("", "CD3E GENE1"), format_answer("", "CD3E GENE1"), "no tags",
+                   format_answer("", "MS4A1 GENE2")]
+    columns = _columns(rows)
+    reward = TaskReward(RewardSettings(mode="duality", label_duals="probability"), generator, scorer)
+    logged = {}
+    assert reward(prompts=[None] * 4, completions=completions, task=["generation"] * 4,
+                  log_metric=logged.__setitem__, **columns) == [0.7, 0.7, -1.0, 0.6]
+    assert len(scored) == 2 and all(list(c) == TYPES for _, c in scored)  # one score per distinct dual prompt
+    assert logged["dual_generations"] == 2
+    # the negative control scores the same probabilities against another prompt's condition
+    shuffled = TaskReward(RewardSettings(mode="shuffled", label_duals="probability"), generator, scorer)
+    rows2 = _generation_rows(["T cell", "B cell"])
+    assert shuffled(prompts=[None] * 2, completions=[completions[0], completions[3]], task=["generation"] * 2,
+                    prompt_id=rows2["prompt_id"].tolist(), **_columns(rows2)) == [0.2, 0.1]
+    # the paper's reward (answer) generates the dual and scores its answer
+    answered = TaskReward(RewardSettings(mode="duality"), lambda convs: [format_answer("", "T cell")] * len(convs),
+                          lambda *a: pytest.fail("an answered dual is not scored"))
+    assert answered(prompts=[None] * 4, completions=completions, task=["generation"] * 4, **columns) == \
+        [1.0, 1.0, -1.0, 0.0]
+    with pytest.raises(CellDualityError, match="rewards.label_duals must be one of answer, probability"):
+        RewardSettings(label_duals="soft")
+
+
+def test_model_dual_scorer_gives_the_candidates_a_distribution(workspace):
+    from transformers import AutoModelForCausalLM
+
+    from cellduality.training.duality import model_dual_scorer
+    from cellduality.training.setup import load_tokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(workspace / "base")
+    model.train()
+    scorer = model_dual_scorer(model, load_tokenizer(workspace / "base"))
+    conversation = prompts.generation_dual_prompt(["CD3E", "GENE1"], {}, TYPES)
+    first, = scorer([conversation], [TYPES])
+    assert set(first) == set(TYPES) and sum(first.values()) == pytest.approx(1.0)
+    assert model.training  # scored in eval mode, left as it was
+    two = scorer([conversation, conversation], [TYPES, TYPES[:2]])
+    assert two[0] == pytest.approx(first)
+    assert set(two[1]) == set(TYPES[:2]) and sum(two[1].values()) == pytest.approx(1.0)
+    # renormalised over a smaller candidate set: the same odds between the labels it keeps
+    assert two[1]["T cell"] / two[1]["B cell"] == pytest.approx(first["T cell"] / first["B cell"], rel=1e-4)
 
 
 SFT_CFG = SFTSettings(seed=0, epochs=1, max_steps=4, learning_rate=1e-3, per_device_batch_size=4,

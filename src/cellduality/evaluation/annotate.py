@@ -10,8 +10,8 @@ carried (``context``: e.g. ``tissue: peripheral blood``). The cells are preproce
 copy; ``adata.X`` is not changed), each becomes a top-K cell sentence, and the annotation prompt the model was
 trained on (the same context line, from obs columns or the training constants) is scored, not generated: the
 model's probability of answering each label of its label set, teacher-forced after the answer-only reply prefix
-(:func:`label_probabilities`), renormalised over the labels. So every cell gets a label and no answer can be
-malformed. Written (scanpy's convention: in place, or on a copy with ``copy=True``):
+(:func:`cellduality.training.decoding.label_probabilities`), renormalised over the labels. So every cell gets a
+label and no answer can be malformed. Written (scanpy's convention: in place, or on a copy with ``copy=True``):
 
 - ``obs["cellduality_label"]``: the most probable label; ``unassigned`` below ``min_confidence`` and for cells
   removed by the model's QC (too few genes);
@@ -42,6 +42,7 @@ import pandas as pd
 from cellduality.errors import CellDualityError, warn
 from cellduality.io import atomic_path
 from cellduality.tasks.prompts import annotation_prompt, is_present
+from cellduality.training.decoding import label_probabilities
 from cellduality.training.model_card import read_model_card
 
 log = logging.getLogger(__name__)
@@ -49,44 +50,6 @@ UNASSIGNED = "unassigned"
 KEY = "cellduality"
 FIT_MEDIAN = 0.5  # median confidence below this: the cells do not look like the model's training cells
 MIN_OVERLAP = 0.5  # share of the cells' expressed genes the model knows, below which annotate warns
-
-
-def label_probabilities(model, tokenizer, conversations: Sequence[Sequence[Mapping[str, str]]],
-                        labels: Sequence[str], batch_size: int = 64) -> np.ndarray:
-    """cells x labels: the model's probability of answering each label, teacher-forced after the chat prompt and
-    the answer-only reply prefix, renormalised over ``labels``. One forward pass per cell where every label is a
-    single token of the tokenizer (the embedded tokenizer's label items); else one per (cell, label)
-    (:func:`cellduality.training.decoding.candidate_log_probs`)."""
-    from cellduality.training.decoding import ANSWER_ONLY_PREFIX, candidate_log_probs, label_item_tokens
-
-    by_label: dict[str, list[int]] = {}
-    for token, label in label_item_tokens(tokenizer).items():
-        by_label.setdefault(label, []).append(token)
-    if not all(label in by_label for label in labels):
-        scores = np.array(candidate_log_probs(model, tokenizer, conversations, [list(labels)] * len(conversations),
-                                              batch_size=batch_size))
-        return _softmax(scores)
-    import torch
-
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    out = []
-    try:
-        for start in range(0, len(conversations), batch_size):
-            texts = [tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True)
-                     + ANSWER_ONLY_PREFIX for c in conversations[start:start + batch_size]]
-            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            with torch.no_grad():  # only the last position's logits (the LM head over every position dominates)
-                logp = model(**batch, logits_to_keep=1).logits[:, -1].float().log_softmax(-1)
-            out.append(torch.stack([torch.logsumexp(logp[:, by_label[label]], dim=1) for label in labels], 1).cpu())
-    finally:
-        tokenizer.padding_side = side
-    return _softmax(torch.cat(out).numpy()) if out else np.zeros((0, len(labels)))
-
-
-def _softmax(scores: np.ndarray) -> np.ndarray:
-    scores = scores - scores.max(axis=1, keepdims=True)
-    weights = np.exp(scores)
-    return weights / weights.sum(axis=1, keepdims=True)
 
 
 def context_of(card: Mapping[str, Any], obs: pd.DataFrame, metadata: Mapping[str, str] | None,

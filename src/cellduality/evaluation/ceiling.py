@@ -9,7 +9,8 @@ scores generation):
   the real cells;
 - ``policy_accuracy``: the share of the policy's sampled cells (``samples`` per prompt at ``temperature``) the
   independent judge recognises as their condition;
-- ``mean_reward``: the duality reward of those samples;
+- ``mean_reward``: the duality reward of those samples (scored as ``rewards.label_duals`` says: the dual's
+  constrained greedy answer, or its probability of the condition);
 - ``kl_optimum_accuracy``: the independent judge's accuracy under GRPO's KL-regularised optimum
   p*(y | x) ~ p_sft(y | x) exp(r(y) / beta), estimated by reweighting each prompt's samples by exp(r / beta);
 - ``ceiling_gain``: ``kl_optimum_accuracy - policy_accuracy``: what the reward can add at the configured beta.
@@ -57,7 +58,7 @@ def kl_reweighted_accuracy(rewards: Sequence[Sequence[float]], right: Sequence[S
 def generation_ceiling(model_dir: str | Path, tables: Sequence[str | Path], data: Mapping[str, Mapping[str, str]],
                        out: str | Path, *, samples: int, temperature: float, beta: float, max_prompts: int | None,
                        max_new_tokens: int, seed: int, embedding: EmbeddingSettings | None = None,
-                       batch_size: int = 64) -> dict:
+                       batch_size: int = 64, label_duals: str = "answer") -> dict:
     """Measure (see the module notes) on at most ``max_prompts`` RL generation prompts of ``tables`` (the first of
     GRPO's seeded order) and write a JSON summary to ``out``."""
     import torch
@@ -65,7 +66,7 @@ def generation_ceiling(model_dir: str | Path, tables: Sequence[str | Path], data
 
     from cellduality.evaluation.generation_metrics import knn_recognised
     from cellduality.training.datasets import rl_dataset
-    from cellduality.training.decoding import generate_chat
+    from cellduality.training.decoding import generate_chat, label_probabilities
     from cellduality.training.setup import load_tokenizer, on_device
 
     rows = rl_dataset(tables, seed=seed, task_prompts={"generation": max_prompts}).to_pandas()
@@ -93,8 +94,20 @@ def generation_ceiling(model_dir: str | Path, tables: Sequence[str | Path], data
                               temperature=temperature)
     genes = [response_genes(r) for r in responses]
     penalty = RewardSettings().format_penalty
-    dual = judge(genes, index)
-    rewards = [penalty if g is None else float(d == rows["label"].iloc[i]) for g, d, i in zip(genes, dual, index)]
+    if label_duals == "probability":  # the dual's probability of the condition, batched per candidate set
+        rewards = [penalty if g is None else 0.0 for g in genes]
+        by_set: dict[tuple[str, ...], list[int]] = {}
+        for k, (g, i) in enumerate(zip(genes, index)):
+            if g:
+                by_set.setdefault(tuple(candidates[i]), []).append(k)
+        for options, ks in by_set.items():
+            convs = [prompts.generation_dual_prompt(list(genes[k]), metadata[index[k]], list(options)) for k in ks]
+            p = label_probabilities(model, tokenizer, convs, list(options), batch_size=batch_size)
+            for k, row in zip(ks, p):
+                rewards[k] = float(row[options.index(rows["label"].iloc[index[k]])])
+    else:
+        dual = judge(genes, index)
+        rewards = [penalty if g is None else float(d == rows["label"].iloc[i]) for g, d, i in zip(genes, dual, index)]
 
     fit, space, real_e = ExpressionSpace(data).embed_references(rows["dataset"].iloc[0], rows["reference_sentence"],
                                                                 embedding, seed)
@@ -110,7 +123,7 @@ def generation_ceiling(model_dir: str | Path, tables: Sequence[str | Path], data
     policy = float(right.mean())
     optimum = kl_reweighted_accuracy([r for r, _ in grouped], [k for _, k in grouped], beta)
     summary = {"model": str(model_dir), "task": "generation", "n_prompts": len(rows), "samples": samples,
-               "temperature": temperature, "beta": beta, "judge_accuracy_real": judge_real,
+               "temperature": temperature, "beta": beta, "label_duals": label_duals, "judge_accuracy_real": judge_real,
                "policy_accuracy": policy, "mean_reward": float(np.mean(rewards)),
                "format_ok": float(np.mean(ok)), "kl_optimum_accuracy": optimum, "ceiling_gain": optimum - policy,
                "chance_rate": float(rows["label"].value_counts(normalize=True).max())}

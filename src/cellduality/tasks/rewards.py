@@ -32,6 +32,7 @@ DEFAULT_FORMAT_PENALTY = schema_default("rewards.format_penalty")
 CELLPUZZLES_VARIANTS = ("paper", "released")
 _RELEASED_FORMAT = re.compile(r"^<think>.*?</think>\n<answer>.*?</answer>$", re.DOTALL)  # tags checked once first
 REWARD_MODES = ("duality", "oracle", "shuffled")
+LABEL_DUALS = ("answer", "probability")  # how a dual that names a label is scored (rewards.label_duals)
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,12 @@ class RewardSettings(Settings):
     format_penalty: float = setting("rewards.format_penalty")
     cellpuzzles: str = setting("rewards.cellpuzzles")
     strict_format: bool = setting("rewards.strict_format")
+    label_duals: str = setting("rewards.label_duals")
 
     def __post_init__(self) -> None:
+        if self.label_duals not in LABEL_DUALS:
+            raise CellDualityError(
+                f"rewards.label_duals must be one of {', '.join(LABEL_DUALS)}; got {self.label_duals!r}")
         if self.mode not in REWARD_MODES:
             raise CellDualityError(f"rewards.mode must be one of {', '.join(REWARD_MODES)}; got {self.mode!r}")
         if self.cellpuzzles not in CELLPUZZLES_VARIANTS:
@@ -127,16 +132,20 @@ def inpainting_duality_reward(
 
 def categorical_duality_reward(
     primal_response: str | ParsedResponse,
-    dual_response: str | ParsedResponse | None,
+    dual_response: str | ParsedResponse | Mapping[str, float] | None,
     true_label: str,
     allowed: Iterable[str] | None = None,
     synonyms: Mapping[str, str] | None = None,
     format_penalty: float = DEFAULT_FORMAT_PENALTY,
     strict: bool = False,
 ) -> float:
-    """Generation / perturbation duality reward: 1[dual recovers the primal's input label]."""
+    """Generation / perturbation duality reward: 1[dual recovers the primal's input label]; with the dual's
+    probability of each candidate label (a mapping, ``rewards.label_duals: probability``) its probability of the
+    input label, the expected value of that indicator."""
     reward = 0.0
-    if dual_response is not None:
+    if isinstance(dual_response, Mapping):
+        reward = float(sum(p for label, p in dual_response.items() if labels_equal(label, true_label, synonyms)))
+    elif dual_response is not None:
         reward = reconstruction_reward(dual_response, true_label, allowed, synonyms, strict)
     return with_format_penalty(primal_response, reward, format_penalty, strict)
 

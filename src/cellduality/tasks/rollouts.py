@@ -80,15 +80,18 @@ def inpainting_duality(r: Rollout, duals: Sequence[str] | None, settings: reward
                                              settings.strict_format)
 
 
-def label_duality(r: Rollout, duals: Sequence[str] | None, settings: rewards.RewardSettings) -> float:
-    """Generation: 1[the dual recovers the conditioning label]."""
+def label_duality(r: Rollout, duals: Sequence[str | Mapping[str, float]] | None,
+                  settings: rewards.RewardSettings) -> float:
+    """Generation: 1[the dual recovers the conditioning label] (or the dual's probability of it: a dual given as
+    the probability of each candidate)."""
     dual = duals[0] if duals else None
     return rewards.categorical_duality_reward(r.parsed, dual, r.label, r.candidates or None, None,
                                               settings.format_penalty, settings.strict_format)
 
 
-def drug_duality(r: Rollout, duals: Sequence[str] | None, settings: rewards.RewardSettings) -> float:
-    """Perturbation: 1[the dual recovers the drug]."""
+def drug_duality(r: Rollout, duals: Sequence[str | Mapping[str, float]] | None,
+                 settings: rewards.RewardSettings) -> float:
+    """Perturbation: 1[the dual recovers the drug] (or the dual's probability of it, as :func:`label_duality`)."""
     dual = duals[0] if duals else None
     return rewards.categorical_duality_reward(r.parsed, dual, r.metadata.get("drug", r.label), r.candidates or None,
                                               None, settings.format_penalty, settings.strict_format)

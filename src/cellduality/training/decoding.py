@@ -14,7 +14,9 @@ span several tokens) decode unconstrained.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+import numpy as np
 
 from cellduality.tasks.prompts import CELLPUZZLES_ANSWER_SEP
 from cellduality.training.tiny_model import ANSWER_CLOSE, ANSWER_TAG
@@ -268,3 +270,39 @@ def candidate_log_probs(model, tokenizer, conversations: Sequence[Messages], can
         continuations += list(options)
     flat = iter(continuation_log_probs(model, tokenizer, contexts, continuations, batch_size))
     return [[next(flat) for _ in options] for options in candidates]
+
+
+def label_probabilities(model, tokenizer, conversations: Sequence[Sequence[Mapping[str, str]]],
+                        labels: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """cells x labels: the model's probability of answering each label, teacher-forced after the chat prompt and
+    the answer-only reply prefix, renormalised over ``labels``. One forward pass per cell where every label is a
+    single token of the tokenizer (the embedded tokenizer's label items); else one per (cell, label)
+    (:func:`candidate_log_probs`)."""
+    by_label: dict[str, list[int]] = {}
+    for token, label in label_item_tokens(tokenizer).items():
+        by_label.setdefault(label, []).append(token)
+    if not all(label in by_label for label in labels):
+        scores = np.array(candidate_log_probs(model, tokenizer, conversations, [list(labels)] * len(conversations),
+                                              batch_size=batch_size))
+        return _softmax(scores)
+    import torch
+
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    out = []
+    try:
+        for start in range(0, len(conversations), batch_size):
+            texts = [tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True)
+                     + ANSWER_ONLY_PREFIX for c in conversations[start:start + batch_size]]
+            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            with torch.no_grad():  # only the last position's logits (the LM head over every position dominates)
+                logp = model(**batch, logits_to_keep=1).logits[:, -1].float().log_softmax(-1)
+            out.append(torch.stack([torch.logsumexp(logp[:, by_label[label]], dim=1) for label in labels], 1).cpu())
+    finally:
+        tokenizer.padding_side = side
+    return _softmax(torch.cat(out).numpy()) if out else np.zeros((0, len(labels)))
+
+
+def _softmax(scores):
+    scores = scores - scores.max(axis=1, keepdims=True)
+    weights = np.exp(scores)
+    return weights / weights.sum(axis=1, keepdims=True)

@@ -5,9 +5,12 @@ known part x_k (the task's ``duals`` in :mod:`cellduality.tasks.registry`), answ
 (the live policy by default, or a frozen model), and scored by reconstruction fidelity (the task's
 ``duality_reward``). Dual prompts are deduplicated before generation: the G rollouts of
 one prompt that give the same answer share one dual generation (greedy by default), so they get the
-same reward. The oracle reward is also computed in duality mode and logged (never optimised) as a
-diagnostic of how well the duality reward tracks correctness. The ``shuffled`` reward (the ablation's negative
-control) is the duality reward scored against another prompt's condition (:func:`shuffle_conditions`).
+same reward. With ``rewards.label_duals: probability`` a dual that names a label (generation's type,
+perturbation's drug) is scored instead of generated: the dual model's probability of each of the prompt's
+candidates (a dual scorer, one teacher-forced forward pass), and the reward is the probability of the condition.
+The oracle reward is also computed in duality mode and logged (never optimised) as a diagnostic of how well
+the duality reward tracks correctness. The ``shuffled`` reward (the ablation's negative control) is the duality
+reward scored against another prompt's condition (:func:`shuffle_conditions`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from cellduality.tasks.rollouts import Rollout
 
 Messages = list[dict[str, str]]
 DualGenerator = Callable[[list[Messages]], list[str]]
+# conversations and each one's candidate labels -> each one's probability of every candidate
+DualScorer = Callable[[list[Messages], list[Sequence[str]]], list[dict[str, float]]]
 
 
 def completion_text(completion: Any) -> str:
@@ -85,9 +90,11 @@ def shuffle_conditions(rows: list[dict[str, Any]], seed: int) -> list[dict[str, 
 class TaskReward:
     """A TRL reward function (``reward_funcs=[TaskReward(...)]``) for every task of the mixed RL dataset."""
 
-    def __init__(self, settings: rewards.RewardSettings, dual_generator: DualGenerator | None = None) -> None:
+    def __init__(self, settings: rewards.RewardSettings, dual_generator: DualGenerator | None = None,
+                 dual_scorer: DualScorer | None = None) -> None:
         self.settings = settings
         self.dual_generator = dual_generator
+        self.dual_scorer = dual_scorer
         self.__name__ = f"{settings.mode}_reward"
         self.last_stats: dict[str, float] = {}
         self._calls = 0  # salts the shuffled reward's permutation per batch
@@ -115,21 +122,78 @@ class TaskReward:
                 log_metric(name, float(value))
         return result
 
+    def _scored(self, ctx: Rollout) -> bool:
+        """Whether ``ctx``'s dual is scored over its candidates rather than generated (``rewards.label_duals``)."""
+        return (self.settings.label_duals == "probability" and bool(ctx.candidates)
+                and get_task(ctx.task).dual_kind == "label")
+
     def _duality(self, contexts: list[Rollout]) -> tuple[list[float], int]:
-        if self.dual_generator is None:
-            raise RuntimeError("duality rewards need a dual generator (attach the trainer or a frozen model)")
         requests = [dual_prompts(ctx, self.settings.strict_format) for ctx in contexts]
-        unique: dict[str, Messages] = {}
-        for group in requests:
+        generated: dict[str, Messages] = {}
+        scored: dict[str, tuple[Messages, tuple[str, ...]]] = {}
+        for ctx, group in zip(contexts, requests):
             for messages in group or []:
-                unique.setdefault(json.dumps(messages, sort_keys=True), messages)
-        keys = list(unique)
-        replies = dict(zip(keys, self.dual_generator([unique[k] for k in keys]))) if keys else {}
+                key = json.dumps(messages, sort_keys=True)
+                if self._scored(ctx):
+                    scored.setdefault(key, (messages, tuple(ctx.candidates)))
+                else:
+                    generated.setdefault(key, messages)
+        replies: dict[str, Any] = {}
+        if generated:
+            if self.dual_generator is None:
+                raise RuntimeError("duality rewards need a dual generator (attach the trainer or a frozen model)")
+            replies.update(zip(generated, self.dual_generator(list(generated.values()))))
+        if scored:
+            if self.dual_scorer is None:
+                raise RuntimeError("rewards.label_duals: probability needs a dual scorer (attach the trainer or a "
+                                   "frozen model)")
+            replies.update(zip(scored, self.dual_scorer([m for m, _ in scored.values()],
+                                                        [c for _, c in scored.values()])))
         result = []
         for ctx, group in zip(contexts, requests):
             duals = None if group is None else [replies[json.dumps(m, sort_keys=True)] for m in group]
             result.append(duality_reward(ctx, duals, self.settings))
-        return result, len(keys)
+        return result, len(generated) + len(scored)
+
+
+def scorer_of(model_of: Callable[[], Any], tokenizer, batch_size: int = 16) -> DualScorer:
+    """A :data:`DualScorer` from a context manager factory yielding the model to score with."""
+    from cellduality.training.decoding import label_probabilities
+
+    def score(conversations: list[Messages], candidates: list[Sequence[str]]) -> list[dict[str, float]]:
+        out: list[dict[str, float]] = [{} for _ in conversations]
+        by_set: dict[tuple[str, ...], list[int]] = {}
+        for i, options in enumerate(candidates):
+            by_set.setdefault(tuple(options), []).append(i)
+        with model_of() as model:
+            was_training = model.training
+            model.eval()
+            try:
+                for options, index in by_set.items():
+                    probabilities = label_probabilities(model, tokenizer, [conversations[i] for i in index],
+                                                        list(options), batch_size=batch_size)
+                    for i, row in zip(index, probabilities):
+                        out[i] = dict(zip(options, map(float, row)))
+            finally:
+                model.train(was_training)
+        return out
+
+    return score
+
+
+def policy_dual_scorer(trainer, batch_size: int = 16) -> DualScorer:
+    """Dual label probabilities from the live policy being trained (unwrapped, no gradients)."""
+    from trl.models import unwrap_model_for_generation
+
+    return scorer_of(lambda: unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator),
+                     trainer.processing_class, batch_size)
+
+
+def model_dual_scorer(model, tokenizer, batch_size: int = 16) -> DualScorer:
+    """Dual label probabilities from a fixed model (e.g. the frozen SFT model)."""
+    from contextlib import nullcontext
+
+    return scorer_of(lambda: nullcontext(model), tokenizer, batch_size)
 
 
 def policy_dual_generator(trainer, max_new_tokens: int, temperature: float = 0.0,

@@ -25,7 +25,13 @@ from cellduality.tasks.rewards import RewardSettings
 from cellduality.tasks.schema import decode_value
 from cellduality.training.datasets import rl_dataset
 from cellduality.training.decoding import answer_processors
-from cellduality.training.duality import TaskReward, model_dual_generator, policy_dual_generator
+from cellduality.training.duality import (
+    TaskReward,
+    model_dual_generator,
+    model_dual_scorer,
+    policy_dual_generator,
+    policy_dual_scorer,
+)
 from cellduality.training.label_signal import ceiling_gate, label_signal_gate
 from cellduality.training.progress import progress_callback
 from cellduality.training.settings import GRPOSettings, LoraSettings, ReportSettings
@@ -164,8 +170,10 @@ def run_grpo(model_path: str, tables: Sequence[str | Path], out_dir: str | Path,
             if s.dual_model == "frozen":
                 frozen = AutoModelForCausalLM.from_pretrained(model_path).to(trainer.accelerator.device).eval()
                 reward.dual_generator = model_dual_generator(frozen, tokenizer, **dual)
+                reward.dual_scorer = model_dual_scorer(frozen, tokenizer)
             else:
                 reward.dual_generator = policy_dual_generator(trainer, **dual)
+                reward.dual_scorer = policy_dual_scorer(trainer)
         resume = last_checkpoint(checkpoint_dir)
         log.info("GRPO (%s reward) on %d prompts from %s%s", settings.mode, len(dataset), model_path,
                  f", resuming {resume}" if resume else "")
