@@ -49,9 +49,9 @@ def test_ablation_table_pairs_items_and_seeds():
         base = pd.Series(rng.integers(0, 2, len(items)).astype(float), index=items)
         better = base.copy()
         better.iloc[rng.choice(len(items), 40, replace=False)] = 1.0  # the positive control: strictly better
-        scores[("annotation", "sft", seed)] = base
-        scores[("annotation", "grpo_oracle", seed)] = better
-        scores[("annotation", "grpo_shuffled", seed)] = base.copy()  # the negative control: unchanged
+        scores[("annotation", "accuracy", "sft", seed)] = base
+        scores[("annotation", "accuracy", "grpo_oracle", seed)] = better
+        scores[("annotation", "accuracy", "grpo_shuffled", seed)] = base.copy()  # the negative control: unchanged
     table = ablation_table(scores, AblationSettings(bootstrap=300))
     assert list(table.columns) == list(ABLATION_COLUMNS)
     row = table.set_index("arm")
@@ -70,7 +70,8 @@ def test_a_task_on_two_datasets_gets_pooled_and_per_dataset_rows():
         base = pd.Series(0.0, index=[f"A/p{i}" for i in range(50)] + [f"B/p{i}" for i in range(50)])
         arm = base.copy()
         arm.loc[[f"B/p{i}" for i in range(20)]] = 1.0  # gains on cohort B only
-        scores[("annotation", "sft", seed)], scores[("annotation", "grpo_duality", seed)] = base, arm
+        scores[("annotation", "accuracy", "sft", seed)] = base
+        scores[("annotation", "accuracy", "grpo_duality", seed)] = arm
     table = ablation_table(scores, AblationSettings(bootstrap=200)).set_index(["dataset", "arm"])
     assert list(table.index.get_level_values(0).unique()) == ["all", "A", "B"]
     assert table.loc[("B", "grpo_duality"), "delta_vs_sft"] == pytest.approx(0.4)
@@ -90,3 +91,32 @@ def test_item_scores_per_task_family():
     assert item_scores(pred, "cellpuzzles", "cell_accuracy", None, None).to_dict() == {"d/p": 0.5}
     with pytest.raises(CellDualityError, match="not scored per item"):
         item_scores(pred, "annotation", "macro_f1", None, None)
+
+
+def test_real_rwjs_scores_how_close_each_sample_stays_to_a_real_cell():
+    from cellduality.tasks.rwjs import rwjs
+
+    pred = pd.DataFrame({
+        "task": ["generation"] * 4, "split": ["test"] * 4, "dataset": ["d"] * 4,
+        "prompt_id": ["g1", "g1", "g2", "g2"], "label": ["T", "T", "B", "B"],
+        "reference_sentence": ["CD3E CD2 IL7R", "CD3E CD2 IL7R", "MS4A1 CD79A CD74", "MS4A1 CD79A CD74"],
+        # a copy of a real cell, a cell of another type's real genes, a half-real cell, a malformed sample
+        "prediction": ["CD3E CD2 IL7R", "MS4A1 CD79A CD74", "MS4A1 GENEX GENEY", None],
+    })
+    scores = item_scores(pred, "generation", "real_rwjs", None, None).to_dict()
+    half = max(rwjs("MS4A1 CD79A CD74", "MS4A1 GENEX GENEY"), rwjs("CD3E CD2 IL7R", "MS4A1 GENEX GENEY"))
+    assert scores == {"d/g1": 1.0, "d/g2": pytest.approx(half / 2)}  # any condition's real cell counts
+    assert 0 < half < 1
+
+
+def test_guard_metrics_follow_the_primary_metric_in_the_table():
+    scores = {}
+    for seed in range(2):
+        index = [f"d/p{i}" for i in range(30)]
+        for metric, arm, value in (("knn_acc_k5", "sft", 0.2), ("knn_acc_k5", "grpo_duality", 0.5),
+                                   ("real_rwjs", "sft", 0.6), ("real_rwjs", "grpo_duality", 0.55)):
+            scores[("generation", metric, arm, seed)] = pd.Series(value, index=index)
+    table = ablation_table(scores, AblationSettings(bootstrap=100))
+    assert list(table["metric"]) == ["knn_acc_k5", "knn_acc_k5", "real_rwjs", "real_rwjs"]
+    guard = table.set_index(["metric", "arm"]).loc[("real_rwjs", "grpo_duality")]
+    assert guard["delta_vs_sft"] == pytest.approx(-0.05) and math.isnan(guard["p_mcnemar"])

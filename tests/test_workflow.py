@@ -276,8 +276,9 @@ def test_ablation_target_runs_its_arms_and_controls(data_run):
     primary = config["ablation"]["primary_metric"]
     ablated = {t for t in config["tasks"] if config["tasks"][t] and t in primary}
     assert set(table["task"]) == ablated
+    guards = config["ablation"]["guard_metrics"]
     for task, rows in table.groupby("task"):
-        assert set(rows["metric"]) == {primary[task]}
+        assert set(rows["metric"]) == {primary[task], *guards.get(task, [])}
         assert {"sft", "grpo_duality", "grpo_oracle", "grpo_shuffled"} <= set(rows["arm"]), rows
     sft = table[table["arm"] == "sft"]
     assert (sft["delta_vs_sft"].abs() < 1e-12).all() and (table["n_seeds"] == 1).all() and (table["n_items"] > 0).all()

@@ -7,7 +7,10 @@ Each task is judged by one metric stated before the run (config ``ablation.prima
 item so arms can be paired: an eval prompt of the in-distribution test split (classification: 1 when right;
 CellPuzzles: the share of the puzzle's cells assigned right; generation: the share of the prompt's sampled cells
 a kNN classifier on the real test cells recognises as the condition, a malformed sample counting as not
-recognised). Statistics over items x seeds:
+recognised). Guard metrics (config ``ablation.guard_metrics``, also stated before the run) get the same rows: what
+an arm must not lose beyond its CI (generation ``real_rwjs``: a prompt's sampled cells' mean RWJS to their most
+similar real test cell of any condition, a malformed sample counting 0: generated cells that stay real cells).
+Statistics over items x seeds:
 
 - ``mean`` and its 95% CI: a two-way bootstrap that resamples seeds and items with replacement;
 - ``delta_vs_sft`` and its CI: the same bootstrap of the paired differences (arm - SFT of the same seed, item by
@@ -38,6 +41,16 @@ ABLATION_COLUMNS = ("task", "dataset", "metric", "arm", "mean", "ci_low", "ci_hi
                     "delta_ci_high", "p_mcnemar", "n_seeds", "n_items")
 ALL_DATASETS = "all"  # the ``dataset`` of a task's rows pooled over its datasets
 KNN_PREFIX = "knn_acc_k"
+REAL_RWJS = "real_rwjs"
+
+
+def _real_rwjs_items(group: pd.DataFrame) -> pd.Series:
+    from cellduality.tasks.rwjs import rwjs
+
+    references = group.drop_duplicates("prompt_id")["reference_sentence"].fillna("").str.split().tolist()
+    best = [0.0 if is_missing(p) else max(rwjs(real, str(p).split()) for real in references)
+            for p in group["prediction"]]
+    return pd.Series(best, index=group["prompt_id"].to_numpy()).groupby(level=0).mean()
 
 
 def _knn_items(group: pd.DataFrame, k: int, space: ExpressionSpace, embedding: EmbeddingSettings,
@@ -73,10 +86,12 @@ def item_scores(pred: pd.DataFrame, task: str, metric: str, space: ExpressionSpa
             scores = pd.Series(right / sizes, index=group["prompt_id"])
         elif family == "generation" and metric.startswith(KNN_PREFIX):
             scores = _knn_items(group, int(metric.removeprefix(KNN_PREFIX)), space, embedding, seed)
+        elif family == "generation" and metric == REAL_RWJS:
+            scores = _real_rwjs_items(group)
         else:
-            raise CellDualityError(f"ablation.primary_metric.{task}: {metric} is not scored per item for a "
-                                   f"{family} task; use accuracy (classification), cell_accuracy (CellPuzzles) or "
-                                   "knn_acc_k<k> (generation)")
+            raise CellDualityError(f"ablation: {task} metric {metric} is not scored per item for a {family} task; "
+                                   "use accuracy (classification), cell_accuracy (CellPuzzles), knn_acc_k<k> or "
+                                   f"{REAL_RWJS} (generation)")
         parts.append(scores.rename(lambda pid, d=dataset: f"{d}/{pid}"))
     return pd.concat(parts).astype(float)
 
@@ -122,16 +137,19 @@ def _arm_rows(frames: Mapping[str, pd.DataFrame], items: Sequence[str], settings
     return rows
 
 
-def ablation_table(scores: Mapping[tuple[str, str, int], pd.Series], settings: AblationSettings) -> pd.DataFrame:
-    """The ablation table from item scores keyed ``(task, arm, seed)`` (see the module notes)."""
+def ablation_table(scores: Mapping[tuple[str, str, str, int], pd.Series], settings: AblationSettings) -> pd.DataFrame:
+    """The ablation table from item scores keyed ``(task, metric, arm, seed)`` (see the module notes): each task's
+    primary metric first, then its guard metrics."""
     rows = []
-    tasks = sorted({task for task, _, _ in scores})
-    seeds = sorted({seed for _, _, seed in scores})
-    for task in tasks:
-        metric = settings.primary_metric[task]
+    seeds = sorted({seed for *_, seed in scores})
+    def order(task_metric: tuple[str, str]) -> tuple:  # each task's primary metric first
+        task, metric = task_metric
+        return task, metric != settings.primary_metric.get(task), metric
+
+    for task, metric in sorted({(t, m) for t, m, _, _ in scores}, key=order):
         frames = {}
         for arm in ARMS:
-            present = [scores[(task, arm, seed)] for seed in seeds if (task, arm, seed) in scores]
+            present = [scores[(task, metric, arm, seed)] for seed in seeds if (task, metric, arm, seed) in scores]
             if len(present) == len(seeds):
                 frames[arm] = pd.concat(present, axis=1, keys=seeds)
         if "sft" not in frames:
@@ -147,14 +165,15 @@ def ablation_table(scores: Mapping[tuple[str, str, int], pd.Series], settings: A
 def run_ablation(predictions: Mapping[tuple[str, int], str], task_tables: Sequence[str],
                  data: Mapping[str, Mapping[str, str]], settings: AblationSettings,
                  embedding: EmbeddingSettings) -> pd.DataFrame:
-    """Item scores of every ``(arm, seed) -> predictions.parquet`` for each task with a primary metric, then
-    :func:`ablation_table`."""
+    """Item scores of every ``(arm, seed) -> predictions.parquet`` for each task with a primary metric (and its
+    guard metrics), then :func:`ablation_table`."""
     space = ExpressionSpace(data)
     scores = {}
     for (arm, seed), path in predictions.items():
         pred = attach_references(pd.read_parquet(path), task_tables)
-        for task, metric in settings.primary_metric.items():
-            items = item_scores(pred, task, metric, space, embedding)
-            if len(items):
-                scores[(task, arm, seed)] = items
+        for task, primary in settings.primary_metric.items():
+            for metric in (primary, *settings.guard_metrics.get(task, ())):
+                items = item_scores(pred, task, metric, space, embedding)
+                if len(items):
+                    scores[(task, metric, arm, seed)] = items
     return ablation_table(scores, settings)

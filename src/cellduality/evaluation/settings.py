@@ -4,7 +4,7 @@ config to a job in :class:`cellduality.config.Settings`."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -65,6 +65,7 @@ class AblationSettings(Settings):
     SECTION: ClassVar[str] = "ablation"
     seeds: int = setting("ablation.seeds")
     primary_metric: Mapping[str, str] = setting("ablation.primary_metric")
+    guard_metrics: Mapping[str, Sequence[str]] = setting("ablation.guard_metrics")
     bootstrap: int = setting("ablation.bootstrap")
     confidence: float = setting("ablation.confidence")
     bootstrap_seed: int = setting("ablation.bootstrap_seed")

@@ -95,22 +95,25 @@ def umap_figure(real: np.ndarray, real_labels: Sequence[str], generated: dict[st
 
 
 def ablation_figure(table: pd.DataFrame, path: str | Path) -> None:
-    """One panel per task (and dataset, where a task has several): each GRPO arm's paired difference to SFT on the
-    task's primary metric, with its CI (the ablation table, :mod:`cellduality.evaluation.ablation`)."""
+    """One panel per task and metric (and dataset, where a task has several): each GRPO arm's paired difference to
+    SFT on the task's primary metric and its guard metrics, with its CI (the ablation table,
+    :mod:`cellduality.evaluation.ablation`)."""
     plt = _pyplot()
     deltas = table[table["arm"] != "sft"]
     if "dataset" not in deltas:
         deltas = deltas.assign(dataset="all")
-    panels = list(deltas.groupby(["task", "dataset"], sort=True).groups) or [("(no task)", "all")]
+    if "metric" not in deltas:
+        deltas = deltas.assign(metric="")
+    panels = list(deltas.groupby(["task", "dataset", "metric"], sort=False).groups) or [("(no task)", "all", "")]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
-    for ax, (task, dataset) in zip(axes[0], panels):
-        rows = deltas[(deltas["task"] == task) & (deltas["dataset"] == dataset)].reset_index(drop=True)
+    for ax, (task, dataset, metric) in zip(axes[0], panels):
+        rows = deltas[(deltas["task"] == task) & (deltas["dataset"] == dataset)
+                      & (deltas["metric"] == metric)].reset_index(drop=True)
         ax.axhline(0, color="grey", lw=0.8)
         ax.errorbar(range(len(rows)), rows["delta_vs_sft"],
                     yerr=[rows["delta_vs_sft"] - rows["delta_ci_low"], rows["delta_ci_high"] - rows["delta_vs_sft"]],
                     fmt="o", capsize=4)
         ax.set_xticks(range(len(rows)), [a.removeprefix("grpo_") for a in rows["arm"]])
-        metric = rows["metric"].iloc[0] if len(rows) else ""
         ax.set_title(f"{task}{'' if dataset == 'all' else f' [{dataset}]'}: {metric}", fontsize=9)
         ax.set_ylabel("difference to SFT (95% CI)")
         ax.set_xlim(-0.5, max(len(rows), 1) - 0.5)
