@@ -395,6 +395,33 @@ def test_candidate_constrained_decoding_names_only_candidates(workspace):
     assert any(t in reply for reply in free for t in TYPES)
 
 
+def test_gene_list_replies_hold_no_label_token(workspace):
+    """gene_rows: a generated cell cannot contain a cell type (GRPO on generation once learned to start every cell
+    with a label token its judge rewarded); other rows are unchanged."""
+    from transformers import AutoModelForCausalLM
+
+    from cellduality.training.decoding import answer_processors, generate_chat, label_item_tokens
+    from cellduality.training.setup import load_tokenizer
+
+    tokenizer = load_tokenizer(str(workspace / "base"))
+    labels = label_item_tokens(tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(str(workspace / "base"))  # untrained: says anything
+    conversations = [prompts.generation_prompt("T cell", 8)] * 8
+    free = generate_chat(model, tokenizer, conversations, max_new_tokens=40, temperature=1.0, batch_size=4)
+    genes = generate_chat(model, tokenizer, conversations, max_new_tokens=40, temperature=1.0, batch_size=4,
+                          gene_rows=[True] * 8)
+    assert any(t in reply for reply in free for t in TYPES)
+    assert not any(t in reply for reply in genes for t in TYPES), genes
+    import torch
+
+    processors = answer_processors(tokenizer, 3, gene_rows=[True, False])
+    scores = torch.zeros(2, len(tokenizer))
+    for processor in processors:
+        scores = processor(torch.zeros(2, 3, dtype=torch.long), scores)
+    assert torch.isinf(scores[0, list(labels)]).all() and not torch.isinf(scores[1]).any()
+    assert len(answer_processors(tokenizer, 3, gene_rows=[False, False])) == 1  # unique items only, as without
+
+
 def _train_in(folder: Path, source: Path) -> dict:
     """Build the tiny model, SFT, duality GRPO and predict in ``folder``: what a run of the training stage keeps."""
     from safetensors.numpy import load_file
@@ -575,6 +602,7 @@ def test_sft_second_phase_adds_held_back_tasks_and_resumes_after_the_first(works
 def test_grpo_rollouts_of_label_prompts_name_only_their_candidates(workspace, tmp_path, monkeypatch):
     """With evaluation.constrain_to_candidates, GRPO samples label and CellPuzzles answers as evaluation decodes
     them: an untrained model, free, names any cell type; constrained, only the prompt's candidates."""
+    from datasets import Dataset
     from trl import GRPOTrainer
 
     from cellduality.training import grpo
@@ -587,6 +615,8 @@ def test_grpo_rollouts_of_label_prompts_name_only_their_candidates(workspace, tm
 
     dataset = rl_dataset([workspace / "tasks.parquet"], 8, seed=0)
     assert set(rollout_candidates(dataset).values()) == {tuple(TYPES)}  # every annotation prompt, as in the table
+    generation = Dataset.from_dict({"prompt": ["make a T cell"], "task": ["generation"], "candidates": [""]})
+    assert rollout_candidates(generation) == {"make a T cell": grpo.GENE_LIST}  # gene lists: no label token
     only_b = {prompt_key(p): ("B cell",) for p in dataset["prompt"]}
     tokenizer = load_tokenizer(str(workspace / "base"))
     args = grpo_config(GRPO_CFG.replace(max_completion_length=40), tmp_path)

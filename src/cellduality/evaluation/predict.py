@@ -32,7 +32,9 @@ def predict(model_path: str, tables: Sequence[str | Path], out: str | Path, sett
     answers greedy (one per prompt; with ``settings.constrain_to_candidates`` they can only name the prompt's
     candidates, :class:`cellduality.training.decoding.CandidateItems`, for models whose tokenizer records its
     labels), gene-list answers (generation, perturbation) ``settings.samples_per_prompt`` samples each at
-    ``settings.sample_temperature`` (column ``sample``), seeded by ``settings.seed``."""
+    ``settings.sample_temperature`` (column ``sample``), seeded by ``settings.seed``; with
+    ``settings.constrain_to_candidates`` a gene list cannot hold a label token either (a cell type or drug is
+    not a gene)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -58,7 +60,9 @@ def predict(model_path: str, tables: Sequence[str | Path], out: str | Path, sett
     torch.manual_seed(settings.seed)
     population["response"] = generate_chat(model, tokenizer, decode_column(population, "prompt"),
                                            max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
-                                           temperature=settings.sample_temperature)
+                                           temperature=settings.sample_temperature,
+                                           gene_rows=[True] * len(population) if settings.constrain_to_candidates
+                                           else None)
     rows = pd.concat([greedy, population]).sort_index(kind="stable").reset_index(drop=True)
     parsed = [parse_prediction(t, r, c)
               for t, r, c in zip(rows["task"], rows["response"], decode_column(rows, "candidates"))]

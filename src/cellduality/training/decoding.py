@@ -162,30 +162,38 @@ def answer_grammar_tokens(tokenizer) -> tuple[int, int, int] | None:
 
 def answer_processors(tokenizer, prompt_length: int, *, unique_items: bool = True,
                       allowed_labels: Sequence[Sequence[str] | None] | None = None,
-                      unique_rows: Sequence[bool] | None = None) -> list:
+                      unique_rows: Sequence[bool] | None = None,
+                      gene_rows: Sequence[bool] | None = None) -> list:
     """The logits processors of one batch whose prompts are ``prompt_length`` tokens long (left-padded):
     :class:`UniqueAnswerItems` (on ``unique_rows`` only, when given) where the tokenizer records its answer items,
     and with ``allowed_labels`` (one entry per row, None = free) :class:`CandidateItems` and
-    :class:`LabelAnswerGrammar` where it records its labels and answer tags. Empty for other tokenizers."""
+    :class:`LabelAnswerGrammar` where it records its labels and answer tags. ``gene_rows`` (one flag per row):
+    rows whose answer is a gene list, in which no label token may be generated (a cell type, drug or response
+    is not a gene: without this a policy can learn to write one into its cells). Empty for other tokenizers."""
     groups = answer_item_groups(tokenizer) if unique_items else {}
     answer_token = tokenizer.get_vocab().get(ANSWER_TAG)
     processors: list = [UniqueAnswerItems(groups, prompt_length, answer_token, unique_rows)] if groups else []
-    labels = label_item_tokens(tokenizer) if allowed_labels is not None else {}
+    genes = list(gene_rows) if gene_rows is not None and any(gene_rows) else None
+    labels = label_item_tokens(tokenizer) if allowed_labels is not None or genes else {}
     if labels:
-        processors.append(CandidateItems(labels, allowed_labels))
+        rows = list(allowed_labels) if allowed_labels is not None else [None] * len(genes)
+        banned = rows if genes is None else [() if gene else a for a, gene in zip(rows, genes)]
+        processors.append(CandidateItems(labels, banned))
         grammar = answer_grammar_tokens(tokenizer)
-        if grammar:
-            processors.append(LabelAnswerGrammar(labels, allowed_labels, prompt_length, *grammar))
+        if grammar and allowed_labels is not None and any(a is not None for a in allowed_labels):
+            processors.append(LabelAnswerGrammar(labels, rows, prompt_length, *grammar))
     return processors
 
 
 def generate_chat(model, tokenizer, conversations: Sequence[Messages], *, max_new_tokens: int = 256,
                   temperature: float = 0.0, top_p: float = 1.0, batch_size: int = 16,
-                  unique_items: bool = True, allowed_labels: Sequence[Sequence[str] | None] | None = None) -> list[str]:
+                  unique_items: bool = True, allowed_labels: Sequence[Sequence[str] | None] | None = None,
+                  gene_rows: Sequence[bool] | None = None) -> list[str]:
     """Generate one assistant reply per conversation (greedy when ``temperature`` is 0); ``unique_items``
     applies :class:`UniqueAnswerItems` when the tokenizer records its answer items; ``allowed_labels`` (one
     entry per conversation, None for no restriction) applies :class:`CandidateItems` when it records its label
-    items (``label_items``, see :mod:`cellduality.training.tiny_model`)."""
+    items (``label_items``, see :mod:`cellduality.training.tiny_model`); ``gene_rows`` (one flag per
+    conversation) bans label tokens from gene-list replies (:func:`answer_processors`)."""
     import torch
     from transformers import LogitsProcessorList
 
@@ -202,8 +210,9 @@ def generate_chat(model, tokenizer, conversations: Sequence[Messages], *, max_ne
             sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
                 {"do_sample": False}
             rows = None if allowed_labels is None else allowed_labels[start:start + batch_size]
+            genes = None if gene_rows is None else gene_rows[start:start + batch_size]
             processors = answer_processors(tokenizer, batch["input_ids"].shape[1], unique_items=unique_items,
-                                           allowed_labels=rows)
+                                           allowed_labels=rows, gene_rows=genes)
             if processors:
                 sampling["logits_processor"] = LogitsProcessorList(processors)
             with torch.no_grad():

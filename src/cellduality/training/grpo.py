@@ -5,10 +5,11 @@ generated per round (train_batch_size / G prompts), then consumed in optimizer s
 ``mini_batch_size`` completions, so one round is train_batch_size / mini_batch_size optimizer steps.
 ``max_steps`` counts optimizer steps, as in TRL. The KL term (``beta``) is to the starting (SFT) model.
 
-Rollouts of label and CellPuzzles prompts are decoded as evaluation decodes them (config
-``evaluation.constrain_to_candidates``): only the prompt's candidates, each once, in the answer grammar
-(:func:`cellduality.training.decoding.answer_processors`), so a reward is not spent on answers evaluation could not
-give. Gene-list rollouts (generation, perturbation) are sampled free.
+Rollouts are decoded as evaluation decodes them (config ``evaluation.constrain_to_candidates``): label and
+CellPuzzles answers name only the prompt's candidates, each once, in the answer grammar, and gene-list answers
+(generation, perturbation) hold no label token (:func:`cellduality.training.decoding.answer_processors`), so a
+reward is not spent on answers evaluation could not give. Without that, duality GRPO on generation learned to
+start every generated cell with a label token ("B") that the frozen judge rewards (docs/duality-ablation.md).
 """
 
 from __future__ import annotations
@@ -78,15 +79,22 @@ def write_reward_curve(log_history: list[dict[str, Any]], path: str | Path) -> N
             writer.writerow([entry.get("step")] + [entry.get(key, "") for key in wanted.values()])
 
 
+GENE_LIST = ()  # the rollout_candidates entry of a gene-list prompt: no label may be generated
+
+
 def rollout_candidates(dataset) -> dict[str, tuple[str, ...]]:
-    """The candidates of each label and CellPuzzles prompt of an RL dataset, keyed by :func:`prompt_key`."""
+    """The candidates of each label and CellPuzzles prompt of an RL dataset, keyed by :func:`prompt_key`; gene-list
+    prompts map to :data:`GENE_LIST`."""
     from cellduality.tasks.registry import get_task
 
     out = {}
     for prompt, task, candidates in zip(dataset["prompt"], dataset["task"], dataset["candidates"]):
         options = decode_value("candidates", candidates) if candidates else []
-        if options and get_task(task).kind("primal") in ("label", "assignment"):
+        kind = get_task(task).kind("primal")
+        if options and kind in ("label", "assignment"):
             out[prompt_key(prompt)] = tuple(options)
+        elif kind == "genes":
+            out[prompt_key(prompt)] = GENE_LIST
     return out
 
 
@@ -103,15 +111,17 @@ def constrained_trainer(tokenizer, candidates: Mapping[str, Sequence[str]]):
 
     class AnswerGrammarGRPOTrainer(GRPOTrainer):
         def _generate(self, prompts: list):
-            allowed = [candidates.get(prompt_key(p)) for p in prompts]
-            if self.use_vllm or all(a is None for a in allowed):
+            found = [candidates.get(prompt_key(p)) for p in prompts]
+            if self.use_vllm or all(a is None for a in found):
                 return super()._generate(prompts)
+            genes = [a == GENE_LIST for a in found]
+            allowed = [None if gene else a for a, gene in zip(found, genes)]
             model = self.accelerator.unwrap_model(self.model_wrapped)
             free = model.generate
 
             def generate(*args, **kwargs):
                 processors = answer_processors(tokenizer, kwargs["input_ids"].shape[1], allowed_labels=allowed,
-                                               unique_rows=[a is not None for a in allowed])
+                                               unique_rows=[a is not None for a in found], gene_rows=genes)
                 return free(*args, logits_processor=LogitsProcessorList(processors), **kwargs)
 
             model.generate = generate
