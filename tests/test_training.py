@@ -660,3 +660,17 @@ def test_candidate_log_probs_score_each_candidate_after_the_reply_prefix(workspa
         "<think>T cell markers</think>\n<answer>"
     after = candidate_log_probs(model, tokenizer, conversations[:1], [TYPES], ["<think>CD3E</think>\n<answer>"])
     assert after[0] != pytest.approx(scores[0])
+
+
+def test_a_checkpoint_is_resumed_only_by_the_same_code(tmp_path, monkeypatch):
+    """Snakemake reruns a training rule when its code changes; the rerun must train afresh, not resume the old
+    run's last checkpoint (and hand back the old model)."""
+    from cellduality import provenance
+    from cellduality.training.setup import run_checkpoint_dir
+
+    data = tmp_path / "data.parquet"
+    data.write_bytes(b"rows")
+    first = run_checkpoint_dir(tmp_path / "ck", {"lr": 1}, [data], code="cellduality.training.grpo")
+    assert run_checkpoint_dir(tmp_path / "ck", {"lr": 1}, [data], code="cellduality.training.grpo") == first
+    monkeypatch.setattr(provenance, "code_digest", lambda entries, shallow=(): "library code changed (1 files)")
+    assert run_checkpoint_dir(tmp_path / "ck", {"lr": 1}, [data], code="cellduality.training.grpo") != first

@@ -150,7 +150,7 @@ def run_grpo(model_path: str, tables: Sequence[str | Path], out_dir: str | Path,
     checkpoint_dir = run_checkpoint_dir(checkpoint_dir, {"grpo": s.rerun_params(), "rewards": settings.params(),
                                                          "lora": lora.params(),
                                                          "constrain_to_candidates": constrain_to_candidates},
-                                        [model_path, *tables])
+                                        [model_path, *tables], code=__name__)
     if settings.mode == "duality":
         label_signal_gate(label_signal)
         ceiling_gate(ceiling)

@@ -103,14 +103,22 @@ def reporting(report: ReportSettings) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def run_checkpoint_dir(root: str | Path, settings: dict[str, Any], inputs: list[str | Path]) -> Path:
-    """``root/<fingerprint>``: checkpoints of one exact run (settings + the contents of its input files).
+def run_checkpoint_dir(root: str | Path, settings: dict[str, Any], inputs: list[str | Path],
+                       code: str | None = None) -> Path:
+    """``root/<fingerprint>``: checkpoints of one exact run (settings + the contents of its input files + the
+    library code that trains, ``code``: the module whose imports are digested, e.g. ``cellduality.training.grpo``).
 
-    A rerun with the same inputs resumes from its checkpoints; changed data, model or settings start a
-    fresh run instead of silently resuming someone else's.
+    A rerun with the same inputs and code resumes from its checkpoints; changed data, model, settings or code
+    start a fresh run instead of silently resuming someone else's (Snakemake reruns a training rule when the code
+    it runs changes: without the code in the fingerprint that rerun would resume the old run's last checkpoint and
+    hand back the old model).
     """
     import hashlib
 
+    from cellduality.provenance import code_digest
+
+    if code is not None:
+        settings = {**settings, "code": code_digest([code])}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for path in inputs:
         path = Path(path)

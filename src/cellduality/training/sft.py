@@ -105,7 +105,7 @@ def run_sft(model_path: str, data: Sequence[str | Path], out_dir: str | Path, ch
     logs, each entry tagged with its ``phase``."""
     r = report or ReportSettings()
     checkpoint_dir = run_checkpoint_dir(checkpoint_dir, {"sft": s.params(), "lora": lora.params()},
-                                        [model_path, *data])
+                                        [model_path, *data], code=__name__)
     phases = s.phases()
     model, history = model_path, []
     for index, (name, max_steps, learning_rate, left_out) in enumerate(phases):
