@@ -162,6 +162,8 @@ def test_pipeline_reaches_the_report(data_run):
     assert (ceiling["beta"] == config["grpo"]["beta"]).all()
     # what the report measured: CIs beside accuracies, chance rows, the CellPuzzles table, the protocol
     assert {"accuracy_ci_low", "accuracy_ci_high", "knn_acc_k5_ci_low"} <= set(metrics["metric"])
+    unknown = metrics[metrics["metric"] == "unknown_word_fraction"]  # words of generated cells that are no gene
+    assert set(unknown["task"]) == {"generation", "perturbation"} and unknown["value"].between(0, 1).all()
     assert "chance" in set(metrics["model"])
     tables = (results / "report" / "tables.md").read_text()
     assert tables.startswith("How these numbers were measured") and "**CellPuzzles (Cell-o1 metrics).**" in tables

@@ -93,7 +93,12 @@ def _generative_scores(metric: str, group: pd.DataFrame, space: ExpressionSpace,
     references = group.drop_duplicates("prompt_id")  # a prompt's samples share one real cell
     fit, space_e, real_e = space.embed_references(group["dataset"].iloc[0],
                                                   references["reference_sentence"].fillna(""), embedding, seed)
-    gen_e = space_e.transform(fit.invert(ok["prediction"].tolist()).X)
+    inverted = fit.invert(ok["prediction"].tolist())
+    gen_e = space_e.transform(inverted.X)
+    # words of the generated cells that are not genes of the dataset (a label token, a made-up name): reported,
+    # since the inversion drops them but they shift every gene's rank (GRPO once learned to start cells with one)
+    words = inverted.n_unknown.sum() + inverted.n_genes_used.sum() + inverted.n_repeated.sum()
+    scores["unknown_word_fraction"] = float(inverted.n_unknown.sum() / words) if words else 0.0
     if metric == "generation":
         real_labels, labels = references["label"].tolist(), ok["label"].tolist()
         scores.update(generation_scores(real_e, real_labels, gen_e, labels, seed=seed))
