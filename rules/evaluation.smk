@@ -108,6 +108,7 @@ rule ceiling:
             seed=GRPO.replicate(wildcards.rep).seed,
             embedding=EMBEDDING,
             label_duals=REWARDS.label_duals,
+            constrain_to_candidates=EVALUATION.constrain_to_candidates,
         ),
         files=lambda wildcards, input, output: cli_json(
             model=input.model,

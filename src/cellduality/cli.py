@@ -128,7 +128,7 @@ def _ceiling(settings: Mapping[str, Any], files: Mapping[str, Any]) -> None:
     generation_ceiling(files["model"], files["tables"], files["data"], files["out"],
                        embedding=EmbeddingSettings.from_params(settings["embedding"]),
                        **{k: settings[k] for k in ("samples", "temperature", "beta", "max_prompts", "max_new_tokens",
-                                                   "seed", "label_duals")})
+                                                   "seed", "label_duals", "constrain_to_candidates")})
 
 
 COMMANDS = {"build-model": _build_model, "ceiling": _ceiling, "fetch-model": _fetch_model, "sft": _sft, "grpo": _grpo,

@@ -58,7 +58,7 @@ def kl_reweighted_accuracy(rewards: Sequence[Sequence[float]], right: Sequence[S
 def generation_ceiling(model_dir: str | Path, tables: Sequence[str | Path], data: Mapping[str, Mapping[str, str]],
                        out: str | Path, *, samples: int, temperature: float, beta: float, max_prompts: int | None,
                        max_new_tokens: int, seed: int, embedding: EmbeddingSettings | None = None,
-                       batch_size: int = 64, label_duals: str = "answer") -> dict:
+                       batch_size: int = 64, label_duals: str = "answer", constrain_to_candidates: bool = False) -> dict:
     """Measure (see the module notes) on at most ``max_prompts`` RL generation prompts of ``tables`` (the first of
     GRPO's seeded order) and write a JSON summary to ``out``."""
     import torch
@@ -91,7 +91,8 @@ def generation_ceiling(model_dir: str | Path, tables: Sequence[str | Path], data
     conversations = [rows["prompt"].iloc[i] for i in index]  # rl_dataset decodes the prompts
     torch.manual_seed(seed)
     responses = generate_chat(model, tokenizer, conversations, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                              temperature=temperature)
+                              temperature=temperature,  # as GRPO samples them: no label word in a cell
+                              gene_rows=[True] * len(conversations) if constrain_to_candidates else None)
     genes = [response_genes(r) for r in responses]
     penalty = RewardSettings().format_penalty
     if label_duals == "probability":  # the dual's probability of the condition, batched per candidate set
