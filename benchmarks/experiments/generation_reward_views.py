@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 
-from cellduality.evaluation.annotate import label_probabilities
 from cellduality.evaluation.ceiling import kl_reweighted_accuracy
 from cellduality.evaluation.generation_metrics import knn_recognised
 from cellduality.evaluation.score import ExpressionSpace
@@ -81,6 +80,7 @@ def main() -> None:
 
     from cellduality.training.datasets import rl_dataset
     from cellduality.training.decoding import generate_chat
+    from cellduality.training.duality import model_dual_scorer
     from cellduality.training.setup import load_tokenizer
 
     started = time.time()
@@ -102,18 +102,13 @@ def main() -> None:
     ok = [g is not None and len(g) > 0 for g in genes]
     kept = [k for k, o in enumerate(ok) if o]
 
+    score = model_dual_scorer(model, tokenizer, batch_size=64)  # GRPO's frozen judge with label_duals: probability
+
     def probability(cells: list[list[str]], at: list[int]) -> np.ndarray:
         """The judge's probability of each sample's condition, renormalised over the prompt's candidates."""
-        out = np.zeros(len(cells))
-        by_set: dict[tuple, list[int]] = {}
-        for j, k in enumerate(at):
-            by_set.setdefault(tuple(candidates[index[k]]), []).append(j)
-        for labelset, js in by_set.items():
-            convs = [prompts.generation_dual_prompt(cells[j], metadata[index[at[j]]], list(labelset)) for j in js]
-            p = label_probabilities(model, tokenizer, convs, list(labelset))
-            for row, j in zip(p, js):
-                out[j] = row[list(labelset).index(labels[index[at[j]]])]
-        return out
+        scored = score([prompts.generation_dual_prompt(c, metadata[index[k]], candidates[index[k]])
+                        for c, k in zip(cells, at)], [list(candidates[index[k]]) for k in at])
+        return np.array([p.get(labels[index[k]], 0.0) for p, k in zip(scored, at)])
 
     convs = [prompts.generation_dual_prompt(genes[k], metadata[index[k]], candidates[index[k]]) for k in kept]
     answers = generate_chat(model, tokenizer, convs, max_new_tokens=64, batch_size=64,

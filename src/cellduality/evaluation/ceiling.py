@@ -66,7 +66,8 @@ def generation_ceiling(model_dir: str | Path, tables: Sequence[str | Path], data
 
     from cellduality.evaluation.generation_metrics import knn_recognised
     from cellduality.training.datasets import rl_dataset
-    from cellduality.training.decoding import generate_chat, label_probabilities
+    from cellduality.training.decoding import generate_chat
+    from cellduality.training.duality import model_dual_scorer
     from cellduality.training.setup import load_tokenizer, on_device
 
     rows = rl_dataset(tables, seed=seed, task_prompts={"generation": max_prompts}).to_pandas()
@@ -95,17 +96,14 @@ def generation_ceiling(model_dir: str | Path, tables: Sequence[str | Path], data
                               gene_rows=[True] * len(conversations) if constrain_to_candidates else None)
     genes = [response_genes(r) for r in responses]
     penalty = RewardSettings().format_penalty
-    if label_duals == "probability":  # the dual's probability of the condition, batched per candidate set
+    if label_duals == "probability":  # the dual's probability of the condition, as GRPO's frozen judge scores it
+        kept = [k for k, g in enumerate(genes) if g]
+        scored = model_dual_scorer(model, tokenizer, batch_size)(
+            [prompts.generation_dual_prompt(list(genes[k]), metadata[index[k]], candidates[index[k]]) for k in kept],
+            [list(candidates[index[k]]) for k in kept])
         rewards = [penalty if g is None else 0.0 for g in genes]
-        by_set: dict[tuple[str, ...], list[int]] = {}
-        for k, (g, i) in enumerate(zip(genes, index)):
-            if g:
-                by_set.setdefault(tuple(candidates[i]), []).append(k)
-        for options, ks in by_set.items():
-            convs = [prompts.generation_dual_prompt(list(genes[k]), metadata[index[k]], list(options)) for k in ks]
-            p = label_probabilities(model, tokenizer, convs, list(options), batch_size=batch_size)
-            for k, row in zip(ks, p):
-                rewards[k] = float(row[options.index(rows["label"].iloc[index[k]])])
+        for k, probabilities in zip(kept, scored):
+            rewards[k] = probabilities.get(rows["label"].iloc[index[k]], 0.0)
     else:
         dual = judge(genes, index)
         rewards = [penalty if g is None else float(d == rows["label"].iloc[i]) for g, d, i in zip(genes, dual, index)]
