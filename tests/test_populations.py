@@ -83,6 +83,8 @@ def test_a_prompts_samples_share_one_real_cell_in_the_knn_reference(tmp_path, mo
 
             class Inverted:
                 X = np.array([[float(g in s.split()) for g in GENES] for s in sentences])
+                n_genes_used = X.sum(axis=1)
+                n_unknown = n_repeated = np.zeros(len(sentences))
             return Inverted
 
     class Space(score.ExpressionSpace):
@@ -98,6 +100,7 @@ def test_a_prompts_samples_share_one_real_cell_in_the_knn_reference(tmp_path, mo
     pred = gen.loc[gen.index.repeat(3)].assign(prediction=lambda f: f["answer"], model="m")
     scores = score._generative_scores("generation", pred, Space(), score.EmbeddingSettings(n_components=2), 0)
     assert seen == {"n_real": 6, "n_generated": 18} and scores["distinct_cells"] == 6
+    assert scores["unknown_word_fraction"] == 0
 
 
 def test_rl_prompt_mix_per_task(tmp_path):
